@@ -574,7 +574,9 @@ def get_rnnt_logprobs_pruned(
         raise ValueError(f"logits must be 4-D [B, T, s_range, C], got {tuple(logits.shape)}")
     batch_size, num_frames, s_range, _ = logits.shape
     if ranges.shape != (batch_size, num_frames, s_range):
-        raise ValueError(f"ranges must be {(batch_size, num_frames, s_range)}, got {tuple(ranges.shape)}")
+        raise ValueError(
+            f"ranges must be {(batch_size, num_frames, s_range)}, got {tuple(ranges.shape)}"
+        )
     num_symbols = symbols.shape[1]
     if symbols.shape[0] != batch_size:
         raise ValueError(f"symbols has batch size {symbols.shape[0]}, logits {batch_size}")

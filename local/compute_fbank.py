@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Stage 3 of prepare.sh: 80-dim log-mel fbank features for every part.
+
+Cut sets are named as icefall names them, so scripts written for icefall's
+LibriSpeech recipe find them:
+
+  data/fbank/librispeech_cuts_{part}.jsonl.gz   (+ librispeech_feats_{part}/)
+  data/fbank/musan_cuts.jsonl.gz                (when noise manifests exist)
+
+Training parts (train-*) are speed-perturbed with factors 0.9 and 1.1 and the
+perturbed copies are stored next to the originals, as icefall does.
+
+The extractor settings are those of lhotse's `Fbank(FbankConfig(num_mel_bins=80))`
+(povey window, dither 0, snip_edges False, high_freq -400, samples in [-1, 1]);
+`shared/features.py` holds them so that streaming and export use the same ones.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from shared.features import make_fbank_extractor
+from shared.utils import setup_logging
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"),
+                        help="Where stage 1 and 2 wrote the manifests.")
+    parser.add_argument("--output-dir", type=Path, default=Path("data/fbank"),
+                        help="Where cut sets and features are written.")
+    parser.add_argument("--parts", nargs="+", default=None,
+                        help="LibriSpeech parts (default: every part with manifests).")
+    parser.add_argument("--perturb-speed", type=str, default="true",
+                        help="Add 0.9x and 1.1x speed-perturbed copies of train-* parts.")
+    parser.add_argument("--num-jobs", type=int, default=2, help="Parallel processes.")
+    return parser
+
+
+def find_parts(manifest_dir: Path) -> list[str]:
+    prefix = "librispeech_recordings_"
+    return sorted(p.name[len(prefix):-len(".jsonl.gz")]
+                  for p in manifest_dir.glob(f"{prefix}*.jsonl.gz"))
+
+
+def compute_part(part: str, args: argparse.Namespace) -> None:
+    from lhotse import CutSet, LilcomChunkyWriter, load_manifest_lazy
+
+    cuts_path = args.output_dir / f"librispeech_cuts_{part}.jsonl.gz"
+    if cuts_path.is_file():
+        logging.info(f"stage 3: {cuts_path} exists; skipping")
+        return
+    recordings = load_manifest_lazy(args.manifest_dir / f"librispeech_recordings_{part}.jsonl.gz")
+    supervisions = load_manifest_lazy(
+        args.manifest_dir / f"librispeech_supervisions_{part}.jsonl.gz"
+    )
+    cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+    cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+    if part.startswith("train") and args.perturb_speed.lower() in ("1", "true", "yes"):
+        cuts = cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)
+    logging.info(f"stage 3: computing fbank for {part} ({len(cuts)} cuts)")
+    cuts = cuts.compute_and_store_features(
+        extractor=make_fbank_extractor(),
+        storage_path=args.output_dir / f"librispeech_feats_{part}",
+        num_jobs=args.num_jobs,
+        storage_type=LilcomChunkyWriter,
+    )
+    write_atomically(cuts, cuts_path)
+
+
+def compute_musan(args: argparse.Namespace) -> None:
+    """Features for the noise set, cut into 10 s windows as icefall does."""
+    from lhotse import CutSet, LilcomChunkyWriter, combine, load_manifest
+
+    cuts_path = args.output_dir / "musan_cuts.jsonl.gz"
+    recording_paths = sorted(args.manifest_dir.glob("musan_recordings_*.jsonl.gz"))
+    if cuts_path.is_file() or not recording_paths:
+        if not recording_paths:
+            logging.info("stage 3: no noise manifests (stage 2); no musan_cuts")
+        return
+    recordings = combine(*[load_manifest(p) for p in recording_paths])
+    cuts = (
+        CutSet.from_manifests(recordings=recordings)
+        .cut_into_windows(10.0)
+        .filter(lambda cut: cut.duration > 5.0)
+    )
+    logging.info(f"stage 3: computing fbank for noise ({len(cuts)} cuts)")
+    cuts = cuts.compute_and_store_features(
+        extractor=make_fbank_extractor(),
+        storage_path=args.output_dir / "musan_feats",
+        num_jobs=args.num_jobs,
+        storage_type=LilcomChunkyWriter,
+    )
+    write_atomically(cuts, cuts_path)
+
+
+def write_atomically(cuts, path: Path) -> None:
+    """Writes the cut set under a temporary name first: a killed run leaves no
+    half-written manifest that a rerun would mistake for a finished one."""
+    tmp_path = path.with_name(f"tmp.{path.name}")
+    cuts.to_file(tmp_path)
+    tmp_path.rename(path)
+
+
+def main() -> int:
+    args = get_parser().parse_args()
+    setup_logging()
+    # Feature extraction parallelises over processes; intra-op threads on top
+    # of that would only oversubscribe the cores.
+    torch.set_num_threads(1)
+    parts = args.parts or find_parts(args.manifest_dir)
+    if not parts:
+        logging.error(
+            f"stage 3: no manifests in {args.manifest_dir}; "
+            "run ./prepare.sh --stage 1 --stop-stage 1"
+        )
+        return 1
+    for part in parts:
+        if not (args.manifest_dir / f"librispeech_recordings_{part}.jsonl.gz").is_file():
+            logging.error(f"stage 3: no manifests for {part}; run ./prepare.sh --stage 1")
+            return 1
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        compute_part(part, args)
+    compute_musan(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

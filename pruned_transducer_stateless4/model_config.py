@@ -1,0 +1,109 @@
+"""Model options shared by train.py, decode.py, streaming_decode.py and export.py.
+
+`add_model_arguments(parser)` is the single definition of the model's
+hyper-parameters.  train.py stores their values in every checkpoint
+(`params`); later scripts take them from the checkpoint (`apply_checkpoint_model_options`),
+so a model can never be rebuilt with options other than those it was trained with.
+"""
+
+import argparse
+import logging
+from typing import Any
+
+from pruned_transducer_stateless4.conformer import Conformer
+from pruned_transducer_stateless4.decoder import Decoder
+from pruned_transducer_stateless4.joiner import Joiner
+from pruned_transducer_stateless4.model import Transducer
+from shared.utils import str2bool
+
+# Options that define the network's shape; they must match between a
+# checkpoint and the model that loads it.
+MODEL_OPTION_NAMES = (
+    "num_encoder_layers",
+    "encoder_dim",
+    "nhead",
+    "dim_feedforward",
+    "cnn_module_kernel",
+    "decoder_dim",
+    "joiner_dim",
+    "context_size",
+    "vocab_size",
+    "blank_id",
+    "use_ctc",
+    "causal_convolution",
+    "feature_dim",
+    "subsampling_factor",
+)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(title="Model options",
+                                      description="Shape of the streaming Conformer transducer.")
+    group.add_argument("--num-encoder-layers", type=int, default=6,
+                       help="Number of Conformer encoder layers.")
+    group.add_argument("--encoder-dim", type=int, default=192,
+                       help="Attention dimension of the encoder (d_model).")
+    group.add_argument("--nhead", type=int, default=4,
+                       help="Number of attention heads.")
+    group.add_argument("--dim-feedforward", type=int, default=768,
+                       help="Hidden dimension of the encoder's feed-forward modules.")
+    group.add_argument("--cnn-module-kernel", type=int, default=15,
+                       help="Kernel size of the encoder's depthwise convolution.")
+    group.add_argument("--decoder-dim", type=int, default=256,
+                       help="Embedding dimension of the stateless decoder.")
+    group.add_argument("--joiner-dim", type=int, default=256,
+                       help="Hidden dimension of the joiner.")
+    group.add_argument("--context-size", type=int, default=2,
+                       help="Tokens of left context of the decoder; 1 means bigram.")
+    group.add_argument("--causal-convolution", type=str2bool, default=True,
+                       help="Causal depthwise convolution in the encoder (needed for streaming).")
+    group.add_argument("--use-ctc", type=str2bool, default=True,
+                       help="Auxiliary CTC head on the encoder (see --ctc-loss-scale in train.py).")
+
+
+def get_transducer_model(params: dict[str, Any]) -> Transducer:
+    """Builds the model from params (an AttributeDict or dict of options)."""
+    encoder = Conformer(
+        num_features=params["feature_dim"],
+        subsampling_factor=params["subsampling_factor"],
+        d_model=params["encoder_dim"],
+        nhead=params["nhead"],
+        dim_feedforward=params["dim_feedforward"],
+        num_encoder_layers=params["num_encoder_layers"],
+        cnn_module_kernel=params["cnn_module_kernel"],
+        causal=params["causal_convolution"],
+        dynamic_chunk_training=params.get("dynamic_chunk_training", False),
+        short_chunk_size=params.get("short_chunk_size", 25),
+        num_left_chunks=params.get("num_left_chunks", 4),
+    )
+    decoder = Decoder(
+        vocab_size=params["vocab_size"],
+        decoder_dim=params["decoder_dim"],
+        blank_id=params["blank_id"],
+        context_size=params["context_size"],
+    )
+    joiner = Joiner(
+        encoder_dim=params["encoder_dim"],
+        decoder_dim=params["decoder_dim"],
+        joiner_dim=params["joiner_dim"],
+        vocab_size=params["vocab_size"],
+    )
+    return Transducer(
+        encoder=encoder, decoder=decoder, joiner=joiner,
+        encoder_dim=params["encoder_dim"], decoder_dim=params["decoder_dim"],
+        vocab_size=params["vocab_size"], use_ctc=params.get("use_ctc", False),
+    )
+
+
+def apply_checkpoint_model_options(params: dict[str, Any], checkpoint_params: dict[str, Any],
+                                   source: str) -> None:
+    """Overwrites params' model options with those stored in a checkpoint,
+    logging every option whose command-line value differed."""
+    for name in MODEL_OPTION_NAMES:
+        if name not in checkpoint_params:
+            continue
+        stored = checkpoint_params[name]
+        if name in params and params[name] != stored:
+            logging.warning(f"--{name.replace('_', '-')}={params[name]} differs from {source} "
+                            f"({stored}); using {stored}")
+        params[name] = stored

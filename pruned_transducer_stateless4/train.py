@@ -1,0 +1,586 @@
+#!/usr/bin/env python3
+"""Train a streaming Conformer transducer with the pruned RNN-T loss.
+
+Usage (from the project root, after ./prepare.sh):
+
+  # one process
+  ./pruned_transducer_stateless4/train.py --num-epochs 10 --exp-dir exp/pruned_transducer_stateless4
+
+  # two processes on one machine (gloo on CPU, nccl on CUDA)
+  ./pruned_transducer_stateless4/train.py --world-size 2 ...
+
+  # several machines: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR
+  torchrun --nnodes 2 --nproc-per-node 1 ... ./pruned_transducer_stateless4/train.py ...
+
+  # resume: from epoch-3.pt, or from checkpoint-2000.pt (same data order)
+  ./pruned_transducer_stateless4/train.py --start-epoch 4 ...
+  ./pruned_transducer_stateless4/train.py --start-batch 2000 ...
+
+Outputs in --exp-dir: epoch-N.pt, checkpoint-B.pt, tensorboard/, log/log-train-*.
+"""
+
+import argparse
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pruned_transducer_stateless4.asr_datamodule import (
+    LibriSpeechAsrDataModule,
+    batch_features,
+    batch_texts,
+)
+from pruned_transducer_stateless4.beam_search import greedy_search_batch
+from pruned_transducer_stateless4.model_config import add_model_arguments, get_transducer_model
+from shared.checkpoint import (
+    load_checkpoint_file,
+    load_model_state,
+    remove_old_checkpoints,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+    update_averaged_model,
+)
+from shared.metrics import word_error_rate
+from shared.optim import Eden
+from shared.utils import AttributeDict, RecipeError, get_device, setup_logging, str2bool
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--world-size", type=int, default=1,
+                        help="Number of training processes on this machine (DDP).")
+    parser.add_argument("--master-port", type=int, default=12354,
+                        help="Port of the DDP rendezvous for --world-size > 1.")
+    parser.add_argument("--tensorboard", type=str2bool, default=True,
+                        help="Write tensorboard logs to EXP_DIR/tensorboard.")
+    parser.add_argument("--num-epochs", type=int, default=30,
+                        help="Train up to and including this epoch.")
+    parser.add_argument("--start-epoch", type=int, default=1,
+                        help="Epoch to start at; > 1 resumes from EXP_DIR/epoch-(N-1).pt.")
+    parser.add_argument("--start-batch", type=int, default=0,
+                        help="If > 0, resume from EXP_DIR/checkpoint-B.pt (overrides "
+                        "--start-epoch) and continue the same data order.")
+    parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
+                        help="Where checkpoints, logs and tensorboard files go.")
+    parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
+                        help="Sentencepiece model of prepare.sh stage 4.")
+    parser.add_argument("--base-lr", type=float, default=3e-3,
+                        help="Peak learning rate of AdamW.")
+    parser.add_argument("--lr-batches", type=float, default=3000,
+                        help="Eden: batches after which the learning rate decays as b^-0.5.")
+    parser.add_argument("--lr-epochs", type=float, default=6,
+                        help="Eden: epochs after which the learning rate decays as e^-0.5.")
+    parser.add_argument("--warmup-batches", type=float, default=300,
+                        help="Linear learning-rate warm-up from 0.1x to 1x over this many batches.")
+    parser.add_argument("--weight-decay", type=float, default=1e-3,
+                        help="AdamW weight decay.")
+    parser.add_argument("--grad-clip", type=float, default=5.0,
+                        help="Clip the gradient norm to this value.")
+    parser.add_argument("--prune-range", type=int, default=5,
+                        help="Symbol positions per frame kept for the pruned loss.")
+    parser.add_argument("--lm-scale", type=float, default=0.25,
+                        help="Weight of the LM-only term in the smoothed simple loss.")
+    parser.add_argument("--am-scale", type=float, default=0.0,
+                        help="Weight of the acoustic-only term in the smoothed simple loss.")
+    parser.add_argument("--simple-loss-scale", type=float, default=0.5,
+                        help="Weight of the simple loss after warm-up "
+                        "(loss = s * simple_loss + pruned_loss).")
+    parser.add_argument("--ctc-loss-scale", type=float, default=0.2,
+                        help="Weight of the auxiliary CTC loss (needs --use-ctc true).")
+    parser.add_argument("--model-warm-step", type=int, default=300,
+                        help="Batches with only the simple loss; the pruned loss is then "
+                        "phased in over as many batches again.")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="Seed of every random generator.")
+    parser.add_argument("--save-every-n", type=int, default=1000,
+                        help="Save checkpoint-B.pt every this many batches.")
+    parser.add_argument("--keep-last-k", type=int, default=5,
+                        help="Keep only the newest k checkpoint-B.pt files (0 keeps all).")
+    parser.add_argument("--average-period", type=int, default=100,
+                        help="Update the running average of the weights every this many batches.")
+    parser.add_argument("--use-fp16", type=str2bool, default=False,
+                        help="Mixed precision: float16 with grad scaling on CUDA, "
+                        "bfloat16 autocast on CPU.")
+    parser.add_argument("--dynamic-chunk-training", type=str2bool, default=True,
+                        help="Draw the attention chunk size per batch (streaming model).")
+    parser.add_argument("--short-chunk-size", type=int, default=25,
+                        help="Largest chunk (frames after subsampling) of dynamic chunk training.")
+    parser.add_argument("--num-left-chunks", type=int, default=4,
+                        help="Chunks of left context in dynamic chunk training; -1 = unlimited.")
+    parser.add_argument("--log-interval", type=int, default=50,
+                        help="Log training progress every this many batches.")
+    parser.add_argument("--valid-interval", type=int, default=500,
+                        help="Validate (loss and greedy WER) every this many batches.")
+    parser.add_argument("--valid-wer-utts", type=int, default=100,
+                        help="Size of the fixed dev-clean subset decoded for the validation WER.")
+    parser.add_argument("--valid-chunk-size", type=int, default=16,
+                        help="Chunk size of simulated streaming in the validation WER.")
+    parser.add_argument("--valid-left-context", type=int, default=64,
+                        help="Left context (frames) of simulated streaming in the validation WER.")
+    parser.add_argument("--max-train-minutes", type=float, default=0.0,
+                        help="If > 0, stop after this many minutes of training (after "
+                        "validating and saving a checkpoint).")
+    parser.add_argument("--num-threads", type=int, default=0,
+                        help="Torch threads per process on CPU; 0 = cores / world size.")
+    add_model_arguments(parser)
+    LibriSpeechAsrDataModule.add_arguments(parser)
+    return parser
+
+
+def get_params() -> AttributeDict:
+    """Fixed settings and training counters, stored in every checkpoint."""
+    return AttributeDict(
+        {
+            "feature_dim": 80,
+            "subsampling_factor": 4,
+            "blank_id": 0,
+            "vocab_size": -1,  # read from the BPE model
+            "batch_idx_train": 0,
+            "cur_epoch": 1,
+            "train_seconds": 0.0,  # wall time spent training, over resumes
+            "best_valid_loss": float("inf"),
+            "best_valid_epoch": -1,
+        }
+    )
+
+
+# ------------------------------------------------------------------ setup ----
+def setup_distributed(rank: int, world_size: int, master_port: int) -> None:
+    """Joins the process group.  torchrun provides MASTER_ADDR/PORT itself;
+    with --world-size the processes rendezvous on localhost."""
+    os.environ.setdefault("MASTER_ADDR", "localhost")
+    os.environ.setdefault("MASTER_PORT", str(master_port))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+
+
+def fix_random_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast_context(params: AttributeDict, device: torch.device):
+    if not params.use_fp16:
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def loss_scales(params: AttributeDict) -> tuple[float, float]:
+    """(simple_loss_scale, pruned_loss_scale) for the current batch.
+
+    icefall's warm-up: first only the simple loss (the pruned loss needs
+    sensible prune ranges, which come from the simple loss's gradients), then
+    the pruned loss phased in linearly while the simple loss's weight drops to
+    --simple-loss-scale.
+    """
+    warm = params.model_warm_step
+    step = params.batch_idx_train
+    if warm <= 0 or step >= 2 * warm:
+        return params.simple_loss_scale, 1.0
+    if step < warm:
+        return 1.0, 0.0
+    progress = (step - warm) / warm
+    return 1.0 - progress * (1.0 - params.simple_loss_scale), 0.1 + 0.9 * progress
+
+
+# ------------------------------------------------------------ batch loss ----
+def compute_loss(
+    params: AttributeDict,
+    model: torch.nn.Module,
+    sp: spm.SentencePieceProcessor,
+    batch: dict[str, Any],
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-frame training loss of one batch and its components (summed).
+
+    Returns:
+      (loss, stats): loss is the weighted sum divided by the number of encoder
+      frames, ready for backward; stats holds the summed components and
+      `frames` so that averages over many batches are exact.
+    """
+    features, feature_lens = batch_features(batch, device)
+    token_ids = sp.encode(batch_texts(batch), out_type=int)
+    with autocast_context(params, device):
+        simple_loss, pruned_loss, ctc_loss, encoder_out_lens = model(
+            x=features, x_lens=feature_lens, y=token_ids, prune_range=params.prune_range,
+            am_scale=params.am_scale, lm_scale=params.lm_scale,
+        )
+    simple_scale, pruned_scale = loss_scales(params)
+    num_frames = encoder_out_lens.sum().clamp(min=1)
+    total = simple_scale * simple_loss + pruned_scale * pruned_loss
+    if params.use_ctc:
+        total = total + params.ctc_loss_scale * ctc_loss
+    loss = total / num_frames
+    stats = {
+        "frames": float(num_frames),
+        "loss": float(total.detach()),
+        "simple_loss": float(simple_loss.detach()),
+        "pruned_loss": float(pruned_loss.detach()),
+        "ctc_loss": float(ctc_loss.detach()),
+        "utterances": float(features.size(0)),
+        "audio_seconds": float(feature_lens.sum()) / 100.0,
+    }
+    return loss, stats
+
+
+class Tracker(dict):
+    """Sums of loss components over batches; per-frame averages on demand."""
+
+    def add(self, stats: dict[str, float]) -> None:
+        for key, value in stats.items():
+            self[key] = self.get(key, 0.0) + value
+
+    def per_frame(self, key: str) -> float:
+        return self.get(key, 0.0) / max(self.get("frames", 0.0), 1.0)
+
+    def summary(self) -> str:
+        return ", ".join(f"{key} {self.per_frame(key):.4f}"
+                         for key in ("loss", "simple_loss", "pruned_loss", "ctc_loss"))
+
+
+# ------------------------------------------------------------ validation ----
+@torch.no_grad()
+def validate(
+    params: AttributeDict,
+    model: torch.nn.Module,
+    sp: spm.SentencePieceProcessor,
+    valid_dl: torch.utils.data.DataLoader,
+    wer_dl: torch.utils.data.DataLoader,
+    device: torch.device,
+) -> tuple[Tracker, float]:
+    """Validation loss on dev-clean and greedy-search WER on a fixed subset.
+
+    For a streaming model the WER uses simulated streaming (chunk mask with
+    --valid-chunk-size and --valid-left-context), which is what deployment sees.
+    """
+    inner = unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    tracker = Tracker()
+    for batch in valid_dl:
+        _, stats = compute_loss(params, inner, sp, batch, device)
+        tracker.add(stats)
+
+    refs: list[str] = []
+    hyps: list[str] = []
+    chunk_size = params.valid_chunk_size if params.dynamic_chunk_training else -1
+    for batch in wer_dl:
+        features, feature_lens = batch_features(batch, device)
+        encoder_out, encoder_out_lens = inner.encoder(
+            features, feature_lens, chunk_size=chunk_size, left_context=params.valid_left_context
+        )
+        hyp_tokens = greedy_search_batch(inner, encoder_out, encoder_out_lens)
+        hyps.extend(sp.decode(hyp_tokens))
+        refs.extend(batch_texts(batch))
+    inner.train(was_training)
+    return tracker, word_error_rate(refs, hyps)
+
+
+# -------------------------------------------------------------- training ----
+def train_one_epoch(
+    params: AttributeDict,
+    model: torch.nn.Module,
+    model_avg: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Eden,
+    grad_scaler: torch.amp.GradScaler,
+    sp: spm.SentencePieceProcessor,
+    train_dl: torch.utils.data.DataLoader,
+    valid_dl: torch.utils.data.DataLoader,
+    wer_dl: torch.utils.data.DataLoader,
+    device: torch.device,
+    tb_writer: Any,
+    rank: int,
+    world_size: int,
+    epoch_audio_seconds: float,
+    rng_state: dict[str, Any] | None,
+) -> bool:
+    """Trains one epoch.  Returns False when --max-train-minutes ran out."""
+    model.train()
+    tracker = Tracker()
+    interval_tracker = Tracker()
+    interval_start = time.time()
+    epoch_seconds_done = 0.0
+    if rng_state is not None:
+        # Restored here, after the sampler was rebuilt and fast-forwarded,
+        # so the next batch draws exactly what the interrupted run would have.
+        set_rng_state(rng_state)
+
+    for batch in train_dl:
+        step_start = time.time()
+        params.batch_idx_train += 1
+        scheduler.step_batch(params.batch_idx_train)
+        loss, stats = compute_loss(params, model, sp, batch, device)
+
+        finite = torch.tensor([1.0 if math.isfinite(stats["loss"]) else 0.0], device=device)
+        if world_size > 1:
+            # Every rank must skip together, or DDP's gradient all-reduce hangs.
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() == 0.0:
+            logging.warning(f"batch {params.batch_idx_train}: non-finite loss "
+                            f"({stats['loss']}); skipping it, weights untouched")
+            optimizer.zero_grad(set_to_none=True)
+            continue
+
+        optimizer.zero_grad(set_to_none=True)
+        grad_scaler.scale(loss).backward()
+        grad_scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+
+        tracker.add(stats)
+        interval_tracker.add(stats)
+        epoch_seconds_done += stats["audio_seconds"] * world_size
+        params.train_seconds += time.time() - step_start
+
+        if model_avg is not None and params.batch_idx_train % params.average_period == 0:
+            update_averaged_model(model, model_avg, params.average_period, params.batch_idx_train)
+
+        if params.batch_idx_train % params.log_interval == 0 and rank == 0:
+            elapsed = time.time() - interval_start
+            audio_rate = interval_tracker["audio_seconds"] * world_size / max(elapsed, 1e-6)
+            eta = (epoch_audio_seconds - epoch_seconds_done) / max(audio_rate, 1e-6)
+            logging.info(
+                f"epoch {params.cur_epoch}, batch {params.batch_idx_train}, "
+                f"{interval_tracker.summary()}, lr {scheduler.get_last_lr()[0]:.2e}, "
+                f"grad norm {float(grad_norm):.2f}, {audio_rate:.1f} s audio/s, "
+                f"{interval_tracker['frames'] * world_size / elapsed:.0f} frames/s, "
+                f"epoch ETA {eta / 60:.1f} min"
+            )
+            if tb_writer is not None:
+                for key in ("loss", "simple_loss", "pruned_loss", "ctc_loss"):
+                    tb_writer.add_scalar(f"train/{key}", interval_tracker.per_frame(key),
+                                         params.batch_idx_train)
+                tb_writer.add_scalar("train/lr", scheduler.get_last_lr()[0], params.batch_idx_train)
+                tb_writer.add_scalar("train/audio_seconds_per_second", audio_rate,
+                                     params.batch_idx_train)
+            interval_tracker = Tracker()
+            interval_start = time.time()
+
+        out_of_time = (params.max_train_minutes > 0
+                       and params.train_seconds >= params.max_train_minutes * 60)
+        if params.batch_idx_train % params.valid_interval == 0 or out_of_time:
+            run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank,
+                           world_size)
+            interval_start = time.time()
+
+        if params.save_every_n > 0 and params.batch_idx_train % params.save_every_n == 0:
+            if rank == 0:
+                save_checkpoint(
+                    params.exp_dir / f"checkpoint-{params.batch_idx_train}.pt", model, params,
+                    model_avg=model_avg, optimizer=optimizer, scheduler=scheduler,
+                    sampler=train_dl.sampler, grad_scaler=grad_scaler,
+                )
+                remove_old_checkpoints(params.exp_dir, params.keep_last_k)
+        if out_of_time:
+            logging.info(f"--max-train-minutes {params.max_train_minutes} reached at batch "
+                         f"{params.batch_idx_train}")
+            return False
+
+    if rank == 0:
+        logging.info(f"epoch {params.cur_epoch} done: {tracker.summary()}")
+    return True
+
+
+def run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank, world_size):
+    if rank == 0:
+        start = time.time()
+        tracker, wer = validate(params, model, sp, valid_dl, wer_dl, device)
+        valid_loss = tracker.per_frame("loss")
+        logging.info(
+            f"validation at batch {params.batch_idx_train} "
+            f"({params.train_seconds / 60:.1f} min of training): {tracker.summary()}, "
+            f"greedy WER {wer * 100:.2f}% on {params.valid_wer_utts} dev-clean utterances "
+            f"({time.time() - start:.1f} s)"
+        )
+        if tb_writer is not None:
+            tb_writer.add_scalar("valid/loss", valid_loss, params.batch_idx_train)
+            for key in ("simple_loss", "pruned_loss", "ctc_loss"):
+                tb_writer.add_scalar(f"valid/{key}", tracker.per_frame(key),
+                                     params.batch_idx_train)
+            tb_writer.add_scalar("valid/wer", wer * 100, params.batch_idx_train)
+            tb_writer.add_scalar("valid/wer_vs_minutes", wer * 100,
+                                 int(params.train_seconds / 60))
+            tb_writer.flush()
+        if valid_loss < params.best_valid_loss:
+            params.best_valid_loss = valid_loss
+            params.best_valid_epoch = params.cur_epoch
+    if world_size > 1:
+        dist.barrier()
+
+
+# ------------------------------------------------------------------ main ----
+def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
+    params = get_params()
+    params.update(vars(args))
+    distributed = world_size > 1
+    if distributed:
+        setup_distributed(rank, world_size, params.master_port)
+    params.exp_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(params.exp_dir / "log" / f"log-train-{time.strftime('%Y-%m-%d-%H-%M-%S')}"
+                  f"-rank{rank}", rank=rank)
+    device = get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(params.num_threads or max(1, (os.cpu_count() or 1) // world_size))
+    if params.use_fp16 and device.type == "cpu":
+        logging.info("--use-fp16 on CPU: using bfloat16 autocast (no grad scaling needed)")
+    fix_random_seed(params.seed + rank)
+
+    if not params.bpe_model.is_file():
+        raise FileNotFoundError(f"BPE model {params.bpe_model} not found; run ./prepare.sh "
+                                "--stage 4 --stop-stage 4")
+    sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
+    params.blank_id = sp.piece_to_id("<blk>")
+    params.vocab_size = sp.get_piece_size()
+
+    checkpoint = None
+    if params.start_batch > 0:
+        checkpoint = load_checkpoint_file(params.exp_dir / f"checkpoint-{params.start_batch}.pt")
+    elif params.start_epoch > 1:
+        checkpoint = load_checkpoint_file(params.exp_dir / f"epoch-{params.start_epoch - 1}.pt")
+    if checkpoint is not None:
+        for key in ("batch_idx_train", "cur_epoch", "train_seconds", "best_valid_loss",
+                    "best_valid_epoch"):
+            params[key] = checkpoint["params"][key]
+        if params.start_batch > 0:
+            params.start_epoch = params.cur_epoch
+        else:
+            params.cur_epoch = params.start_epoch
+
+    model = get_transducer_model(params)
+    num_params = sum(p.numel() for p in model.parameters())
+    params.num_params = num_params
+    logging.info(f"model: {num_params / 1e6:.2f} M parameters")
+    if checkpoint is not None:
+        load_model_state(model, checkpoint["model"], "resume checkpoint")
+    model_avg = None
+    if params.average_period > 0:
+        model_avg = copy.deepcopy(model).to(torch.float64)
+        if checkpoint is not None and checkpoint.get("model_avg") is not None:
+            model_avg.load_state_dict(checkpoint["model_avg"])
+    model.to(device)
+    if distributed:
+        model = DDP(model, device_ids=[rank] if device.type == "cuda" else None)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr,
+                                  weight_decay=params.weight_decay, betas=(0.9, 0.98))
+    scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs, params.warmup_batches)
+    grad_scaler = torch.amp.GradScaler(
+        device.type, enabled=params.use_fp16 and device.type == "cuda"
+    )
+    if checkpoint is not None:
+        if checkpoint.get("optimizer") is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scheduler") is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("grad_scaler") is not None:
+            grad_scaler.load_state_dict(checkpoint["grad_scaler"])
+
+    datamodule = LibriSpeechAsrDataModule(args)
+    train_cuts = (datamodule.train_all_shuf_cuts() if params.full_libri
+                  else datamodule.train_clean_100_cuts())
+    # Cuts the feature extractor cannot handle (or the loss: more tokens than
+    # frames) would make the loss infinite; drop them up front.
+    train_cuts = train_cuts.filter(lambda cut: 0.5 <= cut.duration <= 30.0)
+    epoch_audio_seconds = sum(cut.duration for cut in train_cuts)
+    dev_cuts = datamodule.dev_clean_cuts()
+    valid_dl = datamodule.valid_dataloaders(dev_cuts)
+    wer_dl = datamodule.valid_dataloaders(dev_cuts.subset(first=params.valid_wer_utts))
+
+    sampler_state = None
+    rng_state = None
+    if params.start_batch > 0 and checkpoint is not None:
+        sampler_state = checkpoint.get("sampler")
+        rng_state = checkpoint.get("rng")
+    train_dl = datamodule.train_dataloaders(
+        train_cuts, sampler_state_dict=sampler_state,
+        world_size=world_size if distributed else None, rank=rank if distributed else None,
+        seed=params.seed,
+    )
+
+    tb_writer = None
+    if params.tensorboard and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb_writer = SummaryWriter(log_dir=str(params.exp_dir / "tensorboard"))
+        tb_writer.add_text("params", str({k: str(v) for k, v in params.items()}))
+
+    logging.info(f"training on {device}, world size {world_size}, "
+                 f"{epoch_audio_seconds / 3600:.2f} h of audio per epoch")
+    for epoch in range(params.start_epoch, params.num_epochs + 1):
+        params.cur_epoch = epoch
+        scheduler.step_epoch(epoch - 1)
+        if sampler_state is None:
+            train_dl.sampler.set_epoch(epoch - 1)
+        if rng_state is None:
+            fix_random_seed(params.seed + epoch - 1 + rank * 1000)
+        finished = train_one_epoch(
+            params, model, model_avg, optimizer, scheduler, grad_scaler, sp, train_dl, valid_dl,
+            wer_dl, device, tb_writer, rank, world_size if distributed else 1,
+            epoch_audio_seconds, rng_state,
+        )
+        sampler_state = None
+        rng_state = None
+        if not finished:
+            if rank == 0:
+                save_checkpoint(
+                    params.exp_dir / f"checkpoint-{params.batch_idx_train}.pt", model, params,
+                    model_avg=model_avg, optimizer=optimizer, scheduler=scheduler,
+                    sampler=train_dl.sampler, grad_scaler=grad_scaler,
+                )
+            break
+        run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank,
+                       world_size if distributed else 1)
+        if rank == 0:
+            save_checkpoint(
+                params.exp_dir / f"epoch-{epoch}.pt", model, params, model_avg=model_avg,
+                optimizer=optimizer, scheduler=scheduler, sampler=train_dl.sampler,
+                grad_scaler=grad_scaler,
+            )
+    if tb_writer is not None:
+        tb_writer.close()
+    logging.info("done")
+    if distributed:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        # Started by torchrun (possibly on several nodes).
+        run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)
+    elif args.world_size > 1:
+        mp.spawn(run, args=(args.world_size, args), nprocs=args.world_size, join=True)
+    else:
+        run(0, 1, args)
+
+
+if __name__ == "__main__":
+    torch.set_num_interop_threads(1)
+    try:
+        main()
+    except (FileNotFoundError, RecipeError) as error:
+        if os.environ.get("RECIPE_DEBUG"):
+            raise
+        print(f"train.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)

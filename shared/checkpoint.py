@@ -1,0 +1,178 @@
+"""Checkpoints as icefall writes them, saved atomically.
+
+Layout of a checkpoint file (a dict):
+  model        model.state_dict() (DDP prefix removed)
+  model_avg    running average of the weights (optional), see `update_averaged_model`
+  optimizer, scheduler, grad_scaler, sampler   state dicts (optional)
+  rng          python/numpy/torch RNG states, so a resumed run draws the same
+               random numbers as an uninterrupted one
+  params       the AttributeDict of the run (hyper-parameters, counters,
+               model options), so that decode/export rebuild the same model
+"""
+
+import glob
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from shared.utils import RecipeError, atomic_torch_save
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel, or the model itself."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def get_rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    params: dict[str, Any],
+    model_avg: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    sampler: Any = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """Writes a checkpoint atomically (see `shared.utils.atomic_torch_save`)."""
+    checkpoint = {
+        "model": unwrap(model).state_dict(),
+        "model_avg": model_avg.state_dict() if model_avg is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "sampler": sampler.state_dict() if sampler is not None else None,
+        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
+        "rng": get_rng_state(),
+        "params": dict(params),
+    }
+    atomic_torch_save(checkpoint, path)
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """Loads a checkpoint, turning every failure into one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise RecipeError(f"checkpoint {path} is unreadable ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise RecipeError(f"checkpoint {path} holds no 'model' entry; is it a checkpoint?")
+    return checkpoint
+
+
+def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict with a one-line error naming the first mismatch."""
+    try:
+        unwrap(model).load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[1:2] or [str(error)]
+        raise RecipeError(
+            f"checkpoint {path} does not fit the model ({first_line[0].strip()}); "
+            "were the model options different?"
+        ) from error
+
+
+def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the `model` entries of several checkpoints."""
+    assert paths, "nothing to average"
+    average: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state = load_checkpoint_file(path)["model"]
+        for name, tensor in state.items():
+            if name not in average:
+                average[name] = tensor.clone().double() if tensor.is_floating_point() else tensor
+            elif tensor.is_floating_point():
+                average[name] += tensor.double()
+    for name, tensor in average.items():
+        if tensor.is_floating_point():
+            average[name] = (tensor / len(paths)).to(torch.float32)
+    return average
+
+
+@torch.no_grad()
+def update_averaged_model(
+    model: nn.Module, model_avg: nn.Module, average_period: int, batch_idx_train: int
+) -> None:
+    """Running average of the weights over all batches so far (icefall's).
+
+    Called every `average_period` batches:
+      model_avg = model_avg * (1 - p/b) + model * p/b,  p = average_period, b = batch_idx_train
+    so model_avg equals the mean of the models seen at each call.
+    """
+    weight_cur = average_period / batch_idx_train
+    weight_avg = 1.0 - weight_cur
+    avg_params = model_avg.state_dict()
+    cur_params = unwrap(model).state_dict()
+    for name, avg_tensor in avg_params.items():
+        if avg_tensor.is_floating_point():
+            current = cur_params[name].to(avg_tensor.dtype)
+            avg_tensor.mul_(weight_avg).add_(current, alpha=weight_cur)
+
+
+def averaged_model_between(start: dict[str, Any], end: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Average of the models trained between two checkpoints (icefall's
+    --use-averaged-model): from the running averages stored in both,
+      avg(start..end] = (avg_end * b_end - avg_start * b_start) / (b_end - b_start).
+    """
+    batch_end = end["params"]["batch_idx_train"]
+    batch_start = start["params"]["batch_idx_train"]
+    assert batch_end > batch_start, (batch_start, batch_end)
+    if start.get("model_avg") is None or end.get("model_avg") is None:
+        raise RecipeError("checkpoints hold no averaged model (train with --average-period > 0)")
+    weight_end = batch_end / (batch_end - batch_start)
+    weight_start = -batch_start / (batch_end - batch_start)
+    averaged = {}
+    for name, tensor_end in end["model_avg"].items():
+        if tensor_end.is_floating_point():
+            averaged[name] = (tensor_end.double() * weight_end
+                              + start["model_avg"][name].double() * weight_start).float()
+        else:
+            averaged[name] = tensor_end
+    return averaged
+
+
+def find_checkpoints(exp_dir: Path, iteration: int = 0) -> list[Path]:
+    """checkpoint-B.pt files in exp_dir, newest (largest B) first; with
+    `iteration` > 0, only those with B <= iteration."""
+    paths = glob.glob(str(Path(exp_dir) / "checkpoint-[0-9]*.pt"))
+    numbered = []
+    for path in paths:
+        match = re.search(r"checkpoint-(\d+)\.pt$", path)
+        if match:
+            numbered.append((int(match.group(1)), Path(path)))
+    numbered.sort(reverse=True)
+    return [path for batch, path in numbered if iteration <= 0 or batch <= iteration]
+
+
+def remove_old_checkpoints(exp_dir: Path, keep_last_k: int) -> None:
+    """Deletes all but the newest `keep_last_k` checkpoint-B.pt files."""
+    if keep_last_k <= 0:
+        return
+    for path in find_checkpoints(exp_dir)[keep_last_k:]:
+        logging.debug(f"removing {path}")
+        path.unlink(missing_ok=True)

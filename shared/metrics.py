@@ -1,0 +1,98 @@
+"""Word error rate and icefall-style error reports (via kaldialign)."""
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import kaldialign
+
+EPS = "*"
+
+
+def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus-level WER: total edits over total reference words (0 if no words)."""
+    assert len(refs) == len(hyps), (len(refs), len(hyps))
+    errors = 0
+    words = 0
+    for ref, hyp in zip(refs, hyps):
+        result = kaldialign.edit_distance(ref.split(), hyp.split())
+        errors += result["total"]
+        words += len(ref.split())
+    return errors / words if words else 0.0
+
+
+def write_recogs(path: Path, results: Sequence[tuple[str, str, str]]) -> None:
+    """recogs file: for each (cut_id, ref, hyp), sorted by id, two lines
+    `id:\tref=[...]` and `id:\thyp=[...]` as icefall writes them."""
+    with open(path, "w") as out:
+        for cut_id, ref, hyp in sorted(results):
+            out.write(f"{cut_id}:\tref={ref.split()}\n")
+            out.write(f"{cut_id}:\thyp={hyp.split()}\n")
+
+
+def write_error_stats(path: Path, test_set_name: str,
+                      results: Sequence[tuple[str, str, str]]) -> float:
+    """Writes an icefall-style errs file and returns the WER (a fraction).
+
+    Sections: the overall WER with its insertions/deletions/substitutions, the
+    per-utterance alignment (`ref->hyp` for substitutions, `(*->hyp)` for
+    insertions, `(ref->*)` for deletions), the most frequent substitutions,
+    deletions and insertions, and per-word counts.
+    """
+    substitutions: Counter[tuple[str, str]] = Counter()
+    deletions: Counter[str] = Counter()
+    insertions: Counter[str] = Counter()
+    word_counts: Counter[str] = Counter()
+    word_errors: Counter[str] = Counter()
+    alignments: list[tuple[str, list[tuple[str, str]]]] = []
+    num_ref_words = 0
+    for cut_id, ref, hyp in sorted(results):
+        ref_words = ref.split()
+        num_ref_words += len(ref_words)
+        word_counts.update(ref_words)
+        alignment = kaldialign.align(ref_words, hyp.split(), EPS)
+        alignments.append((cut_id, alignment))
+        for ref_word, hyp_word in alignment:
+            if ref_word == EPS:
+                insertions[hyp_word] += 1
+                word_errors[hyp_word] += 1
+            elif hyp_word == EPS:
+                deletions[ref_word] += 1
+                word_errors[ref_word] += 1
+            elif ref_word != hyp_word:
+                substitutions[(ref_word, hyp_word)] += 1
+                word_errors[ref_word] += 1
+
+    num_sub = sum(substitutions.values())
+    num_del = sum(deletions.values())
+    num_ins = sum(insertions.values())
+    num_errors = num_sub + num_del + num_ins
+    wer = num_errors / num_ref_words if num_ref_words else 0.0
+    with open(path, "w") as out:
+        out.write(f"%WER = {wer * 100:.2f}\n")
+        out.write(f"Errors: {num_ins} insertions, {num_del} deletions, {num_sub} substitutions, "
+                  f"over {num_ref_words} reference words ({num_ref_words - num_sub - num_del} "
+                  f"correct) in {test_set_name}\n")
+        out.write("\nPER-UTT DETAILS: corr or (ref->hyp)\n")
+        for cut_id, alignment in alignments:
+            out.write(f"{cut_id}:\t{_format_alignment(alignment)}\n")
+        _write_counter(out, "SUBSTITUTIONS: count ref -> hyp",
+                       ((f"{ref} -> {hyp}", n) for (ref, hyp), n in substitutions.most_common()))
+        _write_counter(out, "DELETIONS: count ref", deletions.most_common())
+        _write_counter(out, "INSERTIONS: count hyp", insertions.most_common())
+        out.write("\nPER-WORD STATS: word  errors  occurrences-in-ref\n")
+        for word in sorted(set(word_counts) | set(word_errors),
+                           key=lambda w: (-word_errors[w], w)):
+            out.write(f"{word}   {word_errors[word]}   {word_counts[word]}\n")
+    return wer
+
+
+def _format_alignment(alignment: list[tuple[str, str]]) -> str:
+    return " ".join(ref if ref == hyp else f"({ref}->{hyp})" for ref, hyp in alignment)
+
+
+def _write_counter(out: TextIO, title: str, items) -> None:
+    out.write(f"\n{title}\n")
+    for key, count in items:
+        out.write(f"{count}   {key}\n")

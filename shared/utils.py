@@ -1,0 +1,75 @@
+"""Small recipe-agnostic helpers shared by every script."""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class RecipeError(Exception):
+    """A problem with the user's input (file, option, checkpoint) that the
+    scripts report as one line, without a traceback."""
+
+
+class AttributeDict(dict):
+    """A dict whose keys can be read and written as attributes (as icefall's)."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError as error:
+            raise AttributeError(f"no attribute '{key}'") from error
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+def setup_logging(log_file: Path | None = None, level: int = logging.INFO, rank: int = 0) -> None:
+    """Logs to stderr (and to `log_file` if given) with timestamps.
+
+    Under DDP only rank 0 logs INFO to the console, so that progress lines are
+    not printed once per process; every rank still writes its own log file.
+    """
+    formatter = "%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s"
+    handlers: list[logging.Handler] = []
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level if rank == 0 else logging.WARNING)
+    handlers.append(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=level, format=formatter, handlers=handlers, force=True)
+
+
+def str2bool(value: str | bool) -> bool:
+    """argparse type for icefall-style boolean options (true/false/1/0)."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got '{value}'")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save that never leaves a truncated file under `path`.
+
+    The object is written to a temporary file in the same directory and renamed:
+    a rename within one file system is atomic, so a kill leaves either the old
+    file or the new one.
+    """
+    path = Path(path)
+    tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp_path)
+    os.replace(tmp_path, path)
+
+
+def get_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
