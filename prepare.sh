@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Data preparation for the recipe, icefall style: every stage fills data/ and
-# skips work already done.  Run from the project root:
+# skips work already done.  Outputs go to data/ under the current directory
+# (normally the project root):
 #
 #   ./prepare.sh                          # all stages, generated corpus
 #   ./prepare.sh --stage 3 --stop-stage 3 # one stage
 #   ./prepare.sh --corpus librispeech --dl-dir /path/with/LibriSpeech
 set -eou pipefail
-cd "$(dirname "$0")"
-. shared/path.sh
+recipe_dir=$(cd "$(dirname "$0")" && pwd)
+. "$recipe_dir/shared/path.sh"
 
 stage=0
 stop_stage=100
@@ -45,7 +46,7 @@ Options:
   --vocab-sizes 'N..' BPE vocabulary sizes, space separated [$vocab_sizes]
   --lm-order N       order of the word n-gram LM [$lm_order]"
 
-. shared/parse_options.sh
+. "$recipe_dir/shared/parse_options.sh"
 
 log() {
   local fname=${BASH_SOURCE[1]##*/}
@@ -58,7 +59,7 @@ case "$corpus" in synth|librispeech) ;; *) fail "--corpus must be synth or libri
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   log "Stage 0: corpus ($corpus) in $dl_dir/LibriSpeech"
   if [ "$corpus" = synth ]; then
-    ./local/generate_synth_corpus.py --out-dir "$dl_dir" --synth-hours "$synth_hours" \
+    "$recipe_dir"/local/generate_synth_corpus.py --out-dir "$dl_dir" --synth-hours "$synth_hours" \
       --dev-utts "$dev_utts" --test-utts "$test_utts" --seed "$seed" --nj "$nj"
   elif [ ! -d "$dl_dir/LibriSpeech" ]; then
     log "Stage 0: $dl_dir/LibriSpeech not found; trying lhotse's downloader"
@@ -72,7 +73,7 @@ fi
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   log "Stage 1: manifests for $dl_dir/LibriSpeech"
-  ./local/prepare_manifests.py --corpus-dir "$dl_dir/LibriSpeech" --output-dir data/manifests \
+  "$recipe_dir"/local/prepare_manifests.py --corpus-dir "$dl_dir/LibriSpeech" --output-dir data/manifests \
     --num-jobs "$nj"
 fi
 
@@ -82,22 +83,22 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     musan_dir=$dl_dir/musan
   else
     log "Stage 2: no $dl_dir/musan; generating a noise set in $dl_dir/generated_noise"
-    ./local/generate_noise.py --out-dir "$dl_dir/generated_noise" \
+    "$recipe_dir"/local/generate_noise.py --out-dir "$dl_dir/generated_noise" \
       --librispeech-dir "$dl_dir/LibriSpeech" --seed "$seed"
     musan_dir=$dl_dir/generated_noise/musan
   fi
-  ./local/prepare_noise_manifests.py --musan-dir "$musan_dir" --output-dir data/manifests
+  "$recipe_dir"/local/prepare_noise_manifests.py --musan-dir "$musan_dir" --output-dir data/manifests
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: fbank features"
-  ./local/compute_fbank.py --manifest-dir data/manifests --output-dir data/fbank --num-jobs "$nj"
+  "$recipe_dir"/local/compute_fbank.py --manifest-dir data/manifests --output-dir data/fbank --num-jobs "$nj"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   for vocab_size in $vocab_sizes; do
     log "Stage 4: BPE model with $vocab_size tokens"
-    ./local/train_bpe_model.py --lang-dir "data/lang_bpe_$vocab_size" --vocab-size "$vocab_size" \
+    "$recipe_dir"/local/train_bpe_model.py --lang-dir "data/lang_bpe_$vocab_size" --vocab-size "$vocab_size" \
       --manifest-dir data/manifests
   done
 fi
@@ -106,9 +107,9 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   for vocab_size in $vocab_sizes; do
     lang_dir=data/lang_bpe_$vocab_size
     log "Stage 5: word $lm_order-gram LM and LG graph in $lang_dir"
-    ./local/prepare_lang_bpe.py --lang-dir "$lang_dir"
-    ./local/prepare_lm.py --lang-dir "$lang_dir" --order "$lm_order"
-    ./local/compile_lg.py --lang-dir "$lang_dir"
+    "$recipe_dir"/local/prepare_lang_bpe.py --lang-dir "$lang_dir"
+    "$recipe_dir"/local/prepare_lm.py --lang-dir "$lang_dir" --order "$lm_order"
+    "$recipe_dir"/local/compile_lg.py --lang-dir "$lang_dir"
   done
 fi
 log "Done (stages $stage..$stop_stage)"

@@ -49,18 +49,18 @@ def find_parts(manifest_dir: Path) -> list[str]:
 
 
 def compute_part(part: str, args: argparse.Namespace) -> None:
-    from lhotse import CutSet, LilcomChunkyWriter, load_manifest_lazy
+    from lhotse import CutSet, LilcomChunkyWriter, load_manifest
 
     cuts_path = args.output_dir / f"librispeech_cuts_{part}.jsonl.gz"
     if cuts_path.is_file():
         logging.info(f"stage 3: {cuts_path} exists; skipping")
         return
-    recordings = load_manifest_lazy(args.manifest_dir / f"librispeech_recordings_{part}.jsonl.gz")
-    supervisions = load_manifest_lazy(
+    recordings = load_manifest(args.manifest_dir / f"librispeech_recordings_{part}.jsonl.gz")
+    supervisions = load_manifest(
         args.manifest_dir / f"librispeech_supervisions_{part}.jsonl.gz"
     )
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
-    cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+    cuts = cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
     if part.startswith("train") and args.perturb_speed.lower() in ("1", "true", "yes"):
         cuts = cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)
     logging.info(f"stage 3: computing fbank for {part} ({len(cuts)} cuts)")

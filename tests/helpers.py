@@ -1,0 +1,59 @@
+"""Test helpers: real audio made with espeak-ng, real recipe scripts."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def synthesize(text: str, path: Path, voice: str = "en-us", speed: int = 170) -> None:
+    """Speaks `text` with espeak-ng into a 16 kHz mono FLAC/WAV at `path`."""
+    raw = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text.lower()],
+        check=True, capture_output=True,
+    ).stdout
+    wav_path = path.with_suffix(".tmp.wav")
+    wav_path.write_bytes(raw)
+    samples, rate = sf.read(str(wav_path), dtype="float32")
+    wav_path.unlink()
+    # espeak-ng speaks at 22050 Hz; resample linearly to 16 kHz (good enough for tests).
+    target_len = int(len(samples) * 16000 / rate)
+    resampled = np.interp(np.linspace(0, len(samples) - 1, target_len),
+                          np.arange(len(samples)), samples).astype(np.float32)
+    sf.write(str(path), resampled, 16000)
+
+
+def make_librispeech_tree(root: Path, parts: dict[str, list[tuple[str, str, str]]]) -> Path:
+    """Writes a LibriSpeech-shaped corpus under root/LibriSpeech.
+
+    parts maps a part name to (speaker, chapter, sentence) triples; utterance
+    numbers count up per (speaker, chapter).
+    """
+    corpus = root / "LibriSpeech"
+    for part, utterances in parts.items():
+        counters: dict[tuple[str, str], int] = {}
+        for speaker, chapter, sentence in utterances:
+            chapter_dir = corpus / part / speaker / chapter
+            chapter_dir.mkdir(parents=True, exist_ok=True)
+            index = counters.get((speaker, chapter), 0)
+            counters[(speaker, chapter)] = index + 1
+            utt_id = f"{speaker}-{chapter}-{index:04d}"
+            synthesize(sentence, chapter_dir / f"{utt_id}.flac")
+            with open(chapter_dir / f"{speaker}-{chapter}.trans.txt", "a") as trans:
+                trans.write(f"{utt_id} {sentence.upper()}\n")
+    return corpus
+
+
+def run_script(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs a recipe script (path relative to the project) with the venv's python."""
+    script = PROJECT_DIR / args[0]
+    command = [sys.executable, str(script), *args[1:]] if script.suffix == ".py" \
+        else [str(script), *args[1:]]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
