@@ -209,7 +209,9 @@ def _lattice_log_scores(px: Tensor, py: Tensor, boundary: Tensor) -> Tensor:
     s_begin, t_begin, s_end, t_end = (x.reshape(batch_size, 1, 1) for x in boundary.unbind(1))
     # Nodes that can lie on a path of sequence b: on the grid and not before
     # its begin node (nodes after its end node are harmless: they are never
-    # predecessors of the end node).
+    # predecessors of the end node).  Mass only flows out of the start node, so
+    # this mask is defensive: it pins every other node to exactly _NEG_FINITE
+    # instead of letting off-grid junk or sums of stand-ins drift.
     alive = on_grid & (symbol_index >= s_begin) & (frame_index >= t_begin)  # [B, D, S+1]
     is_start = (symbol_index == s_begin) & (frame_index == t_begin)  # [B, D, S+1]
 
