@@ -559,6 +559,10 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
             )
     if tb_writer is not None:
         tb_writer.close()
+    # Every rank logs this to its own log file: under DDP all ranks must hold
+    # the same weights, which the tests check.
+    checksum = sum(float(p.double().abs().sum()) for p in unwrap(model).parameters())
+    logging.info(f"rank {rank} final parameter checksum {checksum:.10e}")
     logging.info("done")
     if distributed:
         dist.destroy_process_group()

@@ -1,0 +1,50 @@
+"""Shared fixtures: one tiny generated corpus, prepared once per test session
+through the real prepare.sh, reused by the training and decoding tests."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_script
+
+# Tiny model options used by every test that trains (seconds per epoch on CPU).
+TINY_MODEL_ARGS = [
+    "--num-encoder-layers", "2", "--encoder-dim", "64", "--nhead", "2",
+    "--dim-feedforward", "128", "--cnn-module-kernel", "7", "--decoder-dim", "64",
+    "--joiner-dim", "64",
+]
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory) -> Path:
+    """A directory with data/ filled by prepare.sh stages 0-5 on a tiny
+    generated corpus (vocabulary 100).  Tests chdir into it: manifests hold
+    paths relative to it, as in icefall."""
+    work_dir = tmp_path_factory.mktemp("recipe")
+    result = run_script(
+        ["prepare.sh", "--synth-hours", "0.03", "--dev-utts", "12", "--test-utts", "12",
+         "--vocab-sizes", "100", "--nj", "2"],
+        work_dir, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work_dir
+
+
+@pytest.fixture(scope="session")
+def trained_exp_dir(prepared_dir: Path) -> Path:
+    """A tiny streaming model trained for 2 epochs, with checkpoints; decoding
+    and export tests start from it."""
+    exp_dir = prepared_dir / "exp/tiny"
+    if not (exp_dir / "epoch-2.pt").exists():
+        shutil.rmtree(exp_dir, ignore_errors=True)
+        result = run_script(
+            ["pruned_transducer_stateless4/train.py", "--exp-dir", str(exp_dir),
+             "--bpe-model", "data/lang_bpe_100/bpe.model", "--num-epochs", "2",
+             "--max-duration", "20", "--enable-musan", "false", "--save-every-n", "10",
+             "--average-period", "2", "--valid-interval", "1000", "--valid-wer-utts", "4",
+             "--model-warm-step", "5", "--log-interval", "5", *TINY_MODEL_ARGS],
+            prepared_dir, timeout=900,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    return exp_dir
