@@ -37,7 +37,9 @@ CORPUS_WORDS = (
     "BIG SMALL RED READ A AN AND"
 ).split()
 NUM_SENTENCES = 80
-VOCAB_SIZE = 40
+# Small enough that sentencepiece spells THE/THEM, CAT/CATS, DOG/DOGS so that
+# the shorter word's spelling is a prefix of the longer one's.
+VOCAB_SIZE = 30
 
 
 def run_main(module, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
@@ -229,7 +231,11 @@ def test_words_and_lexicon_are_consistent(
         )
         assert pieces == expected, word
         assert all(token2id[piece] != 0 for piece in pieces)
-    assert any(len(pieces) > 1 for _, *pieces in lexicon), "corpus should split words"
+    spellings = [pieces for _, *pieces in lexicon]
+    assert any(
+        len(short) < len(long) and long[: len(short)] == short
+        for short in spellings for long in spellings
+    ), "the corpus should have a word whose spelling is a prefix of another's"
 
     # L maps each word's token ids to its word id, and nothing else.
     lexicon_graph = load_decoding_graph(lang_dir / "L.fst")
@@ -274,6 +280,10 @@ def test_lg_accepts_training_sentences_with_their_words_and_lm_scores(
 ) -> None:
     check_graph_invariants(lg)
     assert lg.max_backoff_depth == 2  # trigram -> bigram -> unigram history
+    # Where a token completes one word (CAT) and continues another (CATS),
+    # a state has two arcs for it: one outputs the word, one does not.
+    same_token = (lg.arc_src[1:] == lg.arc_src[:-1]) & (lg.arc_label[1:] == lg.arc_label[:-1])
+    assert bool((same_token & ((lg.arc_word[1:] == 0) != (lg.arc_word[:-1] == 0))).any())
     id2word = read_word_table(lang_dir / "words.txt")
     for sentence in sentences:
         path = best_path(lg, sp.encode(sentence))
