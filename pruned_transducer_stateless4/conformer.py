@@ -1,5 +1,3 @@
-# Copyright 2024  (this recipe)
-#
 # A streaming Conformer encoder for a pruned RNN-T recipe that trains on a
 # small CPU.  It follows the design of icefall's streaming Conformer
 # (chunk-wise attention masks, dynamic chunk training, cached attention and
@@ -32,17 +30,23 @@ tensors):
   frames, oldest first.
 * ``processed_lens``: (N,) int64, kept by the caller: the number of frames
   (after subsampling) already output for each stream.  Cache slots that do not
-  hold a real frame yet are masked out of the attention.
+  hold a real frame yet are masked out of the attention.  (sherpa-onnx passes
+  its count of FEATURE frames consumed, a multiple of ``chunk_size * 4``, so
+  an ONNX wrapper for it divides by the subsampling factor.)
 
 Feeding chunks: for ``chunk_size`` output frames, pass
 ``chunk_size * 4 + pad_length`` feature frames (``pad_length = 7``) and then
 advance by ``chunk_size * 4`` feature frames, so consecutive inputs overlap by
-``pad_length`` frames (the look-ahead of the subsampling convolutions).
+``pad_length`` frames (the look-ahead of the subsampling convolutions:
+subsampled frame j sees feature frames 4j .. 4j + 6, so 3 extra frames would
+do; with 7 the subsampling yields one more frame, which belongs to the next
+chunk and is dropped).
 The last, partial chunk of an utterance is padded up to the same size with a
 very small log-energy such as ``log(1e-10) = -23.03`` (lhotse's ``LOG_EPS``);
 ``x_lens`` gives the number of real frames, and only the first
-``encoder_out_lens`` output frames are valid.  Without that padding the last
-``pad_length`` frames of an utterance would never be decoded.
+``encoder_out_lens`` output frames are valid.  (sherpa-onnx runs full
+windows only, so its clients append tail-padding audio before
+``input_finished()`` to get the last frames out.)
 """
 
 import math

@@ -346,6 +346,52 @@ def test_onnx_export_of_streaming_forward(tmp_path) -> None:
         torch.testing.assert_close(torch.from_numpy(onnx_out), torch_out, rtol=0, atol=1e-4)
 
 
+class _ChunkedEncoderWrapper(torch.nn.Module):
+    """Whole-utterance encoder with a fixed simulated-streaming chunk size."""
+
+    def __init__(self, encoder: Conformer, chunk_size: int, left_context: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.chunk_size = chunk_size
+        self.left_context = left_context
+
+    def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(x, x_lens, self.chunk_size, self.left_context)
+
+
+def test_onnx_export_of_forward_has_dynamic_length(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = make_tiny_model()
+    # eval() on the wrapper: the exporter restores the wrapper's mode
+    # recursively afterwards, which would leave the encoder in train mode.
+    wrapper = _ChunkedEncoderWrapper(model, chunk_size=4, left_context=8).eval()
+    x, x_lens = make_batch([60, 45])
+    filename = str(tmp_path / "encoder.onnx")
+    torch.onnx.export(
+        wrapper,
+        (x, x_lens),
+        filename,
+        input_names=["x", "x_lens"],
+        output_names=["encoder_out", "encoder_out_lens"],
+        dynamic_axes={
+            "x": {0: "N", 1: "T"},
+            "x_lens": {0: "N"},
+            "encoder_out": {0: "N", 1: "T"},
+            "encoder_out_lens": {0: "N"},
+        },
+        opset_version=17,
+        dynamo=False,
+    )
+    session = ort.InferenceSession(filename, providers=["CPUExecutionProvider"])
+    x, x_lens = make_batch([97, 80, 33], seed=2)
+    encoder_out, encoder_out_lens = session.run(None, {"x": x.numpy(), "x_lens": x_lens.numpy()})
+    with torch.no_grad():
+        expected, expected_lens = wrapper(x, x_lens)
+    assert encoder_out_lens.tolist() == expected_lens.tolist()
+    torch.testing.assert_close(torch.from_numpy(encoder_out), expected, rtol=0, atol=1e-4)
+
+
 def _synthetic_utterance(seed: int, num_frames: int, num_features: int) -> Tensor:
     """Log-mel-like features of one 'utterance': a sequence of random
     'phones' (spectral shapes held for 5-15 frames) with a per-utterance
