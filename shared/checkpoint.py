@@ -176,3 +176,88 @@ def remove_old_checkpoints(exp_dir: Path, keep_last_k: int) -> None:
     for path in find_checkpoints(exp_dir)[keep_last_k:]:
         logging.debug(f"removing {path}")
         path.unlink(missing_ok=True)
+
+
+def select_checkpoints(
+    exp_dir: Path, epoch: int, iteration: int, avg: int, use_averaged_model: bool
+) -> list[Path]:
+    """The checkpoint files that icefall's --epoch/--iter/--avg/--use-averaged-model
+    options name, newest first.
+
+    * iteration > 0: the newest checkpoint-B.pt with B <= iteration and the
+      ones before it; otherwise epoch-N.pt files ending at `epoch`.
+    * without use_averaged_model: the `avg` checkpoints whose models are
+      averaged (just one for avg == 1);
+    * with use_averaged_model: [end, start], `avg` epochs (or checkpoints)
+      apart; the average of the models trained between them comes from the
+      running averages stored in both (`averaged_model_between`).  For
+      epochs, start may be epoch 0 (the start of training), returned as
+      exp_dir/epoch-0.pt although no such file exists.
+
+    Raises RecipeError when the options cannot be satisfied.
+    """
+    exp_dir = Path(exp_dir)
+    if avg < 1:
+        raise RecipeError(f"--avg must be >= 1, got {avg}")
+    needed = avg + 1 if use_averaged_model else avg
+    if iteration > 0:
+        paths = find_checkpoints(exp_dir, iteration)[:needed]
+        if len(paths) < needed:
+            raise RecipeError(f"--iter {iteration} --avg {avg}"
+                              f"{' --use-averaged-model' if use_averaged_model else ''} needs "
+                              f"{needed} checkpoint-B.pt files with B <= {iteration} in "
+                              f"{exp_dir}, found {len(paths)}")
+        return [paths[0], paths[-1]] if use_averaged_model else paths
+    if epoch < 1:
+        raise RecipeError(f"--epoch must be >= 1 (or use --iter), got {epoch}")
+    first = epoch - avg if use_averaged_model else epoch - avg + 1
+    if first < (0 if use_averaged_model else 1):
+        raise RecipeError(f"--avg {avg} is too large for --epoch {epoch}")
+    if use_averaged_model:
+        return [exp_dir / f"epoch-{epoch}.pt", exp_dir / f"epoch-{first}.pt"]
+    return [exp_dir / f"epoch-{n}.pt" for n in range(epoch, first - 1, -1)]
+
+
+def load_averaged_model(
+    model: nn.Module,
+    exp_dir: Path,
+    epoch: int,
+    iteration: int,
+    avg: int,
+    use_averaged_model: bool,
+) -> str:
+    """Loads into `model` the weights that --epoch/--iter/--avg/--use-averaged-model
+    name (see `select_checkpoints`), as icefall's decode.py and export.py do.
+
+    Returns:
+      A one-line description of what was loaded, for the log.
+    """
+    paths = select_checkpoints(exp_dir, epoch, iteration, avg, use_averaged_model)
+    if not use_averaged_model:
+        if len(paths) == 1:
+            state_dict = load_checkpoint_file(paths[0])["model"]
+            description = f"model of {paths[0]}"
+        else:
+            state_dict = average_state_dicts(paths)
+            description = (f"average of the models of {len(paths)} checkpoints "
+                           f"{paths[-1].name} .. {paths[0].name} in {paths[0].parent}")
+        load_model_state(model, state_dict, paths[0])
+        return description
+    end = load_checkpoint_file(paths[0])
+    if iteration <= 0 and paths[1].name == "epoch-0.pt":
+        # From the start of training: the running average of `end` is it.
+        if end.get("model_avg") is None:
+            raise RecipeError(f"checkpoint {paths[0]} holds no averaged model "
+                              "(train with --average-period > 0)")
+        state_dict = {name: tensor.float() if tensor.is_floating_point() else tensor
+                      for name, tensor in end["model_avg"].items()}
+        description = (f"averaged model of all {end['params']['batch_idx_train']} batches up "
+                       f"to {paths[0]}")
+    else:
+        start = load_checkpoint_file(paths[1])
+        state_dict = averaged_model_between(start, end)
+        description = (f"averaged model of the batches between {paths[1].name} (batch "
+                       f"{start['params']['batch_idx_train']}) and {paths[0].name} (batch "
+                       f"{end['params']['batch_idx_train']}) in {paths[0].parent}")
+    load_model_state(model, state_dict, paths[0])
+    return description
