@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Time and memory of the recipe's pruned RNN-T loss path versus the full loss.
+
+Paths (forward + backward, through ``shared.rnnt_loss``):
+
+``recipe``
+    what ``pruned_transducer_stateless4/model.py`` does: smoothed simple loss
+    on ``Linear(D->V)`` projections of encoder and decoder outputs
+    (``return_grad=True``), prune ranges, ``do_rnnt_pruning`` of the joiner's
+    input projections, joiner ``Linear(J->V)(tanh(am + lm))`` on the pruned
+    ``[B, T, s_range, J]`` grid, pruned loss; ``0.5 * simple + pruned``.
+``full``
+    the same joiner on the full ``[B, T, S + 1, J]`` grid and the full
+    (unpruned) ``rnnt_loss``.
+
+Each path runs in a fresh subprocess so that its peak resident set size
+(``getrusage(RUSAGE_SELF).ru_maxrss``) is its own; the table reports the
+absolute peak and the peak minus the RSS after building inputs and modules
+(i.e. what the loss computation itself added).  "CPU ms" is the process CPU
+time per iteration (all threads); when other jobs share the cores, wall time
+inflates much more than CPU time, so compare both.
+
+Usage::
+
+    python benchmarks/loss_benchmark.py                    # fast_rnnt, defaults
+    python benchmarks/loss_benchmark.py --backend reference
+    python benchmarks/loss_benchmark.py --rounds 3   # best of 3 on a busy machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PATHS = ("recipe", "full")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="B")
+    parser.add_argument("--num-frames", type=int, default=150, help="T (max frames)")
+    parser.add_argument("--num-symbols", type=int, default=40, help="S (max labels)")
+    parser.add_argument("--vocab-size", type=int, default=500, help="V, incl. blank")
+    parser.add_argument("--encoder-dim", type=int, default=256, help="D (encoder/decoder)")
+    parser.add_argument("--joiner-dim", type=int, default=256, help="J (joiner hidden)")
+    parser.add_argument("--prune-range", type=int, default=5, help="s_range")
+    parser.add_argument("--lm-scale", type=float, default=0.25, help="lm_only_scale")
+    parser.add_argument("--am-scale", type=float, default=0.0, help="am_only_scale")
+    parser.add_argument(
+        "--min-length-ratio", type=float, default=0.75,
+        help="other utterances get T_b, S_b uniform in [ratio * max, max]; the first is full",
+    )
+    parser.add_argument("--num-iters", type=int, default=5, help="timed iterations (median)")
+    parser.add_argument("--num-warmup", type=int, default=1, help="untimed iterations")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run every path's subprocess this many times, alternating paths, and keep the "
+        "fastest median (robust to other load on a shared machine)",
+    )
+    parser.add_argument(
+        "--backend", choices=("fast_rnnt", "reference"), default="fast_rnnt",
+        help="RNNT_LOSS_BACKEND for shared.rnnt_loss",
+    )
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    return parser
+
+
+def _max_rss_mb() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(args: argparse.Namespace) -> dict:
+    """Run one path in this process and return its measurements."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    from shared import rnnt_loss
+
+    assert rnnt_loss.BACKEND == args.backend, (rnnt_loss.BACKEND, args.backend)
+    B, T, S, V = args.batch_size, args.num_frames, args.num_symbols, args.vocab_size
+    D, J = args.encoder_dim, args.joiner_dim
+
+    simple_am_proj = torch.nn.Linear(D, V)
+    simple_lm_proj = torch.nn.Linear(D, V)
+    encoder_proj = torch.nn.Linear(D, J)
+    decoder_proj = torch.nn.Linear(D, J)
+    output_linear = torch.nn.Linear(J, V)
+
+    encoder_out = torch.randn(B, T, D, requires_grad=True)
+    decoder_out = torch.randn(B, S + 1, D, requires_grad=True)
+    symbols = torch.randint(1, V, (B, S))
+    boundary = torch.zeros(B, 4, dtype=torch.int64)
+    boundary[:, 2] = torch.randint(int(args.min_length_ratio * S), S + 1, (B,))
+    boundary[:, 3] = torch.randint(int(args.min_length_ratio * T), T + 1, (B,))
+    boundary[0, 2:] = torch.tensor([S, T])
+    parameters = [
+        p
+        for m in (simple_am_proj, simple_lm_proj, encoder_proj, decoder_proj, output_linear)
+        for p in m.parameters()
+    ]
+
+    def recipe_step() -> torch.Tensor:
+        simple_loss, (px_grad, py_grad) = rnnt_loss.rnnt_loss_smoothed(
+            lm=simple_lm_proj(decoder_out),
+            am=simple_am_proj(encoder_out),
+            symbols=symbols,
+            termination_symbol=0,
+            lm_only_scale=args.lm_scale,
+            am_only_scale=args.am_scale,
+            boundary=boundary,
+            reduction="sum",
+            return_grad=True,
+        )
+        ranges = rnnt_loss.get_rnnt_prune_ranges(px_grad, py_grad, boundary, args.prune_range)
+        am_pruned, lm_pruned = rnnt_loss.do_rnnt_pruning(
+            am=encoder_proj(encoder_out), lm=decoder_proj(decoder_out), ranges=ranges
+        )
+        logits = output_linear(torch.tanh(am_pruned + lm_pruned))
+        pruned_loss = rnnt_loss.rnnt_loss_pruned(
+            logits, symbols, ranges, 0, boundary, reduction="sum"
+        )
+        return 0.5 * simple_loss + pruned_loss
+
+    def full_step() -> torch.Tensor:
+        am = encoder_proj(encoder_out).unsqueeze(2)  # [B, T, 1, J]
+        lm = decoder_proj(decoder_out).unsqueeze(1)  # [B, 1, S+1, J]
+        logits = output_linear(torch.tanh(am + lm))  # [B, T, S+1, V]
+        return rnnt_loss.rnnt_loss(logits, symbols, 0, boundary, reduction="sum")
+
+    step = recipe_step if args.worker == "recipe" else full_step
+    rss_before_mb = _max_rss_mb()
+    times_ms, cpu_times_ms = [], []
+    for i in range(args.num_warmup + args.num_iters):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        loss = step()
+        loss.backward()
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        cpu_ms = (time.process_time() - cpu_start) * 1000
+        for tensor in [encoder_out, decoder_out, *parameters]:
+            tensor.grad = None
+        if i >= args.num_warmup:
+            times_ms.append(elapsed_ms)
+            cpu_times_ms.append(cpu_ms)
+    peak_mb = _max_rss_mb()
+    return {
+        "path": args.worker,
+        "median_ms": statistics.median(times_ms),
+        "median_cpu_ms": statistics.median(cpu_times_ms),
+        "peak_rss_mb": peak_mb,
+        "delta_rss_mb": peak_mb - rss_before_mb,
+        "loss": float(loss),
+    }
+
+
+def run_in_subprocess(args: argparse.Namespace, path: str) -> dict:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", path]
+    for name, value in vars(args).items():
+        if name not in ("worker", "paths", "rounds"):
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    env = dict(os.environ, RNNT_LOSS_BACKEND=args.backend)
+    # Make `import shared` work even without the editable install.
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"worker for {path!r} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def format_table(results: list[dict]) -> str:
+    by_path = {r["path"]: r for r in results}
+    full = by_path.get("full")
+    lines = [
+        "| path | median ms | CPU ms | peak RSS MB | RSS added MB | speed-up vs full "
+        "| peak RSS ratio (full/this) | RSS-added ratio (full/this) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if full is None:
+            ratios = ["-", "-", "-"]
+        else:
+            ratios = [
+                f"{full['median_ms'] / r['median_ms']:.1f}x",
+                f"{full['peak_rss_mb'] / r['peak_rss_mb']:.2f}x",
+                f"{full['delta_rss_mb'] / max(r['delta_rss_mb'], 1e-9):.1f}x",
+            ]
+        lines.append(
+            f"| {r['path']} | {r['median_ms']:.1f} | {r['median_cpu_ms']:.0f} "
+            f"| {r['peak_rss_mb']:.0f} "
+            f"| {r['delta_rss_mb']:.0f} | " + " | ".join(ratios) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    if args.worker is not None:
+        print(json.dumps(run_worker(args)))
+        return
+
+    paths = [p for p in args.paths.split(",") if p]
+    unknown = set(paths) - set(PATHS)
+    if unknown:
+        raise SystemExit(f"unknown paths {sorted(unknown)}; choose from {PATHS}")
+    print(
+        f"backend={args.backend} B={args.batch_size} T={args.num_frames} S={args.num_symbols} "
+        f"V={args.vocab_size} D={args.encoder_dim} J={args.joiner_dim} "
+        f"s_range={args.prune_range} lm_scale={args.lm_scale} am_scale={args.am_scale} "
+        f"threads={args.threads} median of {args.num_iters} (+{args.num_warmup} warm-up), "
+        f"forward+backward, one subprocess per path, best of {args.rounds} round(s)"
+    )
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for path in paths:
+            result = run_in_subprocess(args, path)
+            if path not in best or result["median_ms"] < best[path]["median_ms"]:
+                best[path] = result
+    print(format_table([best[path] for path in paths]))
+    print(f"load average after the run: {os.getloadavg()[0]:.2f} (the machine has "
+          f"{os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()
