@@ -486,7 +486,22 @@ def test_facade_backend_selection_and_single_warning(
     assert len(warnings) == (1 if expected_backend == "reference" else 0), result.stderr
 
 
-def test_facade_rejects_unknown_backend() -> None:
-    result = _run_facade("warp_rnnt")
-    assert result.returncode != 0
-    assert "RNNT_LOSS_BACKEND" in result.stderr
+def _import_fresh_facade(monkeypatch: pytest.MonkeyPatch, env_value: str, hide_fast_rnnt: bool):
+    """Import shared.rnnt_loss anew (monkeypatch restores the original module afterwards)."""
+    import importlib
+
+    monkeypatch.setenv("RNNT_LOSS_BACKEND", env_value)
+    if hide_fast_rnnt:
+        monkeypatch.setitem(sys.modules, "fast_rnnt", None)
+    monkeypatch.delitem(sys.modules, "shared.rnnt_loss", raising=False)
+    return importlib.import_module("shared.rnnt_loss")
+
+
+def test_facade_rejects_unknown_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="RNNT_LOSS_BACKEND"):
+        _import_fresh_facade(monkeypatch, "warp_rnnt", hide_fast_rnnt=False)
+
+
+def test_facade_forcing_missing_fast_rnnt_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ImportError):
+        _import_fresh_facade(monkeypatch, "fast_rnnt", hide_fast_rnnt=True)
