@@ -85,10 +85,8 @@ from shared.metrics import write_error_stats, write_recogs
 from shared.utils import AttributeDict, RecipeError, get_device, setup_logging, str2bool
 
 
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """--epoch/--iter/--avg/--use-averaged-model, --exp-dir, --bpe-model."""
     parser.add_argument("--epoch", type=int, default=30,
                         help="Decode with epoch-N.pt (ignored if --iter > 0).")
     parser.add_argument("--iter", type=int, default=0,
@@ -102,6 +100,10 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Where the checkpoints are; results go to EXP_DIR/streaming/METHOD.")
     parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
                         help="Sentencepiece model of prepare.sh stage 4.")
+
+
+def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
+    """Search method and options, chunk size, left and right context."""
     parser.add_argument("--decoding-method", type=str, default="greedy_search",
                         choices=DECODING_METHODS, help="Search method.")
     parser.add_argument("--beam-size", "--num-active-paths", dest="beam_size", type=int,
@@ -120,6 +122,16 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Cached encoder frames of left context of the attention.")
     parser.add_argument("--right-context", type=int, default=0,
                         help="Encoder frames of right context; this encoder supports only 0.")
+    parser.add_argument("--num-threads", type=int, default=0,
+                        help="torch.set_num_threads on CPU; 0 keeps torch's default.")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_checkpoint_arguments(parser)
+    add_streaming_arguments(parser)
     parser.add_argument("--num-decode-streams", type=int, default=100,
                         help="Streams decoded in parallel (one batch per chunk step).")
     parser.add_argument("--test-sets", type=str, nargs="+", default=["test-clean", "test-other"],
@@ -130,11 +142,29 @@ def get_parser() -> argparse.ArgumentParser:
                         "clock; false delivers all of it when the stream starts.")
     parser.add_argument("--audio-piece-ms", type=float, default=100.0,
                         help="Audio arrives in pieces of this many milliseconds.")
-    parser.add_argument("--num-threads", type=int, default=0,
-                        help="torch.set_num_threads on CPU; 0 keeps torch's default.")
     add_model_arguments(parser)
     LibriSpeechAsrDataModule.add_arguments(parser)
     return parser
+
+
+def load_tokenizer_and_model(params: AttributeDict) -> tuple[spm.SentencePieceProcessor,
+                                                               "StreamingSetup"]:
+    """BPE model, model and StreamingSetup from parsed options (with
+    add_checkpoint_arguments, add_streaming_arguments, add_model_arguments)."""
+    check_streaming_options(params)
+    device = get_device()
+    if params.num_threads > 0:
+        torch.set_num_threads(params.num_threads)
+    if not params.bpe_model.is_file():
+        raise FileNotFoundError(f"BPE model {params.bpe_model} not found; run ./prepare.sh "
+                                "--stage 4 --stop-stage 4")
+    sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
+    params.blank_id = sp.piece_to_id("<blk>")
+    params.vocab_size = sp.get_piece_size()
+    model = load_model(params, device)
+    setup = StreamingSetup(model, params.decode_chunk_size, params.left_context,
+                           make_search_config(params), device)
+    return sp, setup
 
 
 # ------------------------------------------------------------------ model ----
@@ -166,7 +196,7 @@ def check_streaming_options(params: Any) -> None:
         raise RecipeError(f"--decode-chunk-size must be >= 1, got {params.decode_chunk_size}")
     if params.left_context < 0:
         raise RecipeError(f"--left-context must be >= 0, got {params.left_context}")
-    if params.num_decode_streams < 1:
+    if params.get("num_decode_streams", 1) < 1:
         raise RecipeError(f"--num-decode-streams must be >= 1, got {params.num_decode_streams}")
 
 
@@ -464,24 +494,12 @@ def main(argv: list[str] | None = None) -> None:
     suffix = result_suffix(params)
     setup_logging(res_dir / f"log-decode-{suffix}")
     try:
-        check_streaming_options(params)
-        device = get_device()
-        if params.num_threads > 0:
-            torch.set_num_threads(params.num_threads)
-        if not params.bpe_model.is_file():
-            raise FileNotFoundError(f"BPE model {params.bpe_model} not found; run ./prepare.sh "
-                                    "--stage 4 --stop-stage 4")
-        sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
-        params.blank_id = sp.piece_to_id("<blk>")
-        params.vocab_size = sp.get_piece_size()
-        model = load_model(params, device)
-        setup = StreamingSetup(model, params.decode_chunk_size, params.left_context,
-                               make_search_config(params), device)
+        sp, setup = load_tokenizer_and_model(params)
         data = LibriSpeechAsrDataModule(args)
         key = result_key(params)
         for test_set in params.test_sets:
             cuts = data.cuts_by_name_or_path(test_set)
-            name = Path(test_set).name.split(".")[0] if "/" in test_set else test_set
+            name = Path(test_set).name.split(".")[0]  # a part name, or a file's stem
             results, busy = decode_dataset(
                 cuts, setup, params.num_decode_streams, params.simulate_realtime,
                 max(1, round(params.audio_piece_ms * SAMPLE_RATE / 1000)))
