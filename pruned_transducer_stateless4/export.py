@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""Export a trained model for inference outside the training code.
+
+Usage (from the directory that holds exp/ and data/):
+
+  # pretrained.pt: {"model": state_dict, "params": model options}
+  ./pruned_transducer_stateless4/export.py --exp-dir exp/pruned_transducer_stateless4 \\
+      --epoch 30 --avg 9 --bpe-model data/lang_bpe_500/bpe.model
+
+  # cpu_jit.pt: TorchScript (torch.jit.script), loadable with torch.jit.load alone
+  ./pruned_transducer_stateless4/export.py ... --jit 1
+
+  # ONNX for sherpa-onnx's online (streaming) Conformer transducer:
+  # encoder/decoder/joiner-epoch-30-avg-9{,.int8}.onnx and tokens.txt
+  ./pruned_transducer_stateless4/export.py ... --onnx 1 --decode-chunk-size 16 --left-context 64
+
+The weights are chosen as in decode.py: --epoch E --avg A averages epoch-(E-A+1)
+.. epoch-E.pt; --iter B uses the checkpoint-*.pt files up to batch B instead;
+--use-averaged-model uses the running averages stored in the checkpoints
+(the average of all models trained between epoch E-A and epoch E).  The model
+options are read from the checkpoint, never from the command line.
+
+pretrained.pt can be decoded by decode.py through a link
+(`ln -s pretrained.pt EXP_DIR/epoch-999.pt`, then `--epoch 999 --avg 1`) and by
+pretrained.py.
+
+cpu_jit.pt holds a scripted module with `encoder` (forward,
+streaming_forward, get_init_state), `decoder` and `joiner` submodules, and
+int attributes decode_chunk_size, left_context, pad_length,
+subsampling_factor, context_size, blank_id, vocab_size; jit_pretrained.py
+shows how to run it.
+
+The ONNX files follow sherpa-onnx's online Conformer transducer contract
+(sherpa-onnx/csrc/online-conformer-transducer-model.cc):
+
+* encoder: inputs x (N, T, 80) with T = 4 * decode_chunk_size + 7 feature
+  frames, cached_attn (num_encoder_layers, left_context, N, encoder_dim),
+  cached_conv (num_encoder_layers, cnn_module_kernel - 1, N, encoder_dim),
+  processed_lens (N,) int64 = feature frames consumed so far (sherpa advances
+  it by 4 * decode_chunk_size per call); outputs encoder_out
+  (N, decode_chunk_size, joiner_dim) already passed through the joiner's
+  encoder_proj, new_cached_attn, new_cached_conv.  Metadata: model_type
+  "conformer", T, decode_chunk_len, pad_length, left_context,
+  num_encoder_layers, encoder_dim, cnn_module_kernel.
+* decoder: y (N, context_size) int64 -> decoder_out (N, joiner_dim), the
+  decoder_proj included.  Metadata: vocab_size, context_size.
+* joiner: encoder_out (N, joiner_dim), decoder_out (N, joiner_dim) -> logit
+  (N, vocab_size) = output_linear(tanh(encoder_out + decoder_out)).
+
+sherpa-onnx's default front end (kaldi-native-fbank: 16 kHz, 80 bins,
+low_freq 20, high_freq -400, dither 0, snip_edges False, samples in [-1, 1])
+computes the training features (shared/features.py) to within 3e-4.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as spm
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from pruned_transducer_stateless4.conformer import Conformer
+from pruned_transducer_stateless4.model import Transducer
+from pruned_transducer_stateless4.model_config import (
+    MODEL_OPTION_NAMES,
+    add_model_arguments,
+    apply_checkpoint_model_options,
+    get_transducer_model,
+)
+from shared.checkpoint import load_averaged_model, load_checkpoint_file, select_checkpoints
+from shared.utils import AttributeDict, RecipeError, setup_logging, str2bool
+
+ONNX_OPSET = 13
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
+                        help="Where the checkpoints are; the exported files are written here.")
+    parser.add_argument("--epoch", type=int, default=30,
+                        help="Use epoch-E.pt (the last of the averaged epochs).")
+    parser.add_argument("--iter", type=int, default=0,
+                        help="If > 0, use checkpoint-B.pt files with B <= this instead of "
+                        "epoch-E.pt files.")
+    parser.add_argument("--avg", type=int, default=9,
+                        help="Number of checkpoints to average (ending at --epoch/--iter).")
+    parser.add_argument("--use-averaged-model", type=str2bool, default=False,
+                        help="Use the running averages stored in the checkpoints: the average "
+                        "of the models trained between the checkpoint --avg before and the "
+                        "selected one (needs train.py --average-period > 0).")
+    parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
+                        help="Sentencepiece model of the training run (gives the vocabulary "
+                        "and tokens.txt).")
+    parser.add_argument("--tokens", type=Path, default=None,
+                        help="tokens.txt ('symbol id' per line) instead of --bpe-model.")
+    parser.add_argument("--streaming-model", type=str2bool, default=True,
+                        help="The model is a streaming one (causal convolution, trained with "
+                        "dynamic chunks); required for --onnx.")
+    parser.add_argument("--decode-chunk-size", type=int, default=16,
+                        help="Chunk size in frames after subsampling (x4 feature frames) of "
+                        "the ONNX encoder and the default of cpu_jit.pt.")
+    parser.add_argument("--left-context", type=int, default=64,
+                        help="Cached frames (after subsampling) of attention left context of "
+                        "the ONNX encoder and the default of cpu_jit.pt.")
+    parser.add_argument("--jit", type=str2bool, default=False,
+                        help="Write cpu_jit.pt (torch.jit.script) instead of pretrained.pt.")
+    parser.add_argument("--onnx", type=str2bool, default=False,
+                        help="Write the ONNX files for sherpa-onnx (and int8 versions) and "
+                        "tokens.txt instead of pretrained.pt.")
+    add_model_arguments(parser)
+    return parser
+
+
+def get_params() -> AttributeDict:
+    """Fixed settings of the recipe (as in train.py)."""
+    return AttributeDict({"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0,
+                          "vocab_size": -1})
+
+
+# -------------------------------------------------------------- tokens ----
+def read_token_table(args: argparse.Namespace) -> list[str]:
+    """The symbols of the vocabulary, by id, from --tokens or --bpe-model."""
+    if args.tokens is not None:
+        if not args.tokens.is_file():
+            raise FileNotFoundError(f"token table {args.tokens} not found")
+        table: dict[int, str] = {}
+        for line_number, line in enumerate(args.tokens.read_text().splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or not fields[1].isdigit():
+                raise RecipeError(f"{args.tokens}:{line_number}: expected 'symbol id', "
+                                  f"got {line!r}")
+            table[int(fields[1])] = fields[0]
+        if sorted(table) != list(range(len(table))):
+            raise RecipeError(f"{args.tokens}: ids are not 0 .. {len(table) - 1}")
+        return [table[i] for i in range(len(table))]
+    if not args.bpe_model.is_file():
+        raise FileNotFoundError(f"BPE model {args.bpe_model} not found (or pass --tokens)")
+    sp = spm.SentencePieceProcessor(model_file=str(args.bpe_model))
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+
+
+# ---------------------------------------------------------- the model ----
+def load_model(args: argparse.Namespace) -> tuple[Transducer, AttributeDict, str]:
+    """Builds the model with the checkpoint's options and loads the weights
+    the --epoch/--iter/--avg/--use-averaged-model options select.
+
+    Returns:
+      (model in eval mode, params, description of the weights).
+    """
+    params = get_params()
+    params.update(vars(args))
+    # Model options come from the checkpoint; only those given explicitly on
+    # the command line (with a non-default value) are compared with it.
+    defaults = vars(get_parser().parse_args([]))
+    for name in MODEL_OPTION_NAMES:
+        if name in defaults and params.get(name) == defaults[name]:
+            del params[name]
+    symbols = read_token_table(args)
+    if "<blk>" not in symbols:
+        raise RecipeError("the vocabulary has no '<blk>' symbol (the blank)")
+    params.blank_id = symbols.index("<blk>")
+    params.vocab_size = len(symbols)
+
+    paths = select_checkpoints(args.exp_dir, args.epoch, args.iter, args.avg,
+                               args.use_averaged_model)
+    checkpoint_params = load_checkpoint_file(paths[0]).get("params") or {}
+    for name in ("vocab_size", "blank_id"):
+        if name in checkpoint_params and checkpoint_params[name] != params[name]:
+            raise RecipeError(f"{name} of {paths[0]} is {checkpoint_params[name]}, but "
+                              f"{args.tokens or args.bpe_model} gives {params[name]}: "
+                              "not the vocabulary of this model")
+    apply_checkpoint_model_options(params, checkpoint_params, str(paths[0]))
+    if params.streaming_model and not params.causal_convolution:
+        raise RecipeError(f"{paths[0]} has non-causal convolution: not a streaming model "
+                          "(pass --streaming-model false)")
+
+    model = get_transducer_model(params)
+    description = load_averaged_model(model, args.exp_dir, args.epoch, args.iter, args.avg,
+                                      args.use_averaged_model)
+    model.eval()
+    return model, params, description
+
+
+def model_options(params: dict[str, Any]) -> dict[str, Any]:
+    """What pretrained.pt stores next to the weights: every option needed to
+    rebuild the model, and the streaming settings of the export."""
+    options = {name: params[name] for name in MODEL_OPTION_NAMES if name in params}
+    for name in ("streaming_model", "decode_chunk_size", "left_context"):
+        options[name] = params[name]
+    return options
+
+
+def export_pretrained(model: Transducer, params: AttributeDict, path: Path) -> None:
+    torch.save({"model": model.state_dict(), "params": model_options(params)}, path)
+
+
+# --------------------------------------------------------- TorchScript ----
+class JitTransducer(nn.Module):
+    """What cpu_jit.pt holds: the three networks plus the settings a client
+    needs, all in TorchScript."""
+
+    def __init__(self, model: Transducer, decode_chunk_size: int, left_context: int) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        self.decoder = model.decoder
+        self.joiner = model.joiner
+        self.decode_chunk_size = decode_chunk_size
+        self.left_context = left_context
+        self.pad_length = model.encoder.pad_length
+        self.subsampling_factor = model.encoder.subsampling_factor
+        self.context_size = model.decoder.context_size
+        self.blank_id = model.decoder.blank_id
+        self.vocab_size = model.decoder.vocab_size
+
+    def forward(
+        self, x: Tensor, x_lens: Tensor, chunk_size: int = -1, left_context: int = -1
+    ) -> tuple[Tensor, Tensor]:
+        """Encoder on whole utterances (see Conformer.forward)."""
+        return self.encoder(x, x_lens, chunk_size, left_context)
+
+
+def script_model(model: Transducer, decode_chunk_size: int, left_context: int):
+    """The scripted JitTransducer of an eval-mode model."""
+    wrapper = JitTransducer(model, decode_chunk_size, left_context)
+    wrapper.eval()
+    return torch.jit.script(wrapper)
+
+
+# ---------------------------------------------------------------- ONNX ----
+class OnnxEncoder(nn.Module):
+    """One streaming step in sherpa-onnx's online Conformer layout."""
+
+    def __init__(self, encoder: Conformer, encoder_proj: nn.Linear, left_context: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.encoder_proj = encoder_proj
+        self.left_context = left_context
+
+    def forward(
+        self, x: Tensor, cached_attn: Tensor, cached_conv: Tensor, processed_lens: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """
+        Args:
+          x: (N, 4 * chunk + pad_length, num_features).
+          cached_attn, cached_conv: states of Conformer.get_init_state layout.
+          processed_lens: (N,) int64 FEATURE frames consumed so far (sherpa's
+            count); streaming_forward wants frames after subsampling.
+        Returns:
+          encoder_out (N, chunk, joiner_dim) after encoder_proj, and the new
+          states.
+        """
+        x_lens = torch.zeros_like(processed_lens) + x.size(1)
+        processed_frames = torch.div(
+            processed_lens, self.encoder.subsampling_factor, rounding_mode="floor"
+        )
+        encoder_out, _, states = self.encoder.streaming_forward(
+            x, x_lens, [cached_attn, cached_conv], processed_frames, self.left_context
+        )
+        return self.encoder_proj(encoder_out), states[0], states[1]
+
+
+class OnnxDecoder(nn.Module):
+    """(N, context_size) token ids -> (N, joiner_dim) projected decoder output."""
+
+    def __init__(self, model: Transducer) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+        self.decoder_proj = model.joiner.decoder_proj
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.decoder_proj(self.decoder(y, need_pad=False)).squeeze(1)
+
+
+class OnnxJoiner(nn.Module):
+    """Projected encoder and decoder frames (N, joiner_dim) -> logits (N, vocab)."""
+
+    def __init__(self, model: Transducer) -> None:
+        super().__init__()
+        self.output_linear = model.joiner.output_linear
+
+    def forward(self, encoder_out: Tensor, decoder_out: Tensor) -> Tensor:
+        return self.output_linear(torch.tanh(encoder_out + decoder_out))
+
+
+def add_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {prop.key: prop for prop in model.metadata_props}
+    for key, value in metadata.items():
+        prop = existing.get(key) or model.metadata_props.add()
+        prop.key = key
+        prop.value = str(value)
+    onnx.save(model, str(path))
+
+
+def onnx_encoder_metadata(params: dict[str, Any]) -> dict[str, Any]:
+    chunk = params["decode_chunk_size"] * params["subsampling_factor"]
+    return {
+        "model_type": "conformer",
+        "version": "1",
+        "model_author": "pruned_transducer_stateless4 (icefall-style CPU recipe)",
+        "comment": "streaming Conformer transducer, pre-LN, chunked attention",
+        "decode_chunk_len": chunk,
+        "T": chunk + 7,
+        "pad_length": 7,
+        "left_context": params["left_context"],
+        "num_encoder_layers": params["num_encoder_layers"],
+        "encoder_dim": params["encoder_dim"],
+        "cnn_module_kernel": params["cnn_module_kernel"],
+        "subsampling_factor": params["subsampling_factor"],
+    }
+
+
+def export_encoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -> None:
+    encoder = model.encoder
+    assert encoder.pad_length == 7, encoder.pad_length
+    wrapper = OnnxEncoder(encoder, model.joiner.encoder_proj, params["left_context"]).eval()
+    num_frames = params["decode_chunk_size"] * encoder.subsampling_factor + encoder.pad_length
+    batch_size = 2
+    x = torch.zeros(batch_size, num_frames, encoder.num_features)
+    cached_attn, cached_conv = encoder.get_init_state(params["left_context"], batch_size)
+    processed_lens = torch.zeros(batch_size, dtype=torch.int64)
+    torch.onnx.export(
+        wrapper, (x, cached_attn, cached_conv, processed_lens), str(path),
+        input_names=["x", "cached_attn", "cached_conv", "processed_lens"],
+        output_names=["encoder_out", "new_cached_attn", "new_cached_conv"],
+        dynamic_axes={"x": {0: "N"}, "cached_attn": {2: "N"}, "cached_conv": {2: "N"},
+                      "processed_lens": {0: "N"}, "encoder_out": {0: "N"},
+                      "new_cached_attn": {2: "N"}, "new_cached_conv": {2: "N"}},
+        opset_version=ONNX_OPSET, dynamo=False,
+    )
+    add_onnx_metadata(path, onnx_encoder_metadata(params))
+
+
+def export_decoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -> None:
+    wrapper = OnnxDecoder(model).eval()
+    y = torch.zeros(2, model.decoder.context_size, dtype=torch.int64)
+    torch.onnx.export(
+        wrapper, (y,), str(path), input_names=["y"], output_names=["decoder_out"],
+        dynamic_axes={"y": {0: "N"}, "decoder_out": {0: "N"}},
+        opset_version=ONNX_OPSET, dynamo=False,
+    )
+    add_onnx_metadata(path, {"vocab_size": params["vocab_size"],
+                             "context_size": model.decoder.context_size})
+
+
+def export_joiner_onnx(model: Transducer, params: dict[str, Any], path: Path) -> None:
+    wrapper = OnnxJoiner(model).eval()
+    joiner_dim = model.joiner.output_linear.in_features
+    encoder_out = torch.zeros(2, joiner_dim)
+    decoder_out = torch.zeros(2, joiner_dim)
+    torch.onnx.export(
+        wrapper, (encoder_out, decoder_out), str(path),
+        input_names=["encoder_out", "decoder_out"], output_names=["logit"],
+        dynamic_axes={"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}},
+        opset_version=ONNX_OPSET, dynamo=False,
+    )
+    add_onnx_metadata(path, {"joiner_dim": joiner_dim})
+
+
+def quantize_int8(path: Path) -> Path:
+    """Dynamic int8 quantisation of the MatMul weights (onnxruntime)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8_path = path.with_suffix(".int8.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs advice per tensor
+    try:
+        quantize_dynamic(model_input=str(path), model_output=str(int8_path),
+                         op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    # Make sure the metadata sherpa-onnx reads survives.
+    metadata = {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
+    add_onnx_metadata(int8_path, metadata)
+    return int8_path
+
+
+def onnx_suffix(args: argparse.Namespace) -> str:
+    return (f"iter-{args.iter}" if args.iter > 0 else f"epoch-{args.epoch}") + f"-avg-{args.avg}"
+
+
+def export_onnx(model: Transducer, params: AttributeDict, symbols: list[str], out_dir: Path,
+                suffix: str) -> list[Path]:
+    """Writes encoder/decoder/joiner-SUFFIX{,.int8}.onnx and tokens.txt."""
+    if not params.causal_convolution:
+        raise RecipeError("--onnx exports sherpa-onnx's streaming Conformer, which needs a "
+                          "model with causal convolution")
+    written = []
+    for name, export in (("encoder", export_encoder_onnx), ("decoder", export_decoder_onnx),
+                         ("joiner", export_joiner_onnx)):
+        path = out_dir / f"{name}-{suffix}.onnx"
+        with warnings.catch_warnings():
+            # The tracer's notes on Python asserts and the legacy exporter's
+            # deprecation notice; the tests check the exported graphs.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            export(model, params, path)
+        written += [path, quantize_int8(path)]
+    tokens_path = out_dir / "tokens.txt"
+    tokens_path.write_text("".join(f"{symbol} {i}\n" for i, symbol in enumerate(symbols)))
+    written.append(tokens_path)
+    return written
+
+
+# ---------------------------------------------------------------- main ----
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    if args.decode_chunk_size < 1 or args.left_context < 0:
+        raise RecipeError("--decode-chunk-size must be >= 1 and --left-context >= 0")
+    if args.onnx and not args.streaming_model:
+        raise RecipeError("--onnx is for streaming models (sherpa-onnx's online Conformer "
+                          "transducer); drop --streaming-model false")
+    model, params, description = load_model(args)
+    logging.info(f"loaded the {description}")
+    num_params = sum(p.numel() for p in model.parameters())
+    logging.info(f"{num_params / 1e6:.2f} M parameters; options: {model_options(params)}")
+
+    if args.onnx:
+        symbols = read_token_table(args)
+        for path in export_onnx(model, params, symbols, args.exp_dir, onnx_suffix(args)):
+            logging.info(f"wrote {path}")
+    elif args.jit:
+        path = args.exp_dir / "cpu_jit.pt"
+        scripted = script_model(model, args.decode_chunk_size, args.left_context)
+        tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        scripted.save(str(tmp_path))
+        shutil.move(tmp_path, path)
+        logging.info(f"wrote {path}")
+    else:
+        path = args.exp_dir / "pretrained.pt"
+        export_pretrained(model, params, path)
+        logging.info(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, RecipeError) as error:
+        if os.environ.get("RECIPE_DEBUG"):
+            raise
+        print(f"export.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)

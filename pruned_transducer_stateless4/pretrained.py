@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Transcribe sound files with pretrained.pt (export.py) or any checkpoint.
+
+Usage:
+
+  ./pruned_transducer_stateless4/pretrained.py \\
+      --checkpoint exp/pruned_transducer_stateless4/pretrained.pt \\
+      --bpe-model data/lang_bpe_500/bpe.model \\
+      --method greedy_search \\
+      FILE1.wav FILE2.flac ...
+
+  # as the streaming model runs: chunk-wise attention (simulated streaming)
+  ./pruned_transducer_stateless4/pretrained.py ... --simulate-streaming 1 \\
+      --decode-chunk-size 16 --left-context 64 FILE.wav
+
+--method is greedy_search, beam_search, modified_beam_search or
+fast_beam_search (with the trivial graph), from beam_search.py.  The model
+options come from the checkpoint.  Features are the training ones
+(shared/features.py, lhotse).
+
+Any sample rate and channel count: channels are averaged and the audio is
+resampled to 16 kHz (jit_pretrained.read_audio; both said in the log).  One
+line per file on stdout, "FILE: TEXT"; a file that cannot be decoded
+(missing, empty, corrupt, too short) gets one line on stderr and the others
+are still decoded; the exit code is then 1.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from pruned_transducer_stateless4.beam_search import (
+    beam_search,
+    fast_beam_search_one_best,
+    greedy_search_batch,
+    modified_beam_search,
+)
+from pruned_transducer_stateless4.jit_pretrained import AudioError, TokenDecoder, read_audio
+from pruned_transducer_stateless4.model import Transducer
+from pruned_transducer_stateless4.model_config import (
+    apply_checkpoint_model_options,
+    get_transducer_model,
+)
+from shared.checkpoint import load_checkpoint_file, load_model_state
+from shared.features import SAMPLE_RATE, make_fbank_extractor
+from shared.fsa_graph import trivial_graph
+from shared.utils import AttributeDict, RecipeError, str2bool
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="pretrained.pt from export.py (or an epoch-N.pt checkpoint).")
+    parser.add_argument("--bpe-model", type=Path, default=None,
+                        help="Sentencepiece model of the training run.")
+    parser.add_argument("--tokens", type=Path, default=None,
+                        help="tokens.txt ('symbol id' per line) instead of --bpe-model.")
+    parser.add_argument("--method", default="greedy_search",
+                        choices=["greedy_search", "beam_search", "modified_beam_search",
+                                 "fast_beam_search"],
+                        help="Search method.")
+    parser.add_argument("--beam-size", type=int, default=4,
+                        help="Beam of beam_search and modified_beam_search.")
+    parser.add_argument("--beam", type=float, default=20.0,
+                        help="Log-probability beam of fast_beam_search.")
+    parser.add_argument("--max-contexts", type=int, default=8,
+                        help="fast_beam_search: decoder contexts kept per frame.")
+    parser.add_argument("--max-states", type=int, default=64,
+                        help="fast_beam_search: states kept per frame.")
+    parser.add_argument("--max-sym-per-frame", type=int, default=1,
+                        help="greedy_search: at most this many tokens per frame.")
+    parser.add_argument("--simulate-streaming", type=str2bool, default=False,
+                        help="Chunk-wise attention masks as in streaming (needs a model with "
+                        "causal convolution); otherwise full attention.")
+    parser.add_argument("--decode-chunk-size", type=int, default=16,
+                        help="Chunk size (frames after subsampling) of --simulate-streaming.")
+    parser.add_argument("--left-context", type=int, default=64,
+                        help="Left context (frames after subsampling) of --simulate-streaming.")
+    parser.add_argument("--num-threads", type=int, default=1,
+                        help="Torch threads.")
+    parser.add_argument("sound_files", type=Path, nargs="+",
+                        help="Sound files (wav, flac, ...) at any sample rate.")
+    return parser
+
+
+def load_model(path: Path, vocab_size: int) -> Transducer:
+    """Builds the model with the options stored in the checkpoint."""
+    checkpoint = load_checkpoint_file(path)
+    stored = checkpoint.get("params")
+    if not stored:
+        raise RecipeError(f"{path} holds no model options ('params'); write it with export.py")
+    if stored.get("vocab_size", vocab_size) != vocab_size:
+        raise RecipeError(f"{path} has {stored['vocab_size']} tokens, the vocabulary "
+                          f"{vocab_size}: not this model's vocabulary")
+    params = AttributeDict({"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0,
+                            "vocab_size": vocab_size})
+    apply_checkpoint_model_options(params, stored, str(path))
+    model = get_transducer_model(params)
+    load_model_state(model, checkpoint["model"], path)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def transcribe(model: Transducer, samples, args: argparse.Namespace, extractor) -> list[int]:
+    """Token ids of one utterance (16 kHz mono samples)."""
+    features = torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).unsqueeze(0)
+    feature_lens = torch.tensor([features.size(1)])
+    chunk_size = args.decode_chunk_size if args.simulate_streaming else -1
+    encoder_out, encoder_out_lens = model.encoder(features, feature_lens, chunk_size=chunk_size,
+                                                  left_context=args.left_context)
+    if args.method == "greedy_search":
+        return greedy_search_batch(model, encoder_out, encoder_out_lens,
+                                   args.max_sym_per_frame)[0]
+    if args.method == "beam_search":
+        return beam_search(model, encoder_out[:, : int(encoder_out_lens[0])], args.beam_size)
+    if args.method == "modified_beam_search":
+        return modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size)[0]
+    graph = trivial_graph(model.decoder.vocab_size)
+    return fast_beam_search_one_best(model, graph, encoder_out, encoder_out_lens, args.beam,
+                                     args.max_states, args.max_contexts)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] "
+                        "%(message)s", level=logging.INFO, force=True)
+    torch.set_num_threads(args.num_threads)
+    tokens = TokenDecoder(args.bpe_model, args.tokens)
+    model = load_model(args.checkpoint, tokens.vocab_size)
+    if args.simulate_streaming and not model.encoder.causal:
+        raise RecipeError("--simulate-streaming needs a model with causal convolution")
+    mode = (f"simulated streaming (chunks of {args.decode_chunk_size} frames, "
+            f"{args.left_context} frames of left context)" if args.simulate_streaming
+            else "full attention")
+    logging.info(f"{args.checkpoint}: {args.method}, {mode}")
+    extractor = make_fbank_extractor()
+
+    failed = 0
+    for path in args.sound_files:
+        try:
+            samples, notes = read_audio(path, SAMPLE_RATE)
+        except AudioError as error:
+            print(f"{path}: error: {error}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        for note in notes:
+            logging.info(f"{path}: {note}")
+        print(f"{path}: {tokens(transcribe(model, samples, args, extractor))}", flush=True)
+    if failed:
+        logging.error(f"{failed} of {len(args.sound_files)} files could not be decoded")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, RecipeError) as error:
+        if os.environ.get("RECIPE_DEBUG"):
+            raise
+        print(f"pretrained.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
