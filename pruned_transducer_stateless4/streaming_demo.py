@@ -67,8 +67,10 @@ def read_audio(path: Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def run_demo(params: AttributeDict, out=sys.stdout) -> str:
-    """Streams params.sound_file and prints partial results; returns the final text."""
+def run_demo(params: AttributeDict, out=None) -> str:
+    """Streams params.sound_file and prints partial results (to `out`,
+    default sys.stdout); returns the final text."""
+    out = out if out is not None else sys.stdout
     sp, setup = load_tokenizer_and_model(params)
     audio = read_audio(params.sound_file)
     piece = max(1, round(params.piece_ms * SAMPLE_RATE / 1000))
