@@ -55,7 +55,6 @@ computes the training features (shared/features.py) to within 3e-4.
 import argparse
 import logging
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -75,7 +74,7 @@ from pruned_transducer_stateless4.model_config import (
     get_transducer_model,
 )
 from shared.checkpoint import load_averaged_model, load_checkpoint_file, select_checkpoints
-from shared.utils import AttributeDict, RecipeError, setup_logging, str2bool
+from shared.utils import AttributeDict, RecipeError, atomic_torch_save, setup_logging, str2bool
 
 ONNX_OPSET = 13
 
@@ -202,7 +201,7 @@ def model_options(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_pretrained(model: Transducer, params: AttributeDict, path: Path) -> None:
-    torch.save({"model": model.state_dict(), "params": model_options(params)}, path)
+    atomic_torch_save({"model": model.state_dict(), "params": model_options(params)}, path)
 
 
 # --------------------------------------------------------- TorchScript ----
@@ -271,14 +270,22 @@ class OnnxEncoder(nn.Module):
 
 
 class OnnxDecoder(nn.Module):
-    """(N, context_size) token ids -> (N, joiner_dim) projected decoder output."""
+    """(N, context_size) token ids -> (N, joiner_dim) projected decoder output.
+
+    sherpa-onnx starts a stream with the context [-1, ..., -1, blank]: ids < 0
+    stand for "no token" (a zero embedding in icefall's decoders).  They are
+    mapped to blank here, whose embedding is the all-zero padding row, so
+    sherpa's start context gives exactly our [blank, ..., blank].
+    """
 
     def __init__(self, model: Transducer) -> None:
         super().__init__()
         self.decoder = model.decoder
         self.decoder_proj = model.joiner.decoder_proj
+        self.blank_id = model.decoder.blank_id
 
     def forward(self, y: Tensor) -> Tensor:
+        y = torch.where(y < 0, torch.full_like(y, self.blank_id), y)
         return self.decoder_proj(self.decoder(y, need_pad=False)).squeeze(1)
 
 
@@ -345,6 +352,10 @@ def export_encoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -
 
 
 def export_decoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -> None:
+    blank_row = model.decoder.embedding.weight[model.decoder.blank_id]
+    if bool(blank_row.abs().max() > 0):
+        raise RecipeError("the decoder's blank embedding is not zero; sherpa-onnx's start "
+                          "context [-1, blank] would not equal [blank, blank]")
     wrapper = OnnxDecoder(model).eval()
     y = torch.zeros(2, model.decoder.context_size, dtype=torch.int64)
     torch.onnx.export(
@@ -419,9 +430,8 @@ def export_onnx(model: Transducer, params: AttributeDict, symbols: list[str], ou
 
 
 # ---------------------------------------------------------------- main ----
-def main(argv: list[str] | None = None) -> None:
-    args = get_parser().parse_args(argv)
-    setup_logging()
+def run(args: argparse.Namespace) -> list[Path]:
+    """Exports what the options ask for; returns the files written."""
     if args.decode_chunk_size < 1 or args.left_context < 0:
         raise RecipeError("--decode-chunk-size must be >= 1 and --left-context >= 0")
     if args.onnx and not args.streaming_model:
@@ -433,20 +443,28 @@ def main(argv: list[str] | None = None) -> None:
     logging.info(f"{num_params / 1e6:.2f} M parameters; options: {model_options(params)}")
 
     if args.onnx:
-        symbols = read_token_table(args)
-        for path in export_onnx(model, params, symbols, args.exp_dir, onnx_suffix(args)):
-            logging.info(f"wrote {path}")
+        written = export_onnx(model, params, read_token_table(args), args.exp_dir,
+                              onnx_suffix(args))
     elif args.jit:
         path = args.exp_dir / "cpu_jit.pt"
         scripted = script_model(model, args.decode_chunk_size, args.left_context)
         tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         scripted.save(str(tmp_path))
-        shutil.move(tmp_path, path)
-        logging.info(f"wrote {path}")
+        os.replace(tmp_path, path)
+        written = [path]
     else:
         path = args.exp_dir / "pretrained.pt"
         export_pretrained(model, params, path)
+        written = [path]
+    for path in written:
         logging.info(f"wrote {path}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    run(args)
 
 
 if __name__ == "__main__":

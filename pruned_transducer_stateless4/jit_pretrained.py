@@ -199,11 +199,18 @@ class TokenDecoder:
 # ------------------------------------------------------------ searches ----
 class StreamingGreedySearch:
     """Greedy search carried across chunks, one token per frame at most
-    (what sherpa-onnx's greedy_search does)."""
+    (what sherpa-onnx's greedy_search does).
 
-    def __init__(self, model) -> None:
+    Args:
+      model: cpu_jit.pt's module or a Transducer (decoder and joiner used).
+      blank_like: token ids handled like blank when they win (nothing is
+        emitted); sherpa-onnx does so with <unk>.
+    """
+
+    def __init__(self, model, blank_like: tuple[int, ...] = ()) -> None:
         self.model = model
         self.blank_id = int(model.decoder.blank_id)
+        self.blank_like = set(blank_like) | {self.blank_id}
         self.context_size = int(model.decoder.context_size)
         self.hyp = [self.blank_id] * self.context_size
         self.decoder_out = self._decoder_out()
@@ -218,7 +225,7 @@ class StreamingGreedySearch:
         for t in range(encoder_proj.size(0)):
             logits = self.model.joiner(encoder_proj[t : t + 1], self.decoder_out, False)
             token = int(logits.argmax(dim=-1)[0])
-            if token != self.blank_id:
+            if token not in self.blank_like:
                 self.hyp.append(token)
                 self.decoder_out = self._decoder_out()
 
