@@ -1,0 +1,541 @@
+"""Tests of export.py, pretrained.py and jit_pretrained.py: cpu_jit.pt and
+the ONNX files reproduce the PyTorch model, sherpa-onnx decodes the export
+as our own streaming greedy search does, and the wav-file scripts handle any
+sample rate, channel count and bad input.
+
+Two models are exported: the tiny trained model of the session (`trained_exp_dir`),
+which after a few batches emits almost nothing, and an "emitting" variant of
+it whose joiner output layer is replaced by random weights with the blank
+bias raised to emit on about half of the frames, so that the comparisons run
+over many emitted tokens and decoder-context updates.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pruned_transducer_stateless4 import export as export_script
+from pruned_transducer_stateless4.export import get_params
+from pruned_transducer_stateless4.jit_pretrained import (
+    StreamingGreedySearch,
+    make_online_fbank,
+    read_audio,
+    resample,
+    stream_encoder,
+)
+from pruned_transducer_stateless4.model import Transducer
+from pruned_transducer_stateless4.model_config import (
+    apply_checkpoint_model_options,
+    get_transducer_model,
+)
+from shared.utils import RecipeError
+from tests.helpers import run_script
+
+CHUNK = 4  # decode chunk size of the ONNX export, frames after subsampling
+LEFT = 8  # left context of the ONNX export
+BPE = "data/lang_bpe_100/bpe.model"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def clean_wavs(prepared_dir: Path) -> list[Path]:
+    paths = sorted((prepared_dir / "download/LibriSpeech/test-clean").glob("*/*/*.flac"))
+    assert len(paths) >= 4, paths
+    return paths
+
+
+def build_model(checkpoint: dict) -> Transducer:
+    params = get_params()
+    params.vocab_size = checkpoint["params"]["vocab_size"]
+    apply_checkpoint_model_options(params, checkpoint["params"], "test")
+    model = get_transducer_model(params)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def export(exp_dir: Path, cwd: Path, *options: str) -> None:
+    result = run_script(["pruned_transducer_stateless4/export.py", "--exp-dir", str(exp_dir),
+                         "--epoch", "1", "--avg", "1", "--bpe-model", BPE, *options], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def exports(prepared_dir: Path, trained_exp_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """{"trained": dir, "emitting": dir}, each with epoch-1.pt and its
+    pretrained.pt, cpu_jit.pt and ONNX export (chunk CHUNK, left context LEFT)."""
+    checkpoint = torch.load(trained_exp_dir / "epoch-2.pt", map_location="cpu",
+                            weights_only=False)
+    dirs = {"trained": tmp_path_factory.mktemp("export_trained"),
+            "emitting": tmp_path_factory.mktemp("export_emitting")}
+    shutil.copy(trained_exp_dir / "epoch-2.pt", dirs["trained"] / "epoch-1.pt")
+
+    # Emitting variant: random joiner output layer, blank bias set so that
+    # blank wins on about half of the frames (with a blank-only context).
+    state = checkpoint["model"]
+    weight = state["joiner.output_linear.weight"]
+    generator = torch.Generator().manual_seed(0)
+    state["joiner.output_linear.weight"] = torch.randn(weight.shape, generator=generator)
+    state["joiner.output_linear.bias"] = torch.zeros(weight.size(0))
+    model = build_model(checkpoint)
+    blank_margins = []
+    with torch.no_grad():
+        context = torch.zeros(1, model.decoder.context_size, dtype=torch.int64)
+        decoder_proj = model.joiner.decoder_proj(model.decoder(context, need_pad=False))[:, 0]
+        for path in clean_wavs(prepared_dir)[:4]:
+            search = CollectFrames()
+            stream_encoder(model, read_audio(path)[0], 16, 64, search)
+            logits = model.joiner(model.joiner.encoder_proj(torch.cat(search.frames)),
+                                  decoder_proj, project_input=False)
+            blank_margins.append(logits[:, 0] - logits[:, 1:].max(dim=-1).values)
+    state["joiner.output_linear.bias"][0] = -float(torch.cat(blank_margins).median())
+    torch.save({"model": state, "params": checkpoint["params"]}, dirs["emitting"] / "epoch-1.pt")
+
+    streaming = ["--decode-chunk-size", str(CHUNK), "--left-context", str(LEFT)]
+    # The trained model through the command line, the other in this process.
+    export(dirs["trained"], prepared_dir)
+    export(dirs["trained"], prepared_dir, "--onnx", "1", *streaming)
+    for options in ([], ["--jit", "1", *streaming], ["--onnx", "1", *streaming]):
+        export_in_process(dirs["emitting"], prepared_dir, *options)
+    return dirs
+
+
+def export_in_process(exp_dir: Path, cwd: Path, *options: str) -> list[Path]:
+    args = export_script.get_parser().parse_args(
+        ["--exp-dir", str(exp_dir), "--epoch", "1", "--avg", "1",
+         "--bpe-model", str(cwd / BPE), *options])
+    return export_script.run(args)
+
+
+class CollectFrames:
+    """A 'search' for stream_encoder that keeps the encoder frames."""
+
+    def __init__(self) -> None:
+        self.frames: list[torch.Tensor] = []
+
+    def advance(self, encoder_out: torch.Tensor) -> None:
+        self.frames.append(encoder_out)
+
+
+def load_torch_model(exp_dir: Path) -> Transducer:
+    return build_model(torch.load(exp_dir / "epoch-1.pt", map_location="cpu",
+                                  weights_only=False))
+
+
+# ------------------------------------------------------------ features ----
+def test_online_fbank_matches_training_features(prepared_dir: Path):
+    """kaldi-native-fbank with the settings of jit_pretrained.py (= sherpa-onnx's
+    defaults) computes the lhotse training features: within 5e-4 where the
+    energy is above exp(-12); bins close to the floor log(1.19e-7) = -15.9
+    (near-digital silence) differ by up to a few 1e-3 (float32 rounding of
+    tiny energies)."""
+    from shared.features import make_fbank_extractor
+
+    extractor = make_fbank_extractor()
+    max_diff = max_diff_above_floor = 0.0
+    for path in clean_wavs(prepared_dir):
+        samples, _ = read_audio(path)
+        expected = extractor.extract(samples, 16000)
+        fbank = make_online_fbank()
+        fbank.accept_waveform(16000, samples.tolist())
+        fbank.input_finished()
+        online = np.array([fbank.get_frame(i) for i in range(fbank.num_frames_ready)])
+        assert online.shape == expected.shape
+        diff = np.abs(online - expected)
+        max_diff = max(max_diff, float(diff.max()))
+        max_diff_above_floor = max(max_diff_above_floor, float(diff[expected > -12].max()))
+    print(f"kaldi-native-fbank vs lhotse: max |diff| {max_diff:.2e}, "
+          f"{max_diff_above_floor:.2e} above -12")
+    assert max_diff_above_floor < 5e-4 and max_diff < 5e-3
+
+
+# ---------------------------------------------------------- TorchScript ----
+def reference_streaming(model, x: torch.Tensor, num_chunks: int):
+    """Encoder outputs and states of num_chunks streaming steps (batch of x)."""
+    window = CHUNK * 4 + 7
+    states = model.encoder.get_init_state(LEFT, x.size(0))
+    processed = torch.zeros(x.size(0), dtype=torch.int64)
+    outputs = []
+    for k in range(num_chunks):
+        chunk = x[:, 4 * CHUNK * k : 4 * CHUNK * k + window]
+        x_lens = torch.full((x.size(0),), window, dtype=torch.int64)
+        if k == num_chunks - 1:
+            x_lens[-1] = window - 6  # the padded last chunk of an utterance
+        out, out_lens, states = model.encoder.streaming_forward(chunk, x_lens, states,
+                                                                processed, LEFT)
+        outputs += [out, out_lens, states[0], states[1]]
+        processed = processed + CHUNK
+    return outputs
+
+
+@torch.no_grad()
+def test_jit_reproduces_pytorch(exports):
+    exp_dir = exports["emitting"]
+    model = load_torch_model(exp_dir)
+    jit = torch.jit.load(str(exp_dir / "cpu_jit.pt"))
+    assert (int(jit.decode_chunk_size), int(jit.left_context)) == (CHUNK, LEFT)
+    torch.manual_seed(1)
+    x = torch.randn(2, 150, 80)
+    x_lens = torch.tensor([150, 111])
+    diffs = {}
+    for chunk_size, left in ((-1, -1), (CHUNK, LEFT)):
+        expected = model.encoder(x, x_lens, chunk_size, left)
+        got = jit(x, x_lens, chunk_size, left)
+        assert torch.equal(expected[1], got[1])
+        diffs[f"forward chunk {chunk_size}"] = float((expected[0] - got[0]).abs().max())
+    for name, a, b in zip(("out", "lens", "attn", "conv") * 6,
+                          reference_streaming(model, x, 6), reference_streaming(jit, x, 6)):
+        diffs[f"streaming {name}"] = max(diffs.get(f"streaming {name}", 0.0),
+                                         float((a - b).abs().max()))
+    y = torch.randint(1, 100, (5, model.decoder.context_size))
+    decoder_out = model.decoder(y, need_pad=False)
+    diffs["decoder"] = float((decoder_out - jit.decoder(y, False)).abs().max())
+    encoder_out = torch.randn(5, 1, model.encoder.d_model)
+    diffs["joiner"] = float((model.joiner(encoder_out, decoder_out)
+                             - jit.joiner(encoder_out, decoder_out, True)).abs().max())
+    print("cpu_jit.pt vs PyTorch, max |diff|:", diffs)
+    assert max(diffs.values()) < 1e-5, diffs
+
+
+def test_jit_runs_in_a_process_that_imports_only_torch(exports, tmp_path: Path):
+    exp_dir = exports["emitting"]
+    model = load_torch_model(exp_dir)
+    torch.manual_seed(2)
+    x = torch.randn(1, 100, 80)
+    with torch.no_grad():
+        expected = reference_streaming(model, x, 4)[-4]
+        y = torch.zeros(1, model.decoder.context_size, dtype=torch.int64)
+        logits = model.joiner(model.encoder(x, torch.tensor([100]))[0][:, :1],
+                              model.decoder(y, need_pad=False))
+    torch.save({"x": x, "streaming_out": expected, "logits": logits}, tmp_path / "io.pt")
+    script = f"""
+import sys, torch
+m = torch.jit.load({str(exp_dir / 'cpu_jit.pt')!r})
+io = torch.load({str(tmp_path / 'io.pt')!r})
+x = io["x"]
+states = m.encoder.get_init_state({LEFT}, 1)
+processed = torch.zeros(1, dtype=torch.int64)
+w = {CHUNK} * 4 + 7
+for k in range(4):
+    chunk = x[:, {4 * CHUNK} * k : {4 * CHUNK} * k + w]
+    x_lens = torch.tensor([w - 6 if k == 3 else w])
+    out, _, states = m.encoder.streaming_forward(chunk, x_lens, states, processed, {LEFT})
+    processed += {CHUNK}
+enc = m(x, torch.tensor([100]))[0][:, :1]
+y = torch.zeros(1, int(m.context_size), dtype=torch.int64)
+logits = m.joiner(enc, m.decoder(y, False), True)
+assert (out - io["streaming_out"]).abs().max() < 1e-5
+assert (logits - io["logits"]).abs().max() < 1e-5
+ours = [n for n in sys.modules if n.split(".")[0] in
+        ("pruned_transducer_stateless4", "shared", "lhotse", "local", "tests")]
+assert not ours, ours
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- ONNX ----
+def onnx_paths(exp_dir: Path, int8: bool = False) -> dict[str, str]:
+    suffix = ".int8.onnx" if int8 else ".onnx"
+    return {name: str(exp_dir / f"{name}-epoch-1-avg-1{suffix}")
+            for name in ("encoder", "decoder", "joiner")}
+
+
+def ort_session(path: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("int8", [False, True])
+def test_onnx_reproduces_pytorch(exports, int8: bool):
+    exp_dir = exports["emitting"]
+    model = load_torch_model(exp_dir)
+    paths = onnx_paths(exp_dir, int8)
+    encoder, decoder, joiner = (ort_session(paths[n]) for n in ("encoder", "decoder", "joiner"))
+
+    meta = encoder.get_modelmeta().custom_metadata_map
+    assert meta["model_type"] == "conformer"
+    assert int(meta["decode_chunk_len"]) == 4 * CHUNK and int(meta["T"]) == 4 * CHUNK + 7
+    assert int(meta["pad_length"]) == 7 and int(meta["left_context"]) == LEFT
+    assert int(meta["num_encoder_layers"]) == model.encoder.num_encoder_layers
+    assert int(meta["encoder_dim"]) == model.encoder.d_model
+    assert int(meta["cnn_module_kernel"]) == model.encoder.cnn_module_kernel
+    decoder_meta = decoder.get_modelmeta().custom_metadata_map
+    assert int(decoder_meta["vocab_size"]) == model.decoder.vocab_size
+    assert int(decoder_meta["context_size"]) == model.decoder.context_size
+    assert [i.name for i in encoder.get_inputs()] == ["x", "cached_attn", "cached_conv",
+                                                      "processed_lens"]
+
+    # Streaming steps, batch of 3; sherpa passes processed FEATURE frames.
+    torch.manual_seed(3)
+    x = torch.randn(3, 200, 80)
+    window = 4 * CHUNK + 7
+    states = model.encoder.get_init_state(LEFT, 3)
+    cached = [s.numpy() for s in states]
+    processed = torch.zeros(3, dtype=torch.int64)
+    diffs = {"encoder_out": 0.0, "attn": 0.0, "conv": 0.0}
+    encoder_outs = []
+    for k in range(8):
+        chunk = x[:, 4 * CHUNK * k : 4 * CHUNK * k + window]
+        out, _, states = model.encoder.streaming_forward(
+            chunk, torch.full((3,), window), states, processed, LEFT)
+        out = model.joiner.encoder_proj(out)
+        got = encoder.run(None, {"x": chunk.numpy(), "cached_attn": cached[0],
+                                 "cached_conv": cached[1],
+                                 "processed_lens": (processed * 4).numpy()})
+        cached = got[1:]
+        for name, a, b in zip(diffs, (out, states[0], states[1]), got):
+            diffs[name] = max(diffs[name], float(np.abs(a.numpy() - b).max()))
+        encoder_outs.append(out)
+        processed += CHUNK
+
+    y = torch.randint(1, 100, (6, model.decoder.context_size))
+    decoder_out = model.joiner.decoder_proj(model.decoder(y, need_pad=False))[:, 0]
+    got_decoder = decoder.run(None, {"y": y.numpy()})[0]
+    diffs["decoder"] = float(np.abs(decoder_out.numpy() - got_decoder).max())
+    encoder_frames = torch.cat(encoder_outs, dim=1)[0, :6]
+    logits = model.joiner(encoder_frames, decoder_out, project_input=False)
+    got_logits = joiner.run(None, {"encoder_out": encoder_frames.numpy(),
+                                   "decoder_out": decoder_out.numpy()})[0]
+    diffs["joiner"] = float(np.abs(logits.numpy() - got_logits).max())
+    print(f"ONNX{' int8' if int8 else ''} vs PyTorch, max |diff|:", diffs)
+    if not int8:
+        assert max(diffs.values()) < 1e-4, diffs
+    else:
+        # Quantised weights: close, not equal.
+        scale = float(logits.abs().max())
+        assert diffs["joiner"] < 0.1 * scale, (diffs, scale)
+
+
+# ----------------------------------------------------------- sherpa-onnx ----
+def sherpa_recognizer(exp_dir: Path, int8: bool = False):
+    import sherpa_onnx
+
+    paths = onnx_paths(exp_dir, int8)
+    return sherpa_onnx.OnlineRecognizer.from_transducer(
+        tokens=str(exp_dir / "tokens.txt"), encoder=paths["encoder"], decoder=paths["decoder"],
+        joiner=paths["joiner"], num_threads=1, sample_rate=16000, feature_dim=80,
+        decoding_method="greedy_search",
+    )
+
+
+def sherpa_decode(recognizer, waves: list[np.ndarray]) -> list[list[str]]:
+    """Decodes all waves as one batch of streams; token symbols per wave."""
+    streams = []
+    for samples in waves:
+        stream = recognizer.create_stream()
+        stream.accept_waveform(16000, samples)
+        stream.input_finished()
+        streams.append(stream)
+    while True:
+        ready = [s for s in streams if recognizer.is_ready(s)]
+        if not ready:
+            break
+        recognizer.decode_streams(ready)
+    return [list(recognizer.get_result_all(s).tokens) for s in streams]
+
+
+@pytest.mark.parametrize("variant", ["trained", "emitting"])
+def test_sherpa_onnx_decodes_like_our_streaming_greedy_search(exports, prepared_dir, variant):
+    exp_dir = exports[variant]
+    model = load_torch_model(exp_dir)
+    symbols = [line.split()[0] for line in (exp_dir / "tokens.txt").read_text().splitlines()]
+    tail = np.zeros(int(0.3 * 16000), dtype=np.float32)  # flushes the last frames
+    waves = [np.concatenate([read_audio(p)[0], tail]) for p in clean_wavs(prepared_dir)]
+
+    ours = []
+    with torch.no_grad():
+        for samples in waves:
+            # sherpa-onnx's greedy search treats <unk> as blank; so does this one.
+            search = StreamingGreedySearch(model, blank_like=(symbols.index("<unk>"),))
+            stream_encoder(model, samples, CHUNK, LEFT, search, full_windows_only=True)
+            ours.append([symbols[i] for i in search.result()])
+    theirs = sherpa_decode(sherpa_recognizer(exp_dir), waves)
+    equal = sum(a == b for a, b in zip(ours, theirs))
+    num_tokens = sum(len(tokens) for tokens in ours)
+    int8 = sherpa_decode(sherpa_recognizer(exp_dir, int8=True), waves)
+    int8_equal = sum(a == b for a, b in zip(ours, int8))
+    print(f"{variant}: sherpa-onnx == ours on {equal}/{len(waves)} utterances "
+          f"({num_tokens} tokens); int8 == ours on {int8_equal}/{len(waves)}")
+    assert ours == theirs
+    if variant == "emitting":
+        assert num_tokens >= 10 * len(waves), num_tokens
+
+
+# -------------------------------------------------------- wav-file scripts ----
+def write_versions(source: Path, out_dir: Path) -> dict[str, Path]:
+    """16 kHz original, 44.1 kHz mono and 8 kHz stereo versions (sox), and
+    sox's own 16 kHz upsampling of the 8 kHz audio."""
+    sox = shutil.which("sox")
+    if sox is None:
+        pytest.skip("sox not installed")
+    paths = {"orig": out_dir / "orig.flac", "44k": out_dir / "mono44k.wav",
+             "8k_mono": out_dir / "mono8k.wav", "8k_stereo": out_dir / "stereo8k.flac",
+             "8k_up": out_dir / "mono8k_to16k.wav"}
+    shutil.copy(source, paths["orig"])
+    subprocess.run([sox, str(source), "-r", "44100", str(paths["44k"])], check=True)
+    subprocess.run([sox, str(source), "-r", "8000", str(paths["8k_mono"])], check=True)
+    subprocess.run([sox, str(paths["8k_mono"]), "-r", "16000", str(paths["8k_up"])], check=True)
+    mono, rate = sf.read(str(paths["8k_mono"]), dtype="float32")
+    # Channels that differ but average to the mono signal.
+    noise = 0.05 * np.random.default_rng(0).standard_normal(len(mono)).astype(np.float32)
+    sf.write(str(paths["8k_stereo"]), np.stack([mono + noise, mono - noise], axis=1), rate,
+             subtype="PCM_24")
+    return paths
+
+
+def run_decoder(script: str, model_option: list[str], files: list[Path], cwd: Path,
+                *options: str) -> tuple[int, dict[str, str], list[str], str]:
+    """(exit code, {file: text}, error lines, log) of pretrained.py or jit_pretrained.py."""
+    result = run_script([f"pruned_transducer_stateless4/{script}", *model_option,
+                         "--bpe-model", BPE, *options, *map(str, files)], cwd)
+    texts = {}
+    for line in result.stdout.splitlines():
+        name, _, text = line.partition(": ")
+        texts[name] = text
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    return result.returncode, texts, errors, result.stderr
+
+
+def test_resampler_matches_sox(prepared_dir: Path, tmp_path: Path):
+    paths = write_versions(clean_wavs(prepared_dir)[0], tmp_path)
+    original, _ = sf.read(str(paths["orig"]), dtype="float32")
+
+    def snr_db(signal: np.ndarray, reference: np.ndarray) -> float:
+        n = min(len(signal), len(reference))
+        error = signal[:n] - reference[:n]
+        return float(10 * np.log10((reference[:n] ** 2).sum() / (error**2).sum()))
+
+    from_44k, notes_44k = read_audio(paths["44k"])
+    assert notes_44k == ["resampled from 44100 Hz to 16000 Hz"]
+    assert abs(len(from_44k) - len(original)) <= 1
+    from_8k, _ = read_audio(paths["8k_mono"])
+    sox_8k, _ = sf.read(str(paths["8k_up"]), dtype="float32")
+    stereo, notes_stereo = read_audio(paths["8k_stereo"])
+    assert notes_stereo == ["mixed 2 channels down to mono",
+                            "resampled from 8000 Hz to 16000 Hz"]
+    snrs = {"44.1k->16k vs original": snr_db(from_44k, original),
+            "8k->16k vs sox": snr_db(from_8k, sox_8k),
+            "8k stereo vs 8k mono": snr_db(stereo, from_8k),
+            "16k->44.1k->16k (ours both ways)": snr_db(
+                resample(resample(original, 16000, 44100), 44100, 16000), original)}
+    print("resampling SNR (dB):", snrs)
+    assert min(snrs.values()) > 35, snrs
+
+
+def test_pretrained_any_rate_and_channels(exports, prepared_dir: Path, tmp_path: Path):
+    """8 kHz stereo and 44.1 kHz mono versions of a file give the same text as
+    the 16 kHz original with the tiny trained model.  (It emits almost
+    nothing yet; how faithful the resampling is, test_resampler_matches_sox
+    measures.  The emitting model sits on a knife edge between blank and a
+    token on half of its frames by construction, so any resampling changes
+    its text; with it, stereo channels that average to the mono 8 kHz
+    signal give the mono file's text.)"""
+    paths = write_versions(clean_wavs(prepared_dir)[1], tmp_path)
+    files = [paths[n] for n in ("orig", "44k", "8k_stereo", "8k_mono")]
+    texts = {}
+    for variant in ("trained", "emitting"):
+        code, out, errors, log = run_decoder(
+            "pretrained.py", ["--checkpoint", str(exports[variant] / "pretrained.pt")], files,
+            prepared_dir, "--simulate-streaming", "1", "--decode-chunk-size", str(CHUNK),
+            "--left-context", str(LEFT))
+        assert code == 0 and not errors, log[-3000:]
+        texts[variant] = {name: out[str(paths[name])] for name in paths if str(paths[name]) in out}
+        assert len(texts[variant]) == len(files), (out, log[-3000:])
+        assert "stereo8k.flac: mixed 2 channels down to mono" in log, log[-3000:]
+        assert "mono44k.wav: resampled from 44100 Hz to 16000 Hz" in log, log[-3000:]
+        assert "stereo8k.flac: resampled from 8000 Hz to 16000 Hz" in log, log[-3000:]
+    print("pretrained.py texts:", texts)
+    trained = texts["trained"]
+    assert trained["orig"] == trained["44k"] == trained["8k_stereo"]
+    emitting = texts["emitting"]
+    assert len(emitting["8k_mono"]) > 5
+    assert emitting["8k_stereo"] == emitting["8k_mono"]
+
+
+def test_bad_files_get_one_line_errors(exports, prepared_dir: Path, tmp_path: Path):
+    good = clean_wavs(prepared_dir)[:2]
+    missing = tmp_path / "missing.wav"
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + np.random.default_rng(0).bytes(3000))
+    short = tmp_path / "short.wav"
+    sf.write(str(short), np.zeros(480, dtype=np.float32), 16000)  # 30 ms
+    no_samples = tmp_path / "no_samples.wav"
+    sf.write(str(no_samples), np.zeros(0, dtype=np.float32), 16000)
+    bad = [missing, empty, corrupt, short, no_samples]
+    files = [good[0], *bad, good[1]]
+
+    exp_dir = exports["emitting"]
+    model = load_torch_model(exp_dir)
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(prepared_dir / BPE))
+    expected = {}
+    with torch.no_grad():
+        for path in good:
+            search = StreamingGreedySearch(model)
+            stream_encoder(model, read_audio(path)[0], CHUNK, LEFT, search)
+            expected[str(path)] = sp.decode(search.result())
+
+    runs = {
+        "pretrained.py": ["--checkpoint", str(exp_dir / "pretrained.pt")],
+        "jit_pretrained.py": ["--nn-model-filename", str(exp_dir / "cpu_jit.pt")],
+    }
+    for script, model_option in runs.items():
+        code, texts, errors, log = run_decoder(script, model_option, files, prepared_dir)
+        assert code == 1, log[-3000:]
+        assert sorted(texts) == sorted(str(p) for p in good), (texts, log[-3000:])
+        assert len(errors) == len(bad), errors
+        for path, line in zip(bad, errors):
+            assert line.startswith(f"{path}: error: "), line
+        print(script, "errors:", errors)
+        if script == "jit_pretrained.py":
+            # cpu_jit.pt streamed chunk by chunk = the PyTorch model streamed.
+            assert texts == expected, (texts, expected)
+    assert "no such file" in errors[0] and "empty" in errors[1]
+    assert "cannot decode" in errors[2] and "too short" in errors[3]
+
+
+def test_export_errors(exports, prepared_dir: Path):
+    exp_dir = exports["emitting"]  # its epoch-1.pt holds no running average
+    for options, message in ((["--epoch", "5"], "does not exist"),
+                             (["--avg", "2"], "too large"),
+                             (["--use-averaged-model", "1"], "no averaged model"),
+                             (["--iter", "100"], "checkpoint-B.pt")):
+        with pytest.raises((FileNotFoundError, RecipeError), match=message):
+            export_in_process(exp_dir, prepared_dir, *options)
+    result = run_script(["pruned_transducer_stateless4/export.py", "--exp-dir", str(exp_dir),
+                         "--epoch", "5", "--avg", "1", "--bpe-model", BPE], prepared_dir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"export.py: error: checkpoint {exp_dir}/epoch-5.pt does not exist"], result.stderr
+
+
+def test_pretrained_pt_rebuilds_the_model(exports):
+    exp_dir = exports["emitting"]
+    pretrained = torch.load(exp_dir / "pretrained.pt", map_location="cpu", weights_only=False)
+    assert set(pretrained) == {"model", "params"}
+    reference = torch.load(exp_dir / "epoch-1.pt", map_location="cpu", weights_only=False)
+    model = build_model(pretrained)
+    for name, tensor in reference["model"].items():
+        assert torch.equal(model.state_dict()[name], tensor), name
