@@ -180,6 +180,9 @@ def load_model(args: argparse.Namespace) -> tuple[Transducer, AttributeDict, str
                               f"{args.tokens or args.bpe_model} gives {params[name]}: "
                               "not the vocabulary of this model")
     apply_checkpoint_model_options(params, checkpoint_params, str(paths[0]))
+    for name in MODEL_OPTION_NAMES:  # options an older checkpoint may lack
+        if name not in params and name in defaults:
+            params[name] = defaults[name]
     if params.streaming_model and not params.causal_convolution:
         raise RecipeError(f"{paths[0]} has non-causal convolution: not a streaming model "
                           "(pass --streaming-model false)")

@@ -42,6 +42,7 @@ from pruned_transducer_stateless4.beam_search import (
 from pruned_transducer_stateless4.jit_pretrained import AudioError, TokenDecoder, read_audio
 from pruned_transducer_stateless4.model import Transducer
 from pruned_transducer_stateless4.model_config import (
+    MODEL_OPTION_NAMES,
     apply_checkpoint_model_options,
     get_transducer_model,
 )
@@ -101,6 +102,9 @@ def load_model(path: Path, vocab_size: int) -> Transducer:
     params = AttributeDict({"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0,
                             "vocab_size": vocab_size})
     apply_checkpoint_model_options(params, stored, str(path))
+    missing = [name for name in MODEL_OPTION_NAMES if name not in params]
+    if missing:
+        raise RecipeError(f"{path} lacks the model options {missing}; write it with export.py")
     model = get_transducer_model(params)
     load_model_state(model, checkpoint["model"], path)
     model.eval()
