@@ -126,8 +126,9 @@ class LibriSpeechAsrDataModule:
     def test_dataloaders(self, cuts: CutSet) -> DataLoader:
         dataset = K2SpeechRecognitionDataset(input_strategy=self._input_strategy(),
                                              return_cuts=True)
-        sampler = DynamicBucketingSampler(cuts, max_duration=self.args.max_duration,
-                                          shuffle=False)
+        # Not bucketed: a bucketing sampler needs more cuts than buckets, and
+        # evaluation sets may be tiny subsets.
+        sampler = SimpleCutSampler(cuts, max_duration=self.args.max_duration, shuffle=False)
         return DataLoader(dataset, sampler=sampler, batch_size=None,
                           num_workers=self.args.num_workers)
 
