@@ -1,0 +1,472 @@
+#!/usr/bin/env python3
+"""Decode test sets with a trained transducer and write WER reports.
+
+Usage (from the project root, after ./prepare.sh and train.py):
+
+  # greedy search, average of epochs 21..30 (running averages stored by train.py)
+  ./pruned_transducer_stateless4/decode.py --epoch 30 --avg 10 \\
+      --exp-dir exp/pruned_transducer_stateless4 --bpe-model data/lang_bpe_500/bpe.model \\
+      --max-duration 100 --decoding-method greedy_search
+
+  # modified beam search, simulated streaming (chunks of 16 frames, 64 of left context)
+  ./pruned_transducer_stateless4/decode.py ... --decoding-method modified_beam_search \\
+      --beam-size 4 --simulate-streaming true --decode-chunk-size 16 --left-context 64
+
+  # fast beam search with the LG graph of prepare.sh stage 5
+  ./pruned_transducer_stateless4/decode.py ... --decoding-method fast_beam_search_nbest_LG \\
+      --lang-dir data/lang_bpe_500 --beam 20 --max-contexts 8 --max-states 64 \\
+      --num-paths 200 --nbest-scale 0.5 --ngram-lm-scale 0.01
+
+  # average of checkpoint-B.pt files with B <= 8000 (newest 5)
+  ./pruned_transducer_stateless4/decode.py --iter 8000 --avg 5 --use-averaged-model false ...
+
+  # an exported model: ln -s pretrained.pt EXP_DIR/epoch-999.pt
+  ./pruned_transducer_stateless4/decode.py --epoch 999 --avg 1 --use-averaged-model false ...
+
+Decoding methods: greedy_search, beam_search, modified_beam_search,
+fast_beam_search, fast_beam_search_nbest, fast_beam_search_LG,
+fast_beam_search_nbest_LG (see beam_search.py).  The model options (encoder
+size, context size, vocabulary, ...) are read from the checkpoint; a model
+option given on the command line that differs from it is reported and
+ignored.
+
+Outputs in EXP_DIR/<decoding-method>/, for each test set PART:
+  recogs-PART-KEY-SUFFIX.txt       reference and hypothesis of every utterance
+  errs-PART-KEY-SUFFIX.txt         alignments, frequent errors, per-word stats
+  wer-summary-PART-KEY-SUFFIX.txt  "settings  WER"
+  log-decode-SUFFIX-*              the log (WER and speed per part)
+where KEY holds the search settings (e.g. beam_size_4) and SUFFIX the model
+(e.g. epoch-30-avg-10-use-averaged-model, plus -streaming-chunk-size-16-left-context-64).
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as spm
+import torch
+from tqdm import tqdm
+
+from pruned_transducer_stateless4.asr_datamodule import (
+    LibriSpeechAsrDataModule,
+    batch_features,
+    batch_texts,
+)
+from pruned_transducer_stateless4.beam_search import (
+    beam_search,
+    fast_beam_search_LG,
+    fast_beam_search_nbest,
+    fast_beam_search_nbest_LG,
+    fast_beam_search_one_best,
+    greedy_search_batch,
+    modified_beam_search,
+)
+from pruned_transducer_stateless4.model_config import (
+    MODEL_OPTION_NAMES,
+    add_model_arguments,
+    apply_checkpoint_model_options,
+    get_transducer_model,
+)
+from shared.checkpoint import (
+    average_state_dicts,
+    averaged_model_between,
+    find_checkpoints,
+    load_checkpoint_file,
+    load_model_state,
+)
+from shared.fsa_graph import (
+    DecodingGraph,
+    load_decoding_graph,
+    read_word_table,
+    trivial_graph,
+)
+from shared.metrics import write_error_stats, write_recogs
+from shared.utils import AttributeDict, RecipeError, get_device, setup_logging, str2bool
+
+DECODING_METHODS = (
+    "greedy_search",
+    "beam_search",
+    "modified_beam_search",
+    "fast_beam_search",
+    "fast_beam_search_nbest",
+    "fast_beam_search_LG",
+    "fast_beam_search_nbest_LG",
+)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epoch", type=int, default=30,
+                        help="Decode with epoch-EPOCH.pt (averaged with earlier ones, --avg).")
+    parser.add_argument("--iter", type=int, default=0,
+                        help="If > 0, use checkpoint-B.pt files with B <= ITER instead of "
+                        "epoch files (overrides --epoch).")
+    parser.add_argument("--avg", type=int, default=9,
+                        help="Number of checkpoints to average: epochs EPOCH-AVG+1..EPOCH, or the "
+                        "AVG newest checkpoint-B.pt with --iter. With --use-averaged-model, the "
+                        "model averaged over the training between epoch EPOCH-AVG (or the "
+                        "(AVG+1)-th newest checkpoint) and EPOCH.")
+    parser.add_argument("--use-averaged-model", type=str2bool, default=True,
+                        help="Use the running weight averages that train.py stores in each "
+                        "checkpoint (needs --average-period > 0 in training).")
+    parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
+                        help="Directory with the checkpoints; results go to "
+                        "EXP_DIR/<decoding-method>/.")
+    parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
+                        help="Sentencepiece model the checkpoint was trained with.")
+    parser.add_argument("--lang-dir", type=Path, default=Path("data/lang_bpe_500"),
+                        help="Directory with LG.fst and words.txt (prepare.sh stage 5); used by "
+                        "the *_LG methods.")
+    parser.add_argument("--decoding-method", type=str, default="greedy_search",
+                        choices=DECODING_METHODS, help="Decoding method.")
+    parser.add_argument("--beam-size", type=int, default=4,
+                        help="Beam size of beam_search and modified_beam_search.")
+    parser.add_argument("--beam", type=float, default=20.0,
+                        help="fast_beam_search*: arcs scoring below the best by more than this "
+                        "are pruned (log-probability units).")
+    parser.add_argument("--max-contexts", type=int, default=8,
+                        help="fast_beam_search*: decoder contexts kept per frame and utterance.")
+    parser.add_argument("--max-states", type=int, default=64,
+                        help="fast_beam_search*: states kept per frame and utterance.")
+    parser.add_argument("--num-paths", type=int, default=200,
+                        help="fast_beam_search_nbest*: size of the n-best list.")
+    parser.add_argument("--nbest-scale", type=float, default=0.5,
+                        help="fast_beam_search_nbest*: lattice scores are multiplied by this "
+                        "before sampling paths (smaller: more diverse paths).")
+    parser.add_argument("--ngram-lm-scale", type=float, default=0.01,
+                        help="*_LG: weight of the LG graph's (n-gram LM) scores.")
+    parser.add_argument("--max-sym-per-frame", type=int, default=1,
+                        help="greedy_search: at most this many tokens per frame.")
+    parser.add_argument("--simulate-streaming", type=str2bool, default=False,
+                        help="Encode with chunk-wise attention masks, as the streaming model "
+                        "sees the audio (needs a model trained with --causal-convolution true).")
+    parser.add_argument("--decode-chunk-size", type=int, default=16,
+                        help="--simulate-streaming: chunk size in frames after subsampling.")
+    parser.add_argument("--left-context", type=int, default=64,
+                        help="--simulate-streaming: left context in frames after subsampling.")
+    parser.add_argument("--test-sets", type=str, nargs="+", default=["test-clean", "test-other"],
+                        help="LibriSpeech parts (data/fbank/librispeech_cuts_PART.jsonl.gz) or "
+                        "paths of cut sets (*.jsonl.gz) to decode.")
+    parser.add_argument("--num-threads", type=int, default=0,
+                        help="Torch threads on CPU; 0 keeps torch's default.")
+    add_model_arguments(parser)
+    LibriSpeechAsrDataModule.add_arguments(parser)
+    return parser
+
+
+def explicit_options(argv: list[str]) -> set[str]:
+    """Names (with underscores) of the options given on the command line."""
+    names = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            names.add(arg[2:].split("=", 1)[0].replace("-", "_"))
+    return names
+
+
+def get_params() -> AttributeDict:
+    """Fixed settings, as in train.py; the checkpoint's values win."""
+    return AttributeDict({"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0,
+                          "vocab_size": -1})
+
+
+# ------------------------------------------------------------- checkpoints --
+def checkpoint_paths(params: AttributeDict) -> tuple[str, list[Path]]:
+    """(description, paths): the checkpoints to use and how.
+
+    description is "average" (average the `model` entries of paths),
+    "single" (one path) or "between" (paths = [start, end]: the running
+    average between them).
+    """
+    exp_dir, avg = params.exp_dir, params.avg
+    if avg < 1:
+        raise RecipeError(f"--avg must be >= 1, not {avg}")
+    if params.iter > 0:
+        needed = avg + 1 if params.use_averaged_model else avg
+        paths = find_checkpoints(exp_dir, params.iter)[:needed]
+        if len(paths) < needed:
+            raise RecipeError(
+                f"--iter {params.iter} --avg {avg}"
+                f"{' --use-averaged-model true' if params.use_averaged_model else ''} needs "
+                f"{needed} checkpoint-B.pt files with B <= {params.iter} in {exp_dir}, "
+                f"found {len(paths)}"
+            )
+        paths.reverse()  # oldest first
+        if params.use_averaged_model:
+            return "between", [paths[0], paths[-1]]
+        return ("single", paths) if avg == 1 else ("average", paths)
+    if params.epoch < 1:
+        raise RecipeError(f"--epoch must be >= 1, not {params.epoch}")
+    if params.use_averaged_model:
+        start = params.epoch - avg
+        if start < 1:
+            raise RecipeError(
+                f"--use-averaged-model true with --epoch {params.epoch} --avg {avg} needs "
+                f"epoch-{start}.pt; use --epoch > --avg or --use-averaged-model false"
+            )
+        return "between", [exp_dir / f"epoch-{start}.pt", exp_dir / f"epoch-{params.epoch}.pt"]
+    start = params.epoch - avg + 1
+    if start < 1:
+        raise RecipeError(f"--epoch {params.epoch} --avg {avg} needs epochs {start}.."
+                          f"{params.epoch}; use --avg <= --epoch")
+    paths = [exp_dir / f"epoch-{e}.pt" for e in range(start, params.epoch + 1)]
+    return ("single", paths) if avg == 1 else ("average", paths)
+
+
+def load_model(params: AttributeDict, explicit: set[str], device: torch.device) -> torch.nn.Module:
+    """Builds the model with the checkpoint's options and loads (averaged) weights."""
+    how, paths = checkpoint_paths(params)
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+    newest = load_checkpoint_file(paths[-1])
+    stored: dict[str, Any] = newest.get("params") or {}
+    if not stored:
+        logging.warning(f"{paths[-1]} holds no 'params'; using the command-line model options")
+
+    if "vocab_size" in stored and stored["vocab_size"] != params.vocab_size:
+        raise RecipeError(
+            f"{params.bpe_model} has {params.vocab_size} tokens but {paths[-1]} was trained "
+            f"with {stored['vocab_size']}; pass the --bpe-model used in training"
+        )
+    # Only options the user typed can disagree with the checkpoint.
+    for name in MODEL_OPTION_NAMES:
+        if name in params and name not in explicit and name in stored and \
+                name not in ("vocab_size", "blank_id"):
+            del params[name]
+    apply_checkpoint_model_options(params, stored, str(paths[-1]))
+    model = get_transducer_model(params)
+
+    if how == "single":
+        logging.info(f"loading {paths[0]}")
+        state = newest["model"]
+    elif how == "average":
+        logging.info(f"averaging {len(paths)} checkpoints: {', '.join(p.name for p in paths)}")
+        state = average_state_dicts(paths)
+    else:
+        start = load_checkpoint_file(paths[0])
+        for checkpoint, path in ((start, paths[0]), (newest, paths[1])):
+            if "batch_idx_train" not in (checkpoint.get("params") or {}):
+                raise RecipeError(f"{path} holds no training counters; is it a training "
+                                  "checkpoint? (for an exported model use "
+                                  "--use-averaged-model false)")
+        if start["params"]["batch_idx_train"] >= newest["params"]["batch_idx_train"]:
+            raise RecipeError(f"{paths[0]} is not older than {paths[1]}")
+        logging.info(f"using the averaged model between {paths[0].name} and {paths[1].name}")
+        state = averaged_model_between(start, newest)
+    load_model_state(model, state, paths[-1])
+    model.to(device)
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------- decoding --
+def result_key(params: AttributeDict) -> str:
+    """The search settings, as icefall names them."""
+    method = params.decoding_method
+    if method == "greedy_search":
+        return f"greedy_search_max_sym_per_frame_{params.max_sym_per_frame}"
+    if method in ("beam_search", "modified_beam_search"):
+        return f"beam_size_{params.beam_size}"
+    key = f"beam_{params.beam}_max_contexts_{params.max_contexts}_max_states_{params.max_states}"
+    if "nbest" in method:
+        key += f"_num_paths_{params.num_paths}_nbest_scale_{params.nbest_scale}"
+    if "LG" in method:
+        key += f"_ngram_lm_scale_{params.ngram_lm_scale}"
+    return key
+
+
+def result_suffix(params: AttributeDict) -> str:
+    """The model and encoding settings."""
+    suffix = f"iter-{params.iter}" if params.iter > 0 else f"epoch-{params.epoch}"
+    suffix += f"-avg-{params.avg}"
+    if params.use_averaged_model:
+        suffix += "-use-averaged-model"
+    if params.simulate_streaming:
+        suffix += (f"-streaming-chunk-size-{params.decode_chunk_size}"
+                   f"-left-context-{params.left_context}")
+    return suffix
+
+
+@torch.no_grad()
+def decode_one_batch(
+    params: AttributeDict,
+    model: torch.nn.Module,
+    sp: spm.SentencePieceProcessor,
+    batch: dict[str, Any],
+    decoding_graph: DecodingGraph | None,
+    word_table: dict[int, str] | None,
+    generator: torch.Generator,
+) -> list[str]:
+    """Hypothesis texts of one batch, in the order of its supervisions."""
+    device = next(model.parameters()).device
+    features, feature_lens = batch_features(batch, device)
+    if params.simulate_streaming:
+        encoder_out, encoder_out_lens = model.encoder(
+            features, feature_lens, chunk_size=params.decode_chunk_size,
+            left_context=params.left_context,
+        )
+    else:
+        encoder_out, encoder_out_lens = model.encoder(features, feature_lens)
+
+    method = params.decoding_method
+    fast_args = dict(beam=params.beam, max_states=params.max_states,
+                     max_contexts=params.max_contexts)
+    if method == "greedy_search":
+        tokens = greedy_search_batch(model, encoder_out, encoder_out_lens,
+                                     max_sym_per_frame=params.max_sym_per_frame)
+    elif method == "beam_search":
+        tokens = [beam_search(model, encoder_out[i : i + 1, : int(encoder_out_lens[i])],
+                              beam=params.beam_size)
+                  for i in range(encoder_out.size(0))]
+    elif method == "modified_beam_search":
+        tokens = modified_beam_search(model, encoder_out, encoder_out_lens,
+                                      beam=params.beam_size)
+    elif method == "fast_beam_search":
+        tokens = fast_beam_search_one_best(model, decoding_graph, encoder_out,
+                                           encoder_out_lens, **fast_args)
+    elif method == "fast_beam_search_nbest":
+        tokens = fast_beam_search_nbest(model, decoding_graph, encoder_out, encoder_out_lens,
+                                        num_paths=params.num_paths,
+                                        nbest_scale=params.nbest_scale, generator=generator,
+                                        **fast_args)
+    elif method == "fast_beam_search_LG":
+        word_ids = fast_beam_search_LG(model, decoding_graph, encoder_out, encoder_out_lens,
+                                       ngram_lm_scale=params.ngram_lm_scale, **fast_args)
+        return [" ".join(word_table[w] for w in ids) for ids in word_ids]
+    elif method == "fast_beam_search_nbest_LG":
+        word_ids = fast_beam_search_nbest_LG(
+            model, decoding_graph, encoder_out, encoder_out_lens, num_paths=params.num_paths,
+            nbest_scale=params.nbest_scale, ngram_lm_scale=params.ngram_lm_scale,
+            generator=generator, **fast_args)
+        return [" ".join(word_table[w] for w in ids) for ids in word_ids]
+    else:
+        raise RecipeError(f"unknown decoding method {method}")
+    return sp.decode(tokens)
+
+
+def part_name(test_set: str) -> str:
+    """test-clean -> test-clean; data/fbank/librispeech_cuts_dev-clean.jsonl.gz -> dev-clean."""
+    name = Path(test_set).name
+    for ending in (".jsonl.gz", ".jsonl"):
+        if name.endswith(ending):
+            name = name[: -len(ending)]
+    return name.removeprefix("librispeech_cuts_")
+
+
+def decode_dataset(
+    params: AttributeDict, model: torch.nn.Module, sp: spm.SentencePieceProcessor,
+    dataloader: torch.utils.data.DataLoader, part: str,
+    decoding_graph: DecodingGraph | None, word_table: dict[int, str] | None,
+) -> tuple[list[tuple[str, str, str]], float, float]:
+    """Returns ([(cut_id, ref, hyp)], audio seconds, decoding seconds)."""
+    results = []
+    audio_seconds = 0.0
+    start = time.time()
+    generator = torch.Generator().manual_seed(0)
+    for batch in tqdm(dataloader, desc=f"{part} {params.decoding_method}", unit="batch",
+                      disable=None):
+        hyps = decode_one_batch(params, model, sp, batch, decoding_graph, word_table, generator)
+        cuts = batch["supervisions"]["cut"]
+        for cut, ref, hyp in zip(cuts, batch_texts(batch), hyps):
+            results.append((cut.id, ref, hyp))
+            audio_seconds += cut.duration
+    return results, audio_seconds, time.time() - start
+
+
+def save_results(params: AttributeDict, part: str, results: list[tuple[str, str, str]]) -> float:
+    key, suffix = result_key(params), result_suffix(params)
+    res_dir = params.res_dir
+    write_recogs(res_dir / f"recogs-{part}-{key}-{suffix}.txt", results)
+    wer = write_error_stats(res_dir / f"errs-{part}-{key}-{suffix}.txt", f"{part}-{key}",
+                            results)
+    with open(res_dir / f"wer-summary-{part}-{key}-{suffix}.txt", "w") as out:
+        out.write("settings\tWER\n")
+        out.write(f"{key}\t{wer * 100:.2f}\n")
+    return wer
+
+
+# -------------------------------------------------------------------- main --
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Decodes every test set; returns {part: WER (a fraction)}."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = get_parser().parse_args(argv)
+    params = get_params()
+    params.update(vars(args))
+    params.res_dir = params.exp_dir / params.decoding_method
+    params.res_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(params.res_dir / f"log-decode-{result_suffix(params)}-"
+                  f"{time.strftime('%Y-%m-%d-%H-%M-%S')}")
+    logging.info(f"decoding with {params.decoding_method}: {result_key(params)}, "
+                 f"{result_suffix(params)}")
+    device = get_device()
+    if device.type == "cpu" and params.num_threads > 0:
+        torch.set_num_threads(params.num_threads)
+
+    if not params.bpe_model.is_file():
+        raise FileNotFoundError(f"BPE model {params.bpe_model} not found; run ./prepare.sh "
+                                "--stage 4 --stop-stage 4")
+    sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
+    params.blank_id = sp.piece_to_id("<blk>")
+    params.vocab_size = sp.get_piece_size()
+
+    decoding_graph, word_table = None, None
+    if "LG" in params.decoding_method:
+        lg_path, words_path = params.lang_dir / "LG.fst", params.lang_dir / "words.txt"
+        for path in (lg_path, words_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found ({params.decoding_method} needs the "
+                                        "LG graph); run ./prepare.sh --stage 5 --stop-stage 5")
+        try:
+            decoding_graph = load_decoding_graph(lg_path, device)
+        except ValueError as error:
+            raise RecipeError(f"cannot use {lg_path}: {error}") from error
+        word_table = read_word_table(words_path)
+        logging.info(f"LG graph {lg_path}: {decoding_graph}")
+    elif params.decoding_method.startswith("fast_beam_search"):
+        decoding_graph = trivial_graph(params.vocab_size, device)
+
+    model = load_model(params, explicit_options(argv), device)
+    if params.simulate_streaming and not params.causal_convolution:
+        raise RecipeError("--simulate-streaming needs a model trained with "
+                          "--causal-convolution true")
+    logging.info(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+                 + ", ".join(f"{name}={params[name]}" for name in MODEL_OPTION_NAMES
+                             if name in params))
+
+    datamodule = LibriSpeechAsrDataModule(args)
+    wers = {}
+    for test_set in params.test_sets:
+        part = part_name(test_set)
+        dataloader = datamodule.test_dataloaders(datamodule.cuts_by_name_or_path(test_set))
+        results, audio_seconds, seconds = decode_dataset(
+            params, model, sp, dataloader, part, decoding_graph, word_table)
+        wer = save_results(params, part, results)
+        wers[part] = wer
+        logging.info(
+            f"{part}: {params.decoding_method} WER {wer * 100:.2f}% on {len(results)} "
+            f"utterances; {seconds:.1f} s for {audio_seconds:.1f} s of audio "
+            f"({len(results) / max(seconds, 1e-9):.2f} utterances/s, "
+            f"RTF {seconds / max(audio_seconds, 1e-9):.4f})"
+        )
+    summary = "  ".join(f"{part} {wer * 100:.2f}" for part, wer in wers.items())
+    logging.info(f"WER (%) {params.decoding_method} {result_key(params)} "
+                 f"{result_suffix(params)}: {summary}")
+    logging.info(f"results in {params.res_dir}")
+    return wers
+
+
+if __name__ == "__main__":
+    torch.set_num_interop_threads(1)
+    try:
+        main()
+    except (FileNotFoundError, RecipeError) as error:
+        if os.environ.get("RECIPE_DEBUG"):
+            raise
+        print(f"decode.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
