@@ -127,6 +127,24 @@ def _segment_logsumexp(values: torch.Tensor, index: torch.Tensor, size: int) -> 
     return peak + torch.log(total)
 
 
+def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.unique(rows, dim=0, return_inverse=True) for non-negative int64
+    rows, via one int64 key per row (mixed radix, which keeps the
+    lexicographic order) when the keys fit; much faster than unique_dim."""
+    if rows.size(0) == 0:
+        return rows, torch.zeros(0, dtype=torch.int64, device=rows.device)
+    radices = (rows.max(dim=0).values + 1).tolist()
+    if math.prod(radices) >= 2**62:
+        return torch.unique(rows, dim=0, return_inverse=True)
+    key = torch.zeros(rows.size(0), dtype=torch.int64, device=rows.device)
+    for column, radix in enumerate(radices):
+        key = key * radix + rows[:, column]
+    unique_keys, inverse = torch.unique(key, return_inverse=True)
+    representative = torch.empty(unique_keys.numel(), dtype=torch.int64, device=rows.device)
+    representative.scatter_(0, inverse, torch.arange(rows.size(0), device=rows.device))
+    return rows[representative], inverse
+
+
 def _rank_within_groups(
     groups: torch.Tensor, scores: torch.Tensor, num_groups: int
 ) -> torch.Tensor:
@@ -672,7 +690,7 @@ class Lattice:
         if num_seqs == 0:
             return torch.zeros(0, dtype=torch.float64)
         max_len = max(len(seq) for seq in sequences)
-        # Position max_len holds -1, which no arc outputs.
+        # Position len(seq) and beyond hold -1, which no arc outputs.
         padded = torch.full((num_seqs, max_len + 1), -1, dtype=torch.int64)
         for k, seq in enumerate(sequences):
             padded[k, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
@@ -680,28 +698,43 @@ class Lattice:
         outputs = self.arc_word if use_words else self.arc_label
         scores = self.arc_score.double()
 
-        # alpha: (states of the frame, K, max_len + 1): log-sum of paths to the
-        # state that output the first p symbols of sequence k.
-        alpha = torch.full((1, num_seqs, max_len + 1), NEG_INF, dtype=torch.float64)
-        alpha[0, :, 0] = 0.0
-        neg_inf = torch.tensor(NEG_INF, dtype=torch.float64)
+        # Sparse forward pass over the reachable triples (k, state, p): alpha
+        # is the log-sum of the paths to `state` that output the first p
+        # symbols of sequence k (states local to their frame).
+        seq_id = torch.arange(num_seqs)
+        state = torch.zeros(num_seqs, dtype=torch.int64)
+        position = torch.zeros(num_seqs, dtype=torch.int64)
+        alpha = torch.zeros(num_seqs, dtype=torch.float64)
         for t in range(self.num_frames):
             a0, a1 = int(self.arc_offsets[t]), int(self.arc_offsets[t + 1])
-            s0 = int(self.state_offsets[t])
-            s1, s2 = int(self.state_offsets[t + 1]), int(self.state_offsets[t + 2])
-            out = outputs[a0:a1]
-            base = alpha[self.arc_src[a0:a1] - s0] + scores[a0:a1].view(-1, 1, 1)  # (A, K, P)
-            silent = (out == 0).view(-1, 1, 1)
-            stay = torch.where(silent, base, neg_inf)
-            match = (padded.unsqueeze(0) == out.view(-1, 1, 1)) & ~silent
-            move = torch.where(match, base, neg_inf)
-            move = torch.cat([torch.full_like(move[:, :, :1], NEG_INF), move[:, :, :-1]], dim=2)
-            alpha = _segment_logsumexp(torch.logaddexp(stay, move), self.arc_dst[a0:a1] - s1,
-                                       s2 - s1)
+            s0, s1 = int(self.state_offsets[t]), int(self.state_offsets[t + 1])
+            num_src = s1 - s0
+            arc_src = self.arc_src[a0:a1] - s0
+            by_src = torch.argsort(arc_src, stable=True)
+            out_degree = torch.bincount(arc_src, minlength=num_src)
+            first_arc = torch.cumsum(out_degree, 0) - out_degree
+            # every triple followed along every arc leaving its state
+            degree = out_degree[state]
+            which = torch.repeat_interleave(torch.arange(state.numel()), degree)
+            offset = torch.arange(which.numel()) - (torch.cumsum(degree, 0) - degree)[which]
+            arc = by_src[first_arc[state[which]] + offset] + a0
+            k, p = seq_id[which], position[which]
+            out = outputs[arc]
+            silent = out == 0
+            ok = silent | (padded[k, p] == out)
+            k, arc, new_p = k[ok], arc[ok], (p + (~silent).long())[ok]
+            values = alpha[which[ok]] + scores[arc]
+            keys = torch.stack([k, self.arc_dst[arc] - s1, new_p], dim=1)
+            triples, inverse = _unique_rows(keys)
+            seq_id, state, position = triples[:, 0], triples[:, 1], triples[:, 2]
+            alpha = _segment_logsumexp(values, inverse, triples.size(0))
         first = int(self.state_offsets[self.num_frames])
-        final = self.final_score[first:].double()  # (S_T,)
-        ends = alpha[:, torch.arange(num_seqs), lengths]  # (S_T, K)
-        return torch.logsumexp(ends + final.unsqueeze(1), dim=0)
+        done = position == lengths[seq_id]
+        ends = alpha[done] + self.final_score[first + state[done]].double()
+        totals = torch.full((num_seqs,), NEG_INF, dtype=torch.float64)
+        if ends.numel():
+            totals = _segment_logsumexp(ends, seq_id[done], num_seqs)
+        return totals
 
 
 class FastBeamSearchStream:
@@ -910,7 +943,7 @@ class FastBeamSearchStreams:
 
         # Network: one row per unique (stream, context).
         keys = torch.cat([stream_id.unsqueeze(1), contexts], dim=1)
-        unique_keys, state_to_context = torch.unique(keys, dim=0, return_inverse=True)
+        unique_keys, state_to_context = _unique_rows(keys)
         log_probs = _log_probs(
             self.model, encoder_proj[unique_keys[:, 0]],
             _decoder_proj(self.model, unique_keys[:, 1:]), config.temperature,
@@ -954,12 +987,12 @@ class FastBeamSearchStreams:
 
         # Merge arcs into states (stream, graph state, context).
         dst_keys = torch.cat([arc_stream.unsqueeze(1), dst_graph.unsqueeze(1), new_context], 1)
-        state_keys, dst = torch.unique(dst_keys, dim=0, return_inverse=True)
+        state_keys, dst = _unique_rows(dst_keys)
         if graph.max_backoff_depth > 0:
             # Back-off chains can give the same (src, dst, label, word) twice:
             # keep the best such arc.
             arc_keys = torch.stack([src, dst, label, word], dim=1)
-            unique_arcs, arc_inverse = torch.unique(arc_keys, dim=0, return_inverse=True)
+            unique_arcs, arc_inverse = _unique_rows(arc_keys)
             best_total = _segment_max(total, arc_inverse, unique_arcs.size(0))
             winner = torch.full((unique_arcs.size(0),), total.numel(), dtype=torch.int64,
                                 device=device)
@@ -975,7 +1008,7 @@ class FastBeamSearchStreams:
 
         # (2) max_contexts: the best contexts of each stream
         ctx_keys = torch.cat([state_keys[:, :1], state_keys[:, 2:]], dim=1)
-        unique_ctx, state_to_ctx = torch.unique(ctx_keys, dim=0, return_inverse=True)
+        unique_ctx, state_to_ctx = _unique_rows(ctx_keys)
         ctx_score = _segment_max(new_score, state_to_ctx, unique_ctx.size(0))
         ctx_rank = _rank_within_groups(unique_ctx[:, 0], ctx_score, num_streams)
         keep_state = (ctx_rank < config.max_contexts)[state_to_ctx]
