@@ -153,8 +153,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-sets", type=str, nargs="+", default=["test-clean", "test-other"],
                         help="LibriSpeech parts (data/fbank/librispeech_cuts_PART.jsonl.gz) or "
                         "paths of cut sets (*.jsonl.gz) to decode.")
-    parser.add_argument("--num-threads", type=int, default=0,
-                        help="Torch threads on CPU; 0 keeps torch's default.")
+    parser.add_argument("--num-threads", type=int, default=1,
+                        help="Torch threads on CPU; 0 keeps torch's default. The searches run "
+                        "many small tensor operations, which extra threads slow down (by 10x "
+                        "and more when the cores are shared), hence 1.")
     add_model_arguments(parser)
     LibriSpeechAsrDataModule.add_arguments(parser)
     return parser
