@@ -7,7 +7,12 @@
 # $exp_dir/.done and is skipped when run.sh is run again):
 #   1 set-up          shared/setup.sh (venv, Debian packages, fast_rnnt)
 #   2 data            prepare.sh (generated corpus, manifests, noise, fbank, BPE, LG)
-#   3 train           pruned_transducer_stateless4/train.py (streaming, dynamic chunks)
+#   3 train           pruned_transducer_stateless4/train.py (streaming, dynamic chunks);
+#                     an interrupted run resumes from its newest checkpoint-B.pt
+#   4 decode          decode.py, simulated streaming, greedy/modified_beam/fast_beam/LG
+#   5 streaming       streaming_decode.py, real chunk-by-chunk streaming, greedy
+#   6 export          export.py: pretrained.pt, cpu_jit.pt, ONNX for sherpa-onnx
+#   7 pretrained      pretrained.py on one test wav
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,11 +25,14 @@ corpus=synth
 dl_dir=download
 vocab_size=500
 nj=2
+chunk_size=16
+left_context=64
+model_args=""
 
 help_message="Usage: $0 [options]
 
-Runs set-up, data preparation and training (later steps: decoding, streaming,
-export) of the streaming Conformer transducer recipe.
+Runs set-up, data preparation, training, decoding, streaming and export of the
+streaming Conformer transducer recipe.
 
 Options:
   --synth-hours H        hours of generated training audio [$synth_hours]
@@ -35,7 +43,10 @@ Options:
   --corpus NAME          synth, or librispeech to use \$dl_dir/LibriSpeech [$corpus]
   --dl-dir DIR           where corpora live [$dl_dir]
   --vocab-size N         BPE vocabulary size [$vocab_size]
-  --nj N                 parallel jobs for data preparation [$nj]"
+  --nj N                 parallel jobs for data preparation [$nj]
+  --chunk-size C         decode chunk (encoder frames, 40 ms each) [$chunk_size]
+  --left-context L       decode left context (encoder frames) [$left_context]
+  --model-args 'ARGS'    extra model options for train.py, e.g. '--encoder-dim 256' ['$model_args']"
 
 . shared/parse_options.sh
 
@@ -63,8 +74,58 @@ step "set-up: checking the environment"
 done_or_run data ./prepare.sh --corpus "$corpus" --dl-dir "$dl_dir" --synth-hours "$synth_hours" \
   --vocab-sizes "$vocab_size" --nj "$nj"
 
-done_or_run train ./pruned_transducer_stateless4/train.py --world-size "$world_size" \
-  --num-epochs "$num_epochs" --max-train-minutes "$max_train_minutes" --exp-dir "$exp_dir" \
-  --bpe-model "data/lang_bpe_$vocab_size/bpe.model"
+lang_dir=data/lang_bpe_$vocab_size
+train() {
+  # Resume an interrupted run from its newest periodic checkpoint.
+  local resume=()
+  local newest
+  newest=$(ls "$exp_dir"/checkpoint-*.pt 2>/dev/null | sed 's/.*checkpoint-\([0-9]*\)\.pt/\1/' \
+    | sort -n | tail -1 || true)
+  if [ -n "$newest" ]; then
+    step "train: resuming from $exp_dir/checkpoint-$newest.pt"
+    resume=(--start-batch "$newest")
+  fi
+  # shellcheck disable=SC2086
+  ./pruned_transducer_stateless4/train.py --world-size "$world_size" \
+    --num-epochs "$num_epochs" --max-train-minutes "$max_train_minutes" --exp-dir "$exp_dir" \
+    --bpe-model "$lang_dir/bpe.model" --save-every-n 500 --keep-last-k 10 "${resume[@]}" $model_args
+}
+done_or_run train train
+
+# The newest checkpoint, and the running average over the last 1000 batches.
+newest_iter() {
+  ls "$exp_dir"/checkpoint-*.pt | sed 's/.*checkpoint-\([0-9]*\)\.pt/\1/' | sort -n | tail -1
+}
+model_selection=(--iter "$(newest_iter)" --avg 2 --use-averaged-model true)
+
+decode() {
+  for method in greedy_search modified_beam_search fast_beam_search fast_beam_search_LG; do
+    step "decode: $method"
+    ./pruned_transducer_stateless4/decode.py "${model_selection[@]}" --exp-dir "$exp_dir" \
+      --bpe-model "$lang_dir/bpe.model" --lang-dir "$lang_dir" --decoding-method "$method" \
+      --simulate-streaming true --decode-chunk-size "$chunk_size" --left-context "$left_context"
+  done
+}
+done_or_run decode decode
+
+done_or_run streaming ./pruned_transducer_stateless4/streaming_decode.py "${model_selection[@]}" \
+  --exp-dir "$exp_dir" --bpe-model "$lang_dir/bpe.model" --decoding-method greedy_search \
+  --decode-chunk-size "$chunk_size" --left-context "$left_context" --num-decode-streams 100
+
+export_model() {
+  for format in "" "--jit 1" "--onnx 1"; do
+    # shellcheck disable=SC2086
+    ./pruned_transducer_stateless4/export.py "${model_selection[@]}" --exp-dir "$exp_dir" \
+      --bpe-model "$lang_dir/bpe.model" --decode-chunk-size "$chunk_size" \
+      --left-context "$left_context" $format
+  done
+}
+done_or_run export export_model
+
+wav=$(find "$dl_dir/LibriSpeech/test-clean" -name "*.flac" | sort | head -1)
+done_or_run pretrained ./pruned_transducer_stateless4/pretrained.py \
+  --checkpoint "$exp_dir/pretrained.pt" --bpe-model "$lang_dir/bpe.model" \
+  --method greedy_search --simulate-streaming true --decode-chunk-size "$chunk_size" \
+  --left-context "$left_context" "$wav"
 
 step "all steps done in $(( ($(date +%s) - start_time) / 60 )) min"
