@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Generate a small noise corpus laid out like MUSAN, for --enable-musan without MUSAN.
+
+Stage 2 of prepare.sh when the real MUSAN corpus is absent. The output is read unchanged
+by ``lhotse.recipes.musan.prepare_musan(OUT/musan)``::
+
+    OUT/musan/noise/free-sound/synth-noise-NNNN.wav   coloured noise, mains hum, mixtures
+    OUT/musan/speech/synth-babble/synth-babble-NNNN.wav   babble of generated speech
+    OUT/musan/music/synth/synth-music-NNNN.wav        simple synthesised tunes
+    OUT/musan/music/synth/ANNOTATIONS                 "<id> <genres> <vocals Y/N> <artist>"
+
+Babble mixes several talkers, each a run of random train-clean-100 utterances of the
+generated LibriSpeech corpus (stage 0). The music is plain additive synthesis (melody,
+bass, chords) with no vocals; it stands in for MUSAN's music as an interfering signal.
+All files are 16 kHz mono, 6 to 30 seconds long (icefall drops MUSAN cuts of 5 s or
+less), and depend only on ``--seed`` and the source corpus. A ``.done`` marker holding a
+hash of the options makes re-runs skip the work.
+
+Usage:
+    ./local/generate_noise.py --out-dir download --librispeech-dir download/LibriSpeech
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+# Bump when the generated signals change: old outputs are then regenerated.
+GENERATOR_VERSION = 1
+
+SAMPLE_RATE = 16000
+MIN_SECONDS = 6.0
+MAX_SECONDS = 30.0
+BABBLE_SOURCE_PART = "train-clean-100"
+DONE_MARKER = ".done"
+
+NOISE_DIR = Path("noise/free-sound")
+SPEECH_DIR = Path("speech/synth-babble")
+MUSIC_DIR = Path("music/synth")
+
+
+# ----------------------------------------------------------------------- signals
+
+
+def coloured_noise(num_samples: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise with power spectrum proportional to 1/f**exponent, unit RMS.
+
+    exponent 0 is white, 1 pink, 2 brown (red) noise.
+    """
+    spectrum = np.fft.rfft(rng.standard_normal(num_samples))
+    frequencies = np.fft.rfftfreq(num_samples)
+    scale = np.zeros_like(frequencies)
+    scale[1:] = frequencies[1:] ** (-exponent / 2)  # no DC offset
+    noise = np.fft.irfft(spectrum * scale, n=num_samples)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def mains_hum(num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """A 50 or 60 Hz hum with random harmonics and slow drift, unit RMS."""
+    fundamental = rng.choice([50.0, 60.0]) * rng.uniform(0.995, 1.005)
+    t = np.arange(num_samples) / SAMPLE_RATE
+    # Slow amplitude drift, as transformers and fans never hum perfectly steadily.
+    drift = 1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 2 * np.pi))
+    hum = np.zeros(num_samples)
+    for harmonic in range(1, int(rng.integers(3, 12))):
+        amplitude = rng.uniform(0.2, 1.0) / harmonic ** rng.uniform(0.3, 1.2)
+        hum += amplitude * np.sin(2 * np.pi * fundamental * harmonic * t + rng.uniform(0, 6.3))
+    hum *= drift
+    return hum / np.sqrt(np.mean(hum**2))
+
+
+def noise_signal(num_samples: int, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """One noise recording: a coloured noise, a hum, or a mixture of both."""
+    kind = str(rng.choice(["white", "pink", "brown", "hum", "mixture"]))
+    if kind == "hum":
+        return kind, mains_hum(num_samples, rng)
+    if kind == "mixture":
+        mix = coloured_noise(num_samples, rng.uniform(0.0, 2.0), rng)
+        mix = mix + rng.uniform(0.2, 2.0) * mains_hum(num_samples, rng)
+        return kind, mix
+    exponent = {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind]
+    return kind, coloured_noise(num_samples, exponent, rng)
+
+
+def music_signal(num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """A simple tune: a pentatonic melody with a bass line and sustained chords."""
+    beat = int(SAMPLE_RATE * 60 / rng.uniform(70, 160))
+    root = 110.0 * 2 ** (rng.integers(0, 12) / 12)  # A2 .. G#3
+    pentatonic = np.array([0, 2, 4, 7, 9, 12, 14, 16, 19, 21])
+    brightness = rng.uniform(0.8, 2.0)  # how fast harmonics fall off: the timbre
+    out = np.zeros(num_samples + 8 * beat)  # room for the longest note past the end
+
+    def add_note(start: int, length: int, frequency: float, gain: float) -> None:
+        t = np.arange(length) / SAMPLE_RATE
+        envelope = np.exp(-t * rng.uniform(2, 6)) * np.minimum(1, t * 200)
+        tone = sum(np.sin(2 * np.pi * frequency * h * t) / h**brightness for h in range(1, 6))
+        out[start : start + length] += gain * envelope * tone
+
+    for start in range(0, num_samples, beat):
+        if rng.random() < 0.85:  # some rests
+            step = pentatonic[rng.integers(0, len(pentatonic))]
+            add_note(start, 2 * beat, 2 * root * 2 ** (step / 12), 0.5)
+        if (start // beat) % 2 == 0:
+            add_note(start, 2 * beat, root / 2 * 2 ** (pentatonic[rng.integers(0, 4)] / 12), 0.6)
+        if (start // beat) % 8 == 0:
+            for step in (0, 4, 7):
+                add_note(start, 8 * beat, root * 2 ** (step / 12), 0.15)
+    music = out[:num_samples]
+    return music / (np.sqrt(np.mean(music**2)) + 1e-12)
+
+
+def babble_signal(
+    num_samples: int, sources: Sequence[Path], rng: np.random.Generator
+) -> np.ndarray:
+    """Several talkers at once, each a run of random utterances from ``sources``."""
+    babble = np.zeros(num_samples)
+    for _ in range(int(rng.integers(3, 8))):
+        talker = np.zeros(num_samples)
+        position = int(rng.integers(0, SAMPLE_RATE))  # talkers do not start together
+        while position < num_samples:
+            audio, _ = sf.read(str(sources[rng.integers(0, len(sources))]), dtype="float64")
+            audio = audio[: num_samples - position]
+            talker[position : position + audio.size] = audio / (np.max(np.abs(audio)) + 1e-9)
+            position += audio.size + int(rng.integers(0, SAMPLE_RATE // 4))
+        babble += rng.uniform(0.5, 1.0) * talker
+    return babble
+
+
+# ------------------------------------------------------------------------ writing
+
+
+def write_wav_atomically(path: Path, samples: np.ndarray, peak_dbfs: float) -> None:
+    """Scale ``samples`` to the given peak and write a 16-bit wav under a temporary name."""
+    samples = samples * (10 ** (peak_dbfs / 20) / (np.max(np.abs(samples)) + 1e-12))
+    partial = path.with_name(f".{path.name}.partial")
+    sf.write(str(partial), samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    os.replace(partial, path)
+
+
+def file_rng(seed: int, category: int, index: int) -> np.random.Generator:
+    """The random generator of one file: independent of every other file."""
+    return np.random.default_rng([seed, category, index])
+
+
+def generate_category(
+    directory: Path,
+    prefix: str,
+    num_files: int,
+    make_signal: Callable[[int, np.random.Generator], np.ndarray],
+    seed: int,
+    category: int,
+) -> list[str]:
+    """Write ``num_files`` files made by ``make_signal``; return their ids."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for index in tqdm(range(num_files), desc=prefix, unit="file", dynamic_ncols=True):
+        rng = file_rng(seed, category, index)
+        num_samples = int(rng.uniform(MIN_SECONDS, MAX_SECONDS) * SAMPLE_RATE)
+        peak_dbfs = rng.uniform(-12.0, -1.0)
+        recording_id = f"{prefix}-{index:04d}"
+        write_wav_atomically(
+            directory / f"{recording_id}.wav", make_signal(num_samples, rng), peak_dbfs
+        )
+        ids.append(recording_id)
+    return ids
+
+
+def babble_sources(librispeech_dir: Path) -> list[Path]:
+    """The training FLAC files of the generated corpus, in a fixed order."""
+    sources = sorted((librispeech_dir / BABBLE_SOURCE_PART).rglob("*.flac"))
+    if not sources:
+        raise SystemExit(
+            f"No FLAC files under {librispeech_dir / BABBLE_SOURCE_PART}: generate the corpus "
+            "first (local/generate_synth_corpus.py) or pass --librispeech-dir"
+        )
+    return sources
+
+
+def options_hash(args: argparse.Namespace, sources: Sequence[Path]) -> str:
+    """Hash of everything the output depends on, the babble source files included."""
+    options = {
+        "generator_version": GENERATOR_VERSION,
+        "num_files": args.num_files,
+        "seed": args.seed,
+        "babble_sources": hashlib.sha256(
+            "\n".join(str(path.relative_to(args.librispeech_dir)) for path in sources).encode()
+        ).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path("download"),
+        help="Directory that receives musan/ (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--librispeech-dir",
+        type=Path,
+        default=Path("download/LibriSpeech"),
+        help="Generated LibriSpeech corpus whose train-clean-100 part is the source of "
+        "babble (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--num-files",
+        type=int,
+        default=60,
+        help="Number of files in each of noise, speech and music (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="Seed of every random choice (default: %(default)s).",
+    )
+    return parser
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
+        level=logging.INFO,
+    )
+    musan_dir = args.out_dir / "musan"
+    sources = babble_sources(args.librispeech_dir)
+    digest = options_hash(args, sources)
+    marker = musan_dir / DONE_MARKER
+    if marker.is_file() and marker.read_text().strip() == digest:
+        logging.info("%s is complete: skipping it", musan_dir)
+        return
+    marker.unlink(missing_ok=True)
+    for directory in (NOISE_DIR, SPEECH_DIR, MUSIC_DIR):
+        # Files of an older run with more files or another seed must not linger.
+        for stale in (musan_dir / directory).glob("*.wav"):
+            stale.unlink()
+
+    def noise(num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        return noise_signal(num_samples, rng)[1]
+
+    def babble(num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        return babble_signal(num_samples, sources, rng)
+
+    generate_category(musan_dir / NOISE_DIR, "synth-noise", args.num_files, noise, args.seed, 1)
+    generate_category(musan_dir / SPEECH_DIR, "synth-babble", args.num_files, babble, args.seed, 2)
+    music_ids = generate_category(
+        musan_dir / MUSIC_DIR, "synth-music", args.num_files, music_signal, args.seed, 3
+    )
+    # MUSAN's music ANNOTATIONS: "<id> <genres> <vocals Y/N> <artist>".
+    (musan_dir / MUSIC_DIR / "ANNOTATIONS").write_text(
+        "".join(f"{recording_id} synthetic N generated\n" for recording_id in music_ids)
+    )
+    marker.write_text(digest + "\n")
+    logging.info(
+        "Wrote %d noise, %d babble and %d music files to %s",
+        args.num_files,
+        args.num_files,
+        args.num_files,
+        musan_dir,
+    )
+
+
+if __name__ == "__main__":
+    main()
