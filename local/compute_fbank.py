@@ -101,9 +101,10 @@ def compute_musan(args: argparse.Namespace) -> None:
         CutSet.from_manifests(recordings=recordings)
         .cut_into_windows(10.0)
         .filter(lambda cut: cut.duration > 5.0)
+        .to_eager()
     )
     logging.info(f"stage 3: computing fbank for noise ({len(cuts)} cuts)")
-    cuts = compute_features(cuts.to_eager(), args.output_dir / "musan_feats", args.num_jobs)
+    cuts = compute_features(cuts, args.output_dir / "musan_feats", args.num_jobs)
     write_atomically(cuts, cuts_path)
 
 
