@@ -35,6 +35,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -233,9 +234,11 @@ class FestivalProcess:
     def __init__(self) -> None:
         self._process: subprocess.Popen | None = None
         self._commands_sent = 0
+        self._voice: str | None = None  # the voice selected in the running process
 
     def _start(self) -> subprocess.Popen:
         if self._process is None or self._process.poll() is not None:
+            self._voice = None
             self._process = subprocess.Popen(
                 ["festival", "--pipe"],
                 stdin=subprocess.PIPE,
@@ -280,15 +283,24 @@ class FestivalProcess:
             raise TtsError(f"festival failed: {error}; stderr: {stderr[-300:]!r}") from error
         return stderr.replace(marker, b"").decode(errors="replace")
 
+    def _select_voice(self, voice_name: str) -> None:
+        if self._process is not None and self._process.poll() is None:
+            if self._voice == voice_name:
+                return
+        messages = self._run(f"(voice_{voice_name})", TTS_TIMEOUT_SECONDS)
+        # An unknown voice is an error message, after which festival would go on
+        # speaking with its previous (or default) voice.
+        if "ERROR" in messages:
+            raise TtsError(f"festival cannot load voice {voice_name}: {messages.strip()[-300:]}")
+        self._voice = voice_name
+
     def synthesize(self, voice_name: str, text: str, wav_path: Path) -> None:
+        self._select_voice(voice_name)
         # The text holds only letters, apostrophes and spaces, so it is a safe Scheme string.
-        command = (
-            f"(voice_{voice_name})"
-            f'(utt.save.wave (utt.synth (Utterance Text "{text}")) "{wav_path}" \'riff)'
-        )
+        command = f'(utt.save.wave (utt.synth (Utterance Text "{text}")) "{wav_path}" \'riff)'
         messages = self._run(command, TTS_TIMEOUT_SECONDS)
-        if not wav_path.is_file():
-            raise TtsError(f"festival wrote no audio: {messages.strip()[-300:]}")
+        if "ERROR" in messages or not wav_path.is_file():
+            raise TtsError(f"festival failed: {messages.strip()[-300:]}")
 
 
 _festival: FestivalProcess | None = None
@@ -415,7 +427,9 @@ class ChapterJob:
 @dataclass(frozen=True)
 class ChapterResult:
     speaker_id: int
-    durations: tuple[float, ...]
+    # Lengths in samples, not seconds: integer sums do not depend on the order in which
+    # workers finish, so neither do the totals nor the training plan built on them.
+    num_samples: tuple[int, ...]
     num_failed: int
     num_planned: int
 
@@ -440,13 +454,12 @@ def write_flac_atomically(path: Path, audio: np.ndarray) -> None:
 
 def read_finished_chapter(job: ChapterJob) -> ChapterResult:
     """Durations of a chapter written by an earlier run (its transcript exists)."""
-    durations = []
+    num_samples = []
     for line in job.transcript_path.read_text().splitlines():
         utterance_id = line.split(maxsplit=1)[0]
-        durations.append(sf.info(str(job.chapter_dir / f"{utterance_id}.flac")).duration)
-    return ChapterResult(
-        job.voice.speaker_id, tuple(durations), len(job.texts) - len(durations), len(job.texts)
-    )
+        num_samples.append(sf.info(str(job.chapter_dir / f"{utterance_id}.flac")).frames)
+    num_failed = len(job.texts) - len(num_samples)
+    return ChapterResult(job.voice.speaker_id, tuple(num_samples), num_failed, len(job.texts))
 
 
 def synthesize_chapter(job: ChapterJob) -> ChapterResult:
@@ -458,7 +471,7 @@ def synthesize_chapter(job: ChapterJob) -> ChapterResult:
     if job.transcript_path.is_file():
         return read_finished_chapter(job)
     job.chapter_dir.mkdir(parents=True, exist_ok=True)
-    transcript_lines, durations = [], []
+    transcript_lines, num_samples = [], []
     with tempfile.TemporaryDirectory(prefix="synth-") as work_dir:
         for index, text in enumerate(job.texts):
             rng = np.random.default_rng([job.seed, job.chapter_id, index])
@@ -477,10 +490,10 @@ def synthesize_chapter(job: ChapterJob) -> ChapterResult:
             utterance_id = job.utterance_id(index)
             write_flac_atomically(job.chapter_dir / f"{utterance_id}.flac", audio)
             transcript_lines.append(f"{utterance_id} {text.upper()}\n")
-            durations.append(audio.size / SAMPLE_RATE)
+            num_samples.append(audio.size)
     write_text_atomically(job.transcript_path, "".join(transcript_lines))
-    num_failed = len(job.texts) - len(durations)
-    return ChapterResult(job.voice.speaker_id, tuple(durations), num_failed, len(job.texts))
+    num_failed = len(job.texts) - len(num_samples)
+    return ChapterResult(job.voice.speaker_id, tuple(num_samples), num_failed, len(job.texts))
 
 
 # ------------------------------------------------------------------------- planning
@@ -618,19 +631,19 @@ class ChapterRunner:
 class PartStats:
     """Running totals of a part, written into its ``.done`` marker at the end."""
 
-    seconds_per_speaker: dict[int, float] = field(default_factory=dict)
+    samples_per_speaker: dict[int, int] = field(default_factory=dict)
     utterances: int = 0
     failed: int = 0
 
     def add(self, result: ChapterResult) -> None:
-        seconds = self.seconds_per_speaker.get(result.speaker_id, 0.0) + sum(result.durations)
-        self.seconds_per_speaker[result.speaker_id] = seconds
-        self.utterances += len(result.durations)
+        samples = self.samples_per_speaker.get(result.speaker_id, 0) + sum(result.num_samples)
+        self.samples_per_speaker[result.speaker_id] = samples
+        self.utterances += len(result.num_samples)
         self.failed += result.num_failed
 
     @property
     def seconds(self) -> float:
-        return sum(self.seconds_per_speaker.values())
+        return sum(self.samples_per_speaker.values()) / SAMPLE_RATE
 
     def to_json(self) -> dict:
         return {
@@ -638,7 +651,8 @@ class PartStats:
             "hours": round(self.seconds / 3600, 4),
             "failed": self.failed,
             "seconds_per_speaker": {
-                str(k): round(v, 2) for k, v in self.seconds_per_speaker.items()
+                str(speaker): round(self.samples_per_speaker[speaker] / SAMPLE_RATE, 2)
+                for speaker in sorted(self.samples_per_speaker)
             },
         }
 
@@ -772,11 +786,50 @@ def write_speakers_file(corpus_dir: Path) -> None:
 # --------------------------------------------------------------------------- checks
 
 
+@functools.cache
+def installed_flite_voices() -> frozenset[str]:
+    listing = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout
+    return frozenset(listing.partition(":")[2].split())  # "Voices available: kal awb ..."
+
+
+@functools.cache
+def installed_espeak_languages() -> frozenset[str]:
+    """Language codes of espeak-ng's own voices (MBROLA ones need separate databases)."""
+    listing = subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True).stdout
+    # Columns: Pty Language Age/Gender VoiceName File Other-languages
+    rows = [line.split() for line in listing.splitlines()[1:]]
+    return frozenset(row[1] for row in rows if len(row) >= 5 and not row[4].startswith("mb/"))
+
+
+@functools.cache
+def espeak_data_dir() -> Path:
+    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+    return Path(version.partition("Data at:")[2].strip())
+
+
+def voice_is_installed(voice: Voice) -> bool:
+    """Whether the engine really has this voice.
+
+    flite and espeak-ng silently fall back to a default voice for an unknown name (and
+    exit with status 0), so a failed synthesis alone would not reveal a missing voice.
+    """
+    if voice.engine == "flite":
+        return voice.name in installed_flite_voices()
+    if voice.engine == "espeak":
+        language, _, variant = voice.name.partition("+")
+        variant_file = espeak_data_dir() / "voices" / "!v" / variant
+        return language in installed_espeak_languages() and (not variant or variant_file.is_file())
+    return True  # festival reports an unknown voice as an error
+
+
 def usable_voices(voices: Iterable[Voice]) -> tuple[Voice, ...]:
     """Voices that synthesise a test sentence here; the others are left out with a warning."""
     usable = []
     with tempfile.TemporaryDirectory(prefix="synth-probe-") as work_dir:
         for voice in voices:
+            if not voice_is_installed(voice):
+                logging.warning("Voice %s is not installed, leaving it out", voice.label)
+                continue
             try:
                 render_utterance(
                     voice,

@@ -1,0 +1,248 @@
+"""Tests of the generated corpora (stage 0 and stage 2): real TTS engines, tiny sizes.
+
+A session-wide fixture generates a tiny LibriSpeech-shaped corpus once with the real
+command line; the tests check its layout, that lhotse reads it, its audio format, the
+sentence split, the held-out voice, idempotency and determinism.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from lhotse import validate_recordings_and_supervisions
+from lhotse.recipes.librispeech import prepare_librispeech
+from lhotse.recipes.musan import prepare_musan
+
+from local.generate_synth_corpus import (
+    CLEAN,
+    PARTS,
+    TRAIN_PART,
+    VOICES,
+    ChapterJob,
+    Voice,
+    synthesize_chapter,
+    usable_voices,
+)
+from local.text_sources import clean_sentence, split_held_out
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+SYNTH_SCRIPT = PROJECT_DIR / "local" / "generate_synth_corpus.py"
+NOISE_SCRIPT = PROJECT_DIR / "local" / "generate_noise.py"
+TINY_OPTIONS = ["--synth-hours", "0.005", "--dev-utts", "3", "--test-utts", "3", "--seed", "7"]
+
+
+def run_script(script: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def file_digests(directory: Path) -> dict[str, tuple[str, int]]:
+    """Content hash and modification time (ns) of every file under ``directory``."""
+    return {
+        str(path.relative_to(directory)): (
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+            path.stat().st_mtime_ns,
+        )
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def read_transcripts(part_dir: Path) -> dict[str, str]:
+    transcripts = {}
+    for path in part_dir.rglob("*.trans.txt"):
+        for line in path.read_text().splitlines():
+            utterance_id, text = line.split(maxsplit=1)
+            transcripts[utterance_id] = text
+    return transcripts
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out_dir = tmp_path_factory.mktemp("synth")
+    run_script(SYNTH_SCRIPT, "--out-dir", str(out_dir), "--nj", "2", *TINY_OPTIONS)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(synth_dir: Path) -> Path:
+    return synth_dir / "LibriSpeech"
+
+
+def test_layout_matches_librispeech(corpus_dir: Path) -> None:
+    assert (corpus_dir / "SPEAKERS.TXT").is_file()
+    for part in PARTS:
+        flacs = sorted((corpus_dir / part).rglob("*.flac"))
+        assert flacs, f"no audio in {part}"
+        listed = set()
+        for transcript in (corpus_dir / part).rglob("*.trans.txt"):
+            speaker, chapter = transcript.parent.parent.name, transcript.parent.name
+            assert speaker.isdigit() and chapter.isdigit()
+            assert transcript.parent.parent.parent == corpus_dir / part
+            assert transcript.name == f"{speaker}-{chapter}.trans.txt"
+            for line in transcript.read_text().splitlines():
+                utterance_id = line.split()[0]
+                assert re.fullmatch(rf"{speaker}-{chapter}-\d{{4}}", utterance_id)
+                assert (transcript.parent / f"{utterance_id}.flac").is_file()
+                listed.add(utterance_id)
+        assert {flac.stem for flac in flacs} == listed
+    assert not list(corpus_dir.rglob("*.partial")), "temporary files left behind"
+
+
+def test_prepare_librispeech_reads_corpus(corpus_dir: Path, tmp_path: Path) -> None:
+    manifests = prepare_librispeech(corpus_dir, dataset_parts=PARTS, output_dir=tmp_path)
+    assert set(manifests) == set(PARTS)
+    for part in PARTS:
+        recordings = manifests[part]["recordings"]
+        supervisions = manifests[part]["supervisions"]
+        validate_recordings_and_supervisions(recordings, supervisions, read_data=True)
+        assert len(recordings) == len(read_transcripts(corpus_dir / part))
+        assert all(recording.sampling_rate == 16000 for recording in recordings)
+        for supervision in supervisions:
+            assert supervision.text == supervision.text.upper()
+            assert re.fullmatch(r"[A-Z']+( [A-Z']+)*", supervision.text)
+
+
+def test_audio_is_16khz_mono_16bit_flac_with_speech(corpus_dir: Path) -> None:
+    for flac in corpus_dir.rglob("*.flac"):
+        info = sf.info(str(flac))
+        assert (info.samplerate, info.channels, info.format, info.subtype) == (
+            16000,
+            1,
+            "FLAC",
+            "PCM_16",
+        )
+        audio, _ = sf.read(str(flac))
+        assert audio.size > 0.3 * 16000
+        assert np.max(np.abs(audio)) > 0.05
+
+
+def test_no_dev_or_test_sentence_in_training(corpus_dir: Path) -> None:
+    train = set(read_transcripts(corpus_dir / TRAIN_PART).values())
+    for part in PARTS[1:]:
+        assert not train & set(read_transcripts(corpus_dir / part).values()), part
+
+
+def test_test_other_has_a_voice_never_used_in_training(corpus_dir: Path) -> None:
+    def speakers(part: str) -> set[str]:
+        return {path.name for path in (corpus_dir / part).iterdir() if path.is_dir()}
+
+    unseen = speakers("test-other") - speakers(TRAIN_PART)
+    held_out = {str(v.speaker_id) for v in VOICES if v.held_out}
+    assert unseen and unseen <= held_out
+    assert not held_out & (speakers(TRAIN_PART) | speakers("dev-clean") | speakers("test-clean"))
+
+
+def test_rerun_is_a_no_op(synth_dir: Path) -> None:
+    before = file_digests(synth_dir)
+    start = time.monotonic()
+    result = run_script(SYNTH_SCRIPT, "--out-dir", str(synth_dir), *TINY_OPTIONS)
+    assert time.monotonic() - start < 10
+    assert file_digests(synth_dir) == before
+    assert result.stderr.count("is complete: skipping it") == len(PARTS)
+
+
+def test_same_seed_gives_identical_corpus(corpus_dir: Path, tmp_path: Path) -> None:
+    run_script(SYNTH_SCRIPT, "--out-dir", str(tmp_path), "--nj", "1", *TINY_OPTIONS)
+    again = tmp_path / "LibriSpeech"
+    for part in PARTS:
+        assert read_transcripts(again / part) == read_transcripts(corpus_dir / part)
+    original = {k: v[0] for k, v in file_digests(corpus_dir).items()}
+    assert {k: v[0] for k, v in file_digests(again).items()} == original
+
+
+def test_other_seed_gives_other_sentences(corpus_dir: Path, tmp_path: Path) -> None:
+    options = [*TINY_OPTIONS[:-1], "8", "--parts", "dev-clean"]
+    run_script(SYNTH_SCRIPT, "--out-dir", str(tmp_path), *options)
+    other = read_transcripts(tmp_path / "LibriSpeech" / "dev-clean")
+    assert set(other.values()) != set(read_transcripts(corpus_dir / "dev-clean").values())
+
+
+def test_interrupted_part_resumes_where_it_stopped(synth_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(synth_dir, copy)
+    part_dir = copy / "LibriSpeech" / "dev-clean"
+    complete = file_digests(part_dir)
+    # An interrupted run leaves no .done marker and a chapter without its transcript.
+    (part_dir / ".done").unlink()
+    transcript = sorted(part_dir.rglob("*.trans.txt"))[0]
+    transcript.unlink()
+    run_script(SYNTH_SCRIPT, "--out-dir", str(copy), *TINY_OPTIONS, "--parts", "dev-clean")
+    resumed = file_digests(part_dir)
+    assert {k: v[0] for k, v in resumed.items()} == {k: v[0] for k, v in complete.items()}
+    # The other chapters were not written again (same modification times).
+    redone = str(transcript.parent.relative_to(part_dir))
+    kept = [k for k in complete if k.endswith(".flac") and not k.startswith(redone)]
+    assert kept and all(resumed[k] == complete[k] for k in kept)
+
+
+def test_missing_voices_are_left_out() -> None:
+    # flite and espeak-ng fall back to a default voice without any error for these.
+    missing = [
+        Voice(997, "flite", "no_such_voice", "M", 1.0),
+        Voice(998, "espeak", "en-us+no_such_variant", "M", 1.0),
+        Voice(999, "festival", "no_such_voice", "M", 1.0),
+    ]
+    assert usable_voices([*missing, VOICES[0]]) == (VOICES[0],)
+
+
+def test_failing_utterance_is_skipped_without_files(tmp_path: Path) -> None:
+    broken = Voice(999, "festival", "no_such_voice", "M", 1.0)
+    job = ChapterJob(tmp_path, broken, 100000, ("this sentence is never spoken",), CLEAN, 0)
+    result = synthesize_chapter(job)
+    assert result.num_samples == () and result.num_failed == 1
+    assert job.transcript_path.read_text() == ""
+    assert not list(tmp_path.glob("*.flac")) and not list(tmp_path.glob(".*"))
+
+
+def test_clean_sentence() -> None:
+    assert clean_sentence("He said: 'Don't go' -- twice!") == "he said don't go twice"
+    assert clean_sentence("Too short here.") is None
+    assert clean_sentence("I bought 3 apples at the big store") is None
+    assert clean_sentence("NASA launched a new rocket into space") is None
+    assert clean_sentence("Mr. Smith went to Washington last week") is None
+
+
+def test_split_held_out_is_disjoint_and_deterministic() -> None:
+    sentences = [f"sentence number {i}" for i in range(100)]
+    train, (dev, test) = split_held_out(sentences, [10, 20], seed=3)
+    assert (len(train), len(dev), len(test)) == (70, 10, 20)
+    assert not set(train) & (set(dev) | set(test)) and not set(dev) & set(test)
+    assert split_held_out(sentences, [10, 20], seed=3) == (train, [dev, test])
+
+
+def test_generate_noise_is_read_by_prepare_musan(synth_dir: Path, tmp_path: Path) -> None:
+    options = ["--librispeech-dir", str(synth_dir / "LibriSpeech"), "--num-files", "2"]
+    run_script(NOISE_SCRIPT, "--out-dir", str(tmp_path), *options)
+    musan_dir = tmp_path / "musan"
+    manifests = prepare_musan(musan_dir, parts=("music", "speech", "noise"))
+    for part in ("music", "speech", "noise"):
+        recordings = manifests[part]["recordings"]
+        assert len(recordings) == 2
+        for recording in recordings:
+            assert recording.sampling_rate == 16000 and recording.num_channels == 1
+            assert 5 < recording.duration <= 30  # icefall drops MUSAN cuts of 5 s or less
+    assert len(manifests["music"]["supervisions"]) == 2
+
+    before = file_digests(musan_dir)
+    result = run_script(NOISE_SCRIPT, "--out-dir", str(tmp_path), *options)
+    assert "is complete: skipping it" in result.stderr
+    assert file_digests(musan_dir) == before
+
+    run_script(NOISE_SCRIPT, "--out-dir", str(tmp_path / "again"), *options)
+    again = {k: v[0] for k, v in file_digests(tmp_path / "again" / "musan").items()}
+    assert again == {k: v[0] for k, v in before.items()}
