@@ -78,17 +78,16 @@ def mains_hum(num_samples: int, rng: np.random.Generator) -> np.ndarray:
     return hum / np.sqrt(np.mean(hum**2))
 
 
-def noise_signal(num_samples: int, rng: np.random.Generator) -> tuple[str, np.ndarray]:
-    """One noise recording: a coloured noise, a hum, or a mixture of both."""
+def noise_signal(num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """One noise recording: white, pink or brown noise, a mains hum, or a mixture."""
     kind = str(rng.choice(["white", "pink", "brown", "hum", "mixture"]))
     if kind == "hum":
-        return kind, mains_hum(num_samples, rng)
+        return mains_hum(num_samples, rng)
     if kind == "mixture":
-        mix = coloured_noise(num_samples, rng.uniform(0.0, 2.0), rng)
-        mix = mix + rng.uniform(0.2, 2.0) * mains_hum(num_samples, rng)
-        return kind, mix
+        noise = coloured_noise(num_samples, rng.uniform(0.0, 2.0), rng)
+        return noise + rng.uniform(0.2, 2.0) * mains_hum(num_samples, rng)
     exponent = {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind]
-    return kind, coloured_noise(num_samples, exponent, rng)
+    return coloured_noise(num_samples, exponent, rng)
 
 
 def music_signal(num_samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -186,14 +185,20 @@ def babble_sources(librispeech_dir: Path) -> list[Path]:
 
 
 def options_hash(args: argparse.Namespace, sources: Sequence[Path]) -> str:
-    """Hash of everything the output depends on, the babble source files included."""
+    """Hash of everything the output depends on, the babble source corpus included.
+
+    The source corpus is identified by its file names and, when it was made by
+    generate_synth_corpus.py, by its ``.done`` marker (which hashes that run's options).
+    """
+    source_part = args.librispeech_dir / BABBLE_SOURCE_PART
+    source_marker = source_part / ".done"
+    names = "\n".join(str(path.relative_to(source_part)) for path in sources)
     options = {
         "generator_version": GENERATOR_VERSION,
         "num_files": args.num_files,
         "seed": args.seed,
-        "babble_sources": hashlib.sha256(
-            "\n".join(str(path.relative_to(args.librispeech_dir)) for path in sources).encode()
-        ).hexdigest(),
+        "babble_sources": hashlib.sha256(names.encode()).hexdigest(),
+        "babble_corpus": source_marker.read_text() if source_marker.is_file() else None,
     }
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -249,29 +254,27 @@ def main() -> None:
         for stale in (musan_dir / directory).glob("*.wav"):
             stale.unlink()
 
-    def noise(num_samples: int, rng: np.random.Generator) -> np.ndarray:
-        return noise_signal(num_samples, rng)[1]
-
     def babble(num_samples: int, rng: np.random.Generator) -> np.ndarray:
         return babble_signal(num_samples, sources, rng)
 
-    generate_category(musan_dir / NOISE_DIR, "synth-noise", args.num_files, noise, args.seed, 1)
-    generate_category(musan_dir / SPEECH_DIR, "synth-babble", args.num_files, babble, args.seed, 2)
-    music_ids = generate_category(
-        musan_dir / MUSIC_DIR, "synth-music", args.num_files, music_signal, args.seed, 3
-    )
+    categories = [
+        (NOISE_DIR, "synth-noise", noise_signal),
+        (SPEECH_DIR, "synth-babble", babble),
+        (MUSIC_DIR, "synth-music", music_signal),
+    ]
+    recording_ids = {}
+    for category, (directory, prefix, make_signal) in enumerate(categories, start=1):
+        recording_ids[directory] = generate_category(
+            musan_dir / directory, prefix, args.num_files, make_signal, args.seed, category
+        )
     # MUSAN's music ANNOTATIONS: "<id> <genres> <vocals Y/N> <artist>".
     (musan_dir / MUSIC_DIR / "ANNOTATIONS").write_text(
-        "".join(f"{recording_id} synthetic N generated\n" for recording_id in music_ids)
+        "".join(
+            f"{recording_id} synthetic N generated\n" for recording_id in recording_ids[MUSIC_DIR]
+        )
     )
     marker.write_text(digest + "\n")
-    logging.info(
-        "Wrote %d noise, %d babble and %d music files to %s",
-        args.num_files,
-        args.num_files,
-        args.num_files,
-        musan_dir,
-    )
+    logging.info("Wrote %d noise, babble and music files each to %s", args.num_files, musan_dir)
 
 
 if __name__ == "__main__":
