@@ -506,6 +506,15 @@ class Conformer(nn.Module):
         # (they overlap the next chunk); see the module docstring.
         self.pad_length = 7
 
+        # Global mean/variance normalisation of the input features (set by
+        # train.py from training data, stored with the weights).  Raw log-mel
+        # values sit around -10 with std ~9: fed as they are, most SiLU units
+        # of the subsampling start in their flat negative region, the encoder
+        # passes little information and training falls into the "constant
+        # encoder output" collapse.  A per-dimension affine map keeps
+        # streaming exact (it is frame-local).
+        self.register_buffer("feature_mean", torch.zeros(num_features))
+        self.register_buffer("feature_inv_std", torch.ones(num_features))
         self.encoder_embed = Conv2dSubsampling(num_features, d_model)
         self.encoder_pos = RelPositionalEncoding(d_model, dropout)
         self.layers = nn.ModuleList(
@@ -520,15 +529,19 @@ class Conformer(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
-        """Start every residual branch small.
+        """Zero the biases of the residual branches' output projections.
 
-        With the output projections of all branches scaled down, each layer
-        starts close to the identity, so the (normalised) subsampled input
-        reaches the output and different utterances give clearly different
-        encoder outputs from step 0; this is what keeps early AdamW steps
-        at lr ~2e-3 from collapsing the encoder.
+        The weights keep PyTorch's default initialisation.  An earlier
+        version also scaled them by 0.1 so that each layer started near the
+        identity; on the 5 h generated corpus that run collapsed (encoder
+        output constant across utterances by batch 400).  The default
+        initialisation alone does not prevent it either: what grows is a
+        constant (DC) component of the residual stream, norm ~400-800 after
+        6 layers at batch 400 against ~4 for the time-varying part, which the
+        LayerNorms then turn into constant inputs and output.  See the
+        closing note of the training issue; a fix (e.g. a penalty on that
+        component, as icefall's ActivationBalancer does) is open work.
         """
-        branch_scale = 0.1
         for layer in self.layers:
             assert isinstance(layer, ConformerEncoderLayer)
             for linear in (
@@ -538,8 +551,17 @@ class Conformer(nn.Module):
                 layer.conv_module.pointwise_conv2,
             ):
                 with torch.no_grad():
-                    linear.weight.mul_(branch_scale)
                     linear.bias.zero_()
+
+    def normalize_features(self, x: Tensor) -> Tensor:
+        """(x - feature_mean) * feature_inv_std, per feature dimension."""
+        return (x - self.feature_mean) * self.feature_inv_std
+
+    @torch.jit.ignore
+    def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Sets the global normalisation from per-dimension statistics (F,)."""
+        self.feature_mean.copy_(mean)
+        self.feature_inv_std.copy_(1.0 / std.clamp(min=1e-3))
 
     def draw_chunk_config(self, max_len: int) -> tuple[int, int]:
         """Draw (chunk_size, left_context) for one training batch.
@@ -581,7 +603,7 @@ class Conformer(nn.Module):
           - encoder_out, (N, T', d_model);
           - encoder_out_lens, (N,) valid frames of each utterance.
         """
-        embed = self.encoder_embed(x)
+        embed = self.encoder_embed(self.normalize_features(x))
         encoder_out_lens = Conv2dSubsampling.output_lengths(x_lens)
         num_frames = embed.size(1)
 
@@ -661,7 +683,7 @@ class Conformer(nn.Module):
 
         # The subsampling gives chunk_size + 1 frames; the last one is the
         # first frame of the next chunk and is computed again there.
-        embed = self.encoder_embed(x)[:, :chunk_size]
+        embed = self.encoder_embed(self.normalize_features(x))[:, :chunk_size]
         encoder_out_lens = torch.clamp(Conv2dSubsampling.output_lengths(x_lens), max=chunk_size)
         embed, pos_emb = self.encoder_pos(embed, left_context)
 

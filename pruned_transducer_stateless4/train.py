@@ -202,6 +202,33 @@ def loss_scales(params: AttributeDict) -> tuple[float, float]:
     return 1.0 - progress * (1.0 - params.simple_loss_scale), 0.1 + 0.9 * progress
 
 
+def datamodule_cuts_for_stats(args: argparse.Namespace):
+    datamodule = LibriSpeechAsrDataModule(args)
+    return datamodule.train_all_shuf_cuts() if args.full_libri \
+        else datamodule.train_clean_100_cuts()
+
+
+def feature_statistics(cuts, feature_dim: int, max_cuts: int = 500) -> tuple[torch.Tensor,
+                                                                             torch.Tensor]:
+    """Per-dimension mean and std of the features of the first `max_cuts`
+    training cuts, for the encoder's global input normalisation."""
+    total = torch.zeros(feature_dim, dtype=torch.float64)
+    total_sq = torch.zeros(feature_dim, dtype=torch.float64)
+    num_frames = 0
+    for index, cut in enumerate(cuts):
+        if index >= max_cuts:
+            break
+        features = torch.from_numpy(cut.load_features()).double()
+        total += features.sum(dim=0)
+        total_sq += (features**2).sum(dim=0)
+        num_frames += features.size(0)
+    if num_frames == 0:
+        raise RecipeError("no training features to compute the normalisation from")
+    mean = total / num_frames
+    std = (total_sq / num_frames - mean**2).clamp(min=0).sqrt()
+    return mean.float(), std.float()
+
+
 # ------------------------------------------------------------ batch loss ----
 def compute_loss(
     params: AttributeDict,
@@ -473,6 +500,11 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     logging.info(f"model: {num_params / 1e6:.2f} M parameters")
     if checkpoint is not None:
         load_model_state(model, checkpoint["model"], "resume checkpoint")
+    else:
+        mean, std = feature_statistics(datamodule_cuts_for_stats(args), params.feature_dim)
+        model.encoder.set_feature_stats(mean, std)
+        logging.info(f"feature normalisation: mean {mean.mean():.2f}, std {std.mean():.2f} "
+                     "(averaged over dimensions)")
     model_avg = None
     if params.average_period > 0:
         model_avg = copy.deepcopy(model).to(torch.float64)
