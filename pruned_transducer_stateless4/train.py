@@ -102,6 +102,10 @@ def get_parser() -> argparse.ArgumentParser:
                         "(loss = s * simple_loss + pruned_loss).")
     parser.add_argument("--ctc-loss-scale", type=float, default=0.2,
                         help="Weight of the auxiliary CTC loss (needs --use-ctc true).")
+    parser.add_argument("--dc-penalty-scale", type=float, default=0.0,
+                        help="Weight of the encoder's DC penalty (the time-constant part of "
+                        "each layer's output relative to its varying part); > 0 counters the "
+                        "collapse to a constant encoder output.")
     parser.add_argument("--model-warm-step", type=int, default=300,
                         help="Batches with only the simple loss; the pruned loss is then "
                         "phased in over as many batches again.")
@@ -247,7 +251,7 @@ def compute_loss(
     features, feature_lens = batch_features(batch, device)
     token_ids = sp.encode(batch_texts(batch), out_type=int)
     with autocast_context(params, device):
-        simple_loss, pruned_loss, ctc_loss, encoder_out_lens = model(
+        simple_loss, pruned_loss, ctc_loss, dc_penalty, encoder_out_lens = model(
             x=features, x_lens=feature_lens, y=token_ids, prune_range=params.prune_range,
             am_scale=params.am_scale, lm_scale=params.lm_scale,
         )
@@ -256,13 +260,15 @@ def compute_loss(
     total = simple_scale * simple_loss + pruned_scale * pruned_loss
     if params.use_ctc:
         total = total + params.ctc_loss_scale * ctc_loss
-    loss = total / num_frames
+    loss = total / num_frames + params.dc_penalty_scale * dc_penalty
     stats = {
         "frames": float(num_frames),
         "loss": float(total.detach()),
         "simple_loss": float(simple_loss.detach()),
         "pruned_loss": float(pruned_loss.detach()),
         "ctc_loss": float(ctc_loss.detach()),
+        # a per-batch ratio, weighted by frames so that Tracker averages it
+        "dc_penalty": float(dc_penalty.detach()) * float(num_frames),
         "utterances": float(features.size(0)),
         "audio_seconds": float(feature_lens.sum()) / 100.0,
     }
@@ -281,7 +287,8 @@ class Tracker(dict):
 
     def summary(self) -> str:
         return ", ".join(f"{key} {self.per_frame(key):.4f}"
-                         for key in ("loss", "simple_loss", "pruned_loss", "ctc_loss"))
+                         for key in ("loss", "simple_loss", "pruned_loss", "ctc_loss",
+                                     "dc_penalty"))
 
 
 # ------------------------------------------------------------ validation ----
@@ -347,12 +354,14 @@ def train_one_epoch(
     interval_tracker = Tracker()
     interval_start = time.time()
     epoch_seconds_done = 0.0
+    # Creating the DataLoader iterator draws a random seed from torch's
+    # generator, so it must come before the RNG state of a resumed run is
+    # restored; then the next batch draws exactly what the interrupted run drew.
+    batches = iter(train_dl)
     if rng_state is not None:
-        # Restored here, after the sampler was rebuilt and fast-forwarded,
-        # so the next batch draws exactly what the interrupted run would have.
         set_rng_state(rng_state)
 
-    for batch in train_dl:
+    for batch in batches:
         step_start = time.time()
         params.batch_idx_train += 1
         scheduler.step_batch(params.batch_idx_train)
