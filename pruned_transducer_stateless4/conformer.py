@@ -603,6 +603,31 @@ class Conformer(nn.Module):
           - encoder_out, (N, T', d_model);
           - encoder_out_lens, (N,) valid frames of each utterance.
         """
+        encoder_out, encoder_out_lens, _ = self.encode_with_dc_penalty(
+            x, x_lens, chunk_size, left_context, False
+        )
+        return encoder_out, encoder_out_lens
+
+    def encode_with_dc_penalty(
+        self,
+        x: Tensor,
+        x_lens: Tensor,
+        chunk_size: int = -1,
+        left_context: int = -1,
+        compute_dc_penalty: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward`, plus the DC penalty of the residual stream.
+
+        The penalty, summed over layers, is ||mean_t(x)||^2 / sum_d var_t(x)
+        of each layer's output x over the valid frames of the batch: the
+        energy of the component that is constant over time relative to the
+        energy that varies.  Training adds it to the loss (train.py
+        --dc-penalty-scale) because that constant component is what grew
+        without bound in the runs whose encoder collapsed; icefall's
+        ActivationBalancer constrains the same statistic through gradients.
+        Returns (encoder_out, encoder_out_lens, penalty); penalty is 0 when
+        compute_dc_penalty is False.
+        """
         embed = self.encoder_embed(self.normalize_features(x))
         encoder_out_lens = Conv2dSubsampling.output_lengths(x_lens)
         num_frames = embed.size(1)
@@ -617,9 +642,16 @@ class Conformer(nn.Module):
             chunk_mask = make_chunk_mask(num_frames, chunk_size, left_context, x.device)
             attn_mask = attn_mask | chunk_mask.unsqueeze(0)  # (N, T', T')
 
+        dc_penalty = torch.zeros((), device=x.device)
+        valid = (~pad_mask).unsqueeze(-1).to(embed.dtype)  # (N, T', 1)
+        num_valid = valid.sum().clamp(min=1.0)
         for layer in self.layers:
             embed = layer(embed, pos_emb, attn_mask, pad_mask)
-        return self.final_norm(embed), encoder_out_lens
+            if compute_dc_penalty:
+                mean = (embed * valid).sum(dim=(0, 1)) / num_valid  # (d,)
+                variance = (((embed - mean) * valid) ** 2).sum(dim=(0, 1)) / num_valid
+                dc_penalty = dc_penalty + (mean**2).sum() / (variance.sum() + 1e-4)
+        return self.final_norm(embed), encoder_out_lens, dc_penalty
 
     @torch.jit.export
     def get_init_state(

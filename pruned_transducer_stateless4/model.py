@@ -58,7 +58,7 @@ class Transducer(nn.Module):
         prune_range: int = 5,
         am_scale: float = 0.0,
         lm_scale: float = 0.0,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
           x: (N, T, F) features.
@@ -68,12 +68,16 @@ class Transducer(nn.Module):
           am_scale, lm_scale: weights of the acoustic-only and LM-only terms
             of the smoothed simple loss (icefall's --am-scale, --lm-scale).
         Returns:
-          (simple_loss, pruned_loss, ctc_loss, encoder_out_lens): the losses
-          are summed over the batch (divide by encoder_out_lens.sum() for a
-          per-frame value); ctc_loss is 0 without a CTC head.
+          (simple_loss, pruned_loss, ctc_loss, dc_penalty, encoder_out_lens):
+          the losses are summed over the batch (divide by
+          encoder_out_lens.sum() for a per-frame value); ctc_loss is 0 without
+          a CTC head; dc_penalty (see Conformer.encode_with_dc_penalty) is a
+          per-batch ratio, 0 in eval mode.
         """
         assert x.ndim == 3 and x_lens.ndim == 1 and x.size(0) == x_lens.size(0) == len(y)
-        encoder_out, encoder_out_lens = self.encoder(x, x_lens)
+        encoder_out, encoder_out_lens, dc_penalty = self.encoder.encode_with_dc_penalty(
+            x, x_lens, compute_dc_penalty=self.training
+        )
 
         blank_id = self.decoder.blank_id
         device = x.device
@@ -140,4 +144,4 @@ class Transducer(nn.Module):
                 reduction="sum",
                 zero_infinity=True,
             )
-        return simple_loss, pruned_loss, ctc_loss, encoder_out_lens
+        return simple_loss, pruned_loss, ctc_loss, dc_penalty, encoder_out_lens
