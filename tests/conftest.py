@@ -41,9 +41,9 @@ def trained_exp_dir(prepared_dir: Path) -> Path:
         result = run_script(
             ["pruned_transducer_stateless4/train.py", "--exp-dir", str(exp_dir),
              "--bpe-model", "data/lang_bpe_100/bpe.model", "--num-epochs", "2",
-             "--max-duration", "20", "--enable-musan", "false", "--save-every-n", "10",
+             "--max-duration", "8", "--enable-musan", "false", "--save-every-n", "10",
              "--average-period", "2", "--valid-interval", "1000", "--valid-wer-utts", "4",
-             "--model-warm-step", "5", "--log-interval", "5", *TINY_MODEL_ARGS],
+             "--model-warm-step", "5", "--log-interval", "3", *TINY_MODEL_ARGS],
             prepared_dir, timeout=900,
         )
         assert result.returncode == 0, result.stderr[-3000:]

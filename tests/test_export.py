@@ -350,7 +350,9 @@ def sherpa_decode(recognizer, waves: list[np.ndarray]) -> list[list[str]]:
         if not ready:
             break
         recognizer.decode_streams(ready)
-    return [list(recognizer.get_result_all(s).tokens) for s in streams]
+    # sherpa-onnx spells sentencepiece's word-start mark "\u2581" as a space.
+    return [[token.replace(" ", "\u2581") for token in recognizer.get_result_all(s).tokens]
+            for s in streams]
 
 
 @pytest.mark.parametrize("variant", ["trained", "emitting"])
@@ -467,7 +469,7 @@ def test_pretrained_any_rate_and_channels(exports, prepared_dir: Path, tmp_path:
     trained = texts["trained"]
     assert trained["orig"] == trained["44k"] == trained["8k_stereo"]
     emitting = texts["emitting"]
-    assert len(emitting["8k_mono"]) > 5
+    assert emitting["8k_mono"], "the emitting model must emit, or the comparison is empty"
     assert emitting["8k_stereo"] == emitting["8k_mono"]
 
 

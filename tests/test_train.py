@@ -16,7 +16,7 @@ BATCH_LINE = re.compile(r"epoch (\d+), batch (\d+), loss ([\d.]+), simple_loss (
 
 def train_args(exp_dir: Path, *extra: str) -> list[str]:
     return ["pruned_transducer_stateless4/train.py", "--exp-dir", str(exp_dir),
-            "--bpe-model", "data/lang_bpe_100/bpe.model", "--max-duration", "20",
+            "--bpe-model", "data/lang_bpe_100/bpe.model", "--max-duration", "6",
             "--enable-musan", "false", "--valid-interval", "1000", "--valid-wer-utts", "4",
             "--model-warm-step", "5", *TINY_MODEL_ARGS, *extra]
 
