@@ -206,12 +206,6 @@ def loss_scales(params: AttributeDict) -> tuple[float, float]:
     return 1.0 - progress * (1.0 - params.simple_loss_scale), 0.1 + 0.9 * progress
 
 
-def datamodule_cuts_for_stats(args: argparse.Namespace):
-    datamodule = LibriSpeechAsrDataModule(args)
-    return datamodule.train_all_shuf_cuts() if args.full_libri \
-        else datamodule.train_clean_100_cuts()
-
-
 def feature_statistics(cuts, feature_dim: int, max_cuts: int = 500) -> tuple[torch.Tensor,
                                                                              torch.Tensor]:
     """Per-dimension mean and std of the features of the first `max_cuts`
@@ -503,6 +497,13 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         else:
             params.cur_epoch = params.start_epoch
 
+    datamodule = LibriSpeechAsrDataModule(args)
+    train_cuts = (datamodule.train_all_shuf_cuts() if params.full_libri
+                  else datamodule.train_clean_100_cuts())
+    # Cuts the feature extractor cannot handle (or the loss: more tokens than
+    # frames) would make the loss infinite; drop them up front.
+    train_cuts = train_cuts.filter(lambda cut: 0.5 <= cut.duration <= 30.0)
+
     model = get_transducer_model(params)
     num_params = sum(p.numel() for p in model.parameters())
     params.num_params = num_params
@@ -510,7 +511,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     if checkpoint is not None:
         load_model_state(model, checkpoint["model"], "resume checkpoint")
     else:
-        mean, std = feature_statistics(datamodule_cuts_for_stats(args), params.feature_dim)
+        mean, std = feature_statistics(train_cuts, params.feature_dim)
         model.encoder.set_feature_stats(mean, std)
         logging.info(f"feature normalisation: mean {mean.mean():.2f}, std {std.mean():.2f} "
                      "(averaged over dimensions)")
@@ -537,12 +538,6 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         if checkpoint.get("grad_scaler") is not None:
             grad_scaler.load_state_dict(checkpoint["grad_scaler"])
 
-    datamodule = LibriSpeechAsrDataModule(args)
-    train_cuts = (datamodule.train_all_shuf_cuts() if params.full_libri
-                  else datamodule.train_clean_100_cuts())
-    # Cuts the feature extractor cannot handle (or the loss: more tokens than
-    # frames) would make the loss infinite; drop them up front.
-    train_cuts = train_cuts.filter(lambda cut: 0.5 <= cut.duration <= 30.0)
     epoch_audio_seconds = sum(cut.duration for cut in train_cuts)
     dev_cuts = datamodule.dev_clean_cuts()
     valid_dl = datamodule.valid_dataloaders(dev_cuts)
