@@ -13,6 +13,8 @@
 #   5 streaming       streaming_decode.py, real chunk-by-chunk streaming, greedy
 #   6 export          export.py: pretrained.pt, cpu_jit.pt, ONNX for sherpa-onnx
 #   7 pretrained      pretrained.py on one test wav
+#   8 results         make_results.py: $exp_dir/RESULTS.md and plots/ (always rerun: cheap,
+#                     and its inputs change whenever a step above reruns)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -51,7 +53,14 @@ Options:
 . shared/parse_options.sh
 
 start_time=$(date +%s)
-step() { echo "[run.sh $(date +%H:%M:%S), +$(( $(date +%s) - start_time ))s] $*"; }
+run_log=$exp_dir/log/run-sh.log
+step() {
+  local line="[run.sh $(date +%H:%M:%S), +$(( $(date +%s) - start_time ))s] $*"
+  echo "$line"
+  # Kept across invocations: make_results.py reads each step's wall time from it.
+  mkdir -p "$(dirname "$run_log")"
+  echo "$line" >> "$run_log"
+}
 stamp_dir=$exp_dir/.done
 done_or_run() {
   # done_or_run NAME COMMAND...: runs COMMAND unless step NAME finished before.
@@ -127,5 +136,11 @@ done_or_run pretrained ./pruned_transducer_stateless4/pretrained.py \
   --checkpoint "$exp_dir/pretrained.pt" --bpe-model "$lang_dir/bpe.model" \
   --method greedy_search --simulate-streaming true --decode-chunk-size "$chunk_size" \
   --left-context "$left_context" "$wav"
+
+step "results: make_results.py"
+total_minutes=$(awk -v start="$start_time" -v now="$(date +%s)" \
+  'BEGIN { printf "%.1f", (now - start) / 60 }')
+./pruned_transducer_stateless4/make_results.py --exp-dir "$exp_dir" \
+  --total-minutes "$total_minutes" --run-log "$run_log"
 
 step "all steps done in $(( ($(date +%s) - start_time) / 60 )) min"
