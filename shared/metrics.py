@@ -1,5 +1,6 @@
 """Word error rate and icefall-style error reports (via kaldialign)."""
 
+import ast
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,29 @@ def write_recogs(path: Path, results: Sequence[tuple[str, str, str]]) -> None:
         for cut_id, ref, hyp in sorted(results):
             out.write(f"{cut_id}:\tref={ref.split()}\n")
             out.write(f"{cut_id}:\thyp={hyp.split()}\n")
+
+
+def read_recogs(path: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """Reads a file of write_recogs: {cut_id: (ref words, hyp words)}."""
+    recogs: dict[str, tuple[list[str], list[str]]] = {}
+    refs: dict[str, list[str]] = {}
+    with open(path) as f:
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            cut_id, _, field = line.rstrip("\n").partition(":\t")
+            kind, _, words = field.partition("=")
+            try:
+                parsed = ast.literal_eval(words)
+            except (SyntaxError, ValueError):
+                parsed = None
+            if kind not in ("ref", "hyp") or not isinstance(parsed, list):
+                raise ValueError(f"{path}:{line_number}: not a recogs line: {line.strip()!r}")
+            if kind == "ref":
+                refs[cut_id] = parsed
+            else:
+                recogs[cut_id] = (refs.pop(cut_id, []), parsed)
+    return recogs
 
 
 def write_error_stats(path: Path, test_set_name: str,

@@ -10,6 +10,7 @@ bias raised to emit on about half of the frames, so that the comparisons run
 over many emitted tokens and decoder-context updates.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from lhotse import load_manifest
 
 from pruned_transducer_stateless4 import export as export_script
 from pruned_transducer_stateless4.export import get_params
@@ -34,12 +36,26 @@ from pruned_transducer_stateless4.model_config import (
     apply_checkpoint_model_options,
     get_transducer_model,
 )
-from shared.utils import RecipeError
+from pruned_transducer_stateless4.sherpa_onnx_decode import (
+    build_recognizer,
+    decode_waves,
+    flush_padding_seconds,
+    onnx_export_paths,
+    with_tail_padding,
+)
+from pruned_transducer_stateless4.streaming_decode import load_cut_audio
+from pruned_transducer_stateless4.streaming_decode import result_key as streaming_result_key
+from pruned_transducer_stateless4.streaming_decode import (
+    result_suffix as streaming_result_suffix,
+)
+from shared.metrics import read_recogs, word_error_rate, write_recogs
+from shared.utils import AttributeDict, RecipeError
 from tests.helpers import run_script
 
 CHUNK = 4  # decode chunk size of the ONNX export, frames after subsampling
 LEFT = 8  # left context of the ONNX export
 BPE = "data/lang_bpe_100/bpe.model"
+EXPORT_SUFFIX = "epoch-1-avg-1"  # export.py --epoch 1 --avg 1
 
 
 @pytest.fixture(autouse=True)
@@ -249,9 +265,8 @@ print("ok")
 
 # ---------------------------------------------------------------- ONNX ----
 def onnx_paths(exp_dir: Path, int8: bool = False) -> dict[str, str]:
-    suffix = ".int8.onnx" if int8 else ".onnx"
-    return {name: str(exp_dir / f"{name}-epoch-1-avg-1{suffix}")
-            for name in ("encoder", "decoder", "joiner")}
+    paths = onnx_export_paths(exp_dir, EXPORT_SUFFIX, int8)
+    return {name: str(paths[name]) for name in ("encoder", "decoder", "joiner")}
 
 
 def ort_session(path: str):
@@ -326,60 +341,159 @@ def test_onnx_reproduces_pytorch(exports, int8: bool):
 
 
 # ----------------------------------------------------------- sherpa-onnx ----
-def sherpa_recognizer(exp_dir: Path, int8: bool = False):
-    import sherpa_onnx
-
-    paths = onnx_paths(exp_dir, int8)
-    return sherpa_onnx.OnlineRecognizer.from_transducer(
-        tokens=str(exp_dir / "tokens.txt"), encoder=paths["encoder"], decoder=paths["decoder"],
-        joiner=paths["joiner"], num_threads=1, sample_rate=16000, feature_dim=80,
-        decoding_method="greedy_search",
-    )
+def sherpa_tokens(exp_dir: Path, waves: list[np.ndarray], int8: bool = False) -> list[list[str]]:
+    """Token symbols per wave from sherpa_onnx_decode.py's recognizer and
+    decoding loop (one batch of streams, tail padding added there)."""
+    recognizer = build_recognizer(exp_dir, EXPORT_SUFFIX, int8, num_threads=1)
+    return [result.tokens
+            for result in decode_waves(recognizer, waves, flush_padding_seconds(CHUNK))[0]]
 
 
-def sherpa_decode(recognizer, waves: list[np.ndarray]) -> list[list[str]]:
-    """Decodes all waves as one batch of streams; token symbols per wave."""
-    streams = []
+@torch.no_grad()
+def our_streaming_greedy(model: Transducer, symbols: list[str],
+                         waves: list[np.ndarray]) -> list[list[str]]:
+    """Token symbols per wave of our streaming greedy search on the waves with
+    sherpa-onnx's tail padding, running full windows only as sherpa-onnx does."""
+    tokens = []
     for samples in waves:
-        stream = recognizer.create_stream()
-        stream.accept_waveform(16000, samples)
-        stream.input_finished()
-        streams.append(stream)
-    while True:
-        ready = [s for s in streams if recognizer.is_ready(s)]
-        if not ready:
-            break
-        recognizer.decode_streams(ready)
-    # sherpa-onnx spells sentencepiece's word-start mark "\u2581" as a space.
-    return [[token.replace(" ", "\u2581") for token in recognizer.get_result_all(s).tokens]
-            for s in streams]
+        # sherpa-onnx's greedy search treats <unk> as blank; so does this one.
+        search = StreamingGreedySearch(model, blank_like=(symbols.index("<unk>"),))
+        stream_encoder(model, with_tail_padding(samples, flush_padding_seconds(CHUNK)),
+                       CHUNK, LEFT, search, full_windows_only=True)
+        tokens.append([symbols[i] for i in search.result()])
+    return tokens
+
+
+def read_symbols(exp_dir: Path) -> list[str]:
+    return [line.split()[0] for line in (exp_dir / "tokens.txt").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("variant", ["trained", "emitting"])
 def test_sherpa_onnx_decodes_like_our_streaming_greedy_search(exports, prepared_dir, variant):
     exp_dir = exports[variant]
     model = load_torch_model(exp_dir)
-    symbols = [line.split()[0] for line in (exp_dir / "tokens.txt").read_text().splitlines()]
-    tail = np.zeros(int(0.3 * 16000), dtype=np.float32)  # flushes the last frames
-    waves = [np.concatenate([read_audio(p)[0], tail]) for p in clean_wavs(prepared_dir)]
+    symbols = read_symbols(exp_dir)
+    waves = [read_audio(p)[0] for p in clean_wavs(prepared_dir)]
 
-    ours = []
-    with torch.no_grad():
-        for samples in waves:
-            # sherpa-onnx's greedy search treats <unk> as blank; so does this one.
-            search = StreamingGreedySearch(model, blank_like=(symbols.index("<unk>"),))
-            stream_encoder(model, samples, CHUNK, LEFT, search, full_windows_only=True)
-            ours.append([symbols[i] for i in search.result()])
-    theirs = sherpa_decode(sherpa_recognizer(exp_dir), waves)
+    ours = our_streaming_greedy(model, symbols, waves)
+    theirs = sherpa_tokens(exp_dir, waves)
     equal = sum(a == b for a, b in zip(ours, theirs))
     num_tokens = sum(len(tokens) for tokens in ours)
-    int8 = sherpa_decode(sherpa_recognizer(exp_dir, int8=True), waves)
+    int8 = sherpa_tokens(exp_dir, waves, int8=True)
     int8_equal = sum(a == b for a, b in zip(ours, int8))
     print(f"{variant}: sherpa-onnx == ours on {equal}/{len(waves)} utterances "
           f"({num_tokens} tokens); int8 == ours on {int8_equal}/{len(waves)}")
     assert ours == theirs
     if variant == "emitting":
         assert num_tokens >= 10 * len(waves), num_tokens
+
+
+def words_of(tokens: list[str]) -> list[str]:
+    return "".join(tokens).replace("\u2581", " ").split()
+
+
+def linked_export(source: Path, exp_dir: Path) -> Path:
+    """exp_dir with links to the ONNX export in source (float and int8), so
+    that the script's outputs stay out of the shared fixture."""
+    exp_dir.mkdir()
+    for int8 in (False, True):
+        for path in onnx_export_paths(source, EXPORT_SUFFIX, int8).values():
+            if not (exp_dir / path.name).exists():
+                (exp_dir / path.name).symlink_to(path)
+    return exp_dir
+
+
+def test_sherpa_onnx_decode_script(exports, prepared_dir: Path, tmp_path: Path, monkeypatch):
+    """sherpa_onnx_decode.py end to end on a cut set: its transcripts are our
+    streaming greedy search's, its WER summary is the WER of its recogs, and
+    its agreement is computed against the streaming_decode.py recogs file it
+    finds by name (here our greedy transcripts with one utterance altered)."""
+    exp_dir = linked_export(exports["emitting"], tmp_path / "exp")
+    cuts = list(load_manifest(prepared_dir / "data/fbank/librispeech_cuts_test-clean.jsonl.gz"))
+    model = load_torch_model(exports["emitting"])
+    symbols = read_symbols(exports["emitting"])
+    monkeypatch.chdir(prepared_dir)  # the manifests hold paths relative to it
+    waves = [load_cut_audio(cut) for cut in cuts]
+    expected = {cut.id: words_of(tokens)
+                for cut, tokens in zip(cuts, our_streaming_greedy(model, symbols, waves))}
+    assert sum(map(len, expected.values())) >= 2 * len(cuts), expected
+
+    # streaming_decode.py's greedy recogs file, named as it names it.
+    settings = AttributeDict(decoding_method="greedy_search", iter=0, epoch=1, avg=1,
+                             decode_chunk_size=CHUNK, left_context=LEFT, max_sym_per_frame=1,
+                             use_averaged_model=False)
+    compare_file = (exp_dir / "streaming/greedy_search" / f"recogs-test-clean-"
+                    f"{streaming_result_key(settings)}-{streaming_result_suffix(settings)}.txt")
+    compare_file.parent.mkdir(parents=True)
+    altered = cuts[1].id
+    streaming = {cut_id: words + ["ALTERED"] if cut_id == altered else words
+                 for cut_id, words in expected.items()}
+    write_recogs(compare_file, [(cut_id, "", " ".join(words))
+                                for cut_id, words in streaming.items()])
+
+    result = run_script(["pruned_transducer_stateless4/sherpa_onnx_decode.py", "--exp-dir",
+                         str(exp_dir), "--epoch", "1", "--avg", "1", "--parts", "test-clean",
+                         "--num-threads", "1"], prepared_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    res_dir = exp_dir / "sherpa_onnx"
+    key = "greedy_search-float"
+    for name in ("recogs", "errs", "wer-summary"):
+        assert (res_dir / f"{name}-test-clean-{key}.txt").is_file(), name
+    assert (res_dir / f"log-decode-{key}").is_file()
+
+    recogs = read_recogs(res_dir / f"recogs-test-clean-{key}.txt")
+    assert {cut_id: hyp for cut_id, (_, hyp) in recogs.items()} == expected
+    header, row = (res_dir / f"wer-summary-test-clean-{key}.txt").read_text().splitlines()
+    assert header == "settings\tWER" and row.split("\t")[0] == key
+    wer = word_error_rate([" ".join(ref) for ref, _ in recogs.values()],
+                          [" ".join(hyp) for _, hyp in recogs.values()])
+    assert float(row.split("\t")[1]) == pytest.approx(wer * 100, abs=0.006)
+
+    rtf = json.loads((res_dir / f"rtf-test-clean-{key}.json").read_text())
+    assert rtf["num_threads"] == 1 and rtf["num_utterances"] == len(cuts)
+    assert rtf["audio_seconds"] == pytest.approx(sum(c.duration for c in cuts), abs=0.01)
+    assert rtf["rtf"] == pytest.approx(rtf["processing_seconds"] / rtf["audio_seconds"])
+    assert rtf["processing_seconds"] > 0
+
+    agreement = json.loads((res_dir / f"agreement-test-clean-{key}.json").read_text())
+    print("sherpa_onnx_decode.py:", row, rtf, agreement)
+    assert agreement["compare_file"] == str(compare_file)
+    assert (agreement["num_utts"], agreement["num_equal"]) == (len(cuts), len(cuts) - 1)
+    assert agreement["agreement"] == pytest.approx((len(cuts) - 1) / len(cuts))
+    assert agreement["example_differences"] == [
+        [altered, " ".join(streaming[altered]), " ".join(expected[altered])]]
+
+    # --int8 true: the int8 files, results under their own key.
+    result = run_script(["pruned_transducer_stateless4/sherpa_onnx_decode.py", "--exp-dir",
+                         str(exp_dir), "--epoch", "1", "--avg", "1", "--parts", "test-clean",
+                         "--int8", "true"], prepared_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    key = "greedy_search-int8"
+    rtf = json.loads((res_dir / f"rtf-test-clean-{key}.json").read_text())
+    assert rtf["model"].endswith(".int8.onnx"), rtf
+    assert len(read_recogs(res_dir / f"recogs-test-clean-{key}.txt")) == len(cuts)
+    agreement = json.loads((res_dir / f"agreement-test-clean-{key}.json").read_text())
+    assert agreement["num_utts"] == len(cuts)
+
+
+def test_sherpa_onnx_decode_errors(exports, prepared_dir: Path, tmp_path: Path):
+    """Missing export files, a missing cut set and a missing recogs file that
+    was asked for each give one line naming the problem."""
+    exp_dir = linked_export(exports["emitting"], tmp_path / "exp")
+    runs = [
+        (["--exp-dir", str(tmp_path)], "export.py --onnx 1"),
+        (["--exp-dir", str(exp_dir), "--parts", "test-nothing"],
+         "librispeech_cuts_test-nothing.jsonl.gz not found"),
+        (["--exp-dir", str(exp_dir), "--parts", "test-clean", "--compare-dir", str(tmp_path)],
+         "no streaming_decode.py recogs file"),
+    ]
+    for options, message in runs:
+        result = run_script(["pruned_transducer_stateless4/sherpa_onnx_decode.py", "--epoch",
+                             "1", "--avg", "1", *options], prepared_dir)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) >= 1, result.stderr[-3000:]
+        assert lines[-1].startswith("sherpa_onnx_decode.py: error: "), lines
+        assert message in lines[-1], lines
 
 
 # -------------------------------------------------------- wav-file scripts ----

@@ -1,0 +1,469 @@
+#!/usr/bin/env python3
+"""Decode cut sets with sherpa-onnx on the ONNX export of export.py --onnx 1.
+
+Usage (from the project root, after export.py --onnx 1):
+
+  ./pruned_transducer_stateless4/sherpa_onnx_decode.py \\
+      --exp-dir exp/pruned_transducer_stateless4 --epoch 30 --avg 9 \\
+      --int8 false --num-threads 1 --parts test-clean test-other
+
+  # the int8-quantised files, and an explicit streaming_decode.py recogs file
+  ./pruned_transducer_stateless4/sherpa_onnx_decode.py ... --int8 true \\
+      --compare-recogs 'recogs-{part}-greedy_search-epoch-30-avg-9-streaming-*.txt'
+
+The model is encoder/decoder/joiner-SUFFIX.onnx (.int8.onnx with --int8 true)
+and tokens.txt in --exp-dir, SUFFIX = epoch-E-avg-A (or iter-B-avg-A) as
+export.py names them.  Every cut of --parts is read as AUDIO (cut.load_audio(),
+16 kHz) and decoded by sherpa_onnx.OnlineRecognizer (greedy_search): all of an
+utterance's samples are given to its stream at once, followed by
+--tail-padding-seconds of silence and input_finished().  sherpa-onnx runs
+only full encoder windows (4 * chunk + 7 feature frames), and only when a
+frame follows them, so the silence must hold 4 * chunk + 8 frames for every
+frame of speech to be decoded: 0.72 s for chunks of 16, the default with
+--tail-padding-seconds -1 (with chunks of 16, a fixed 0.3 s changed the
+transcript of 11 of 30 test utterances cut mid-speech).  Up to --num-decode-streams
+streams are decoded together, each decode_streams() call running the encoder
+on one chunk of every ready stream as one batch (as streaming_decode.py does).
+
+Outputs in EXP_DIR/sherpa_onnx/, KEY = greedy_search-float or greedy_search-int8:
+  recogs-PART-KEY.txt, errs-PART-KEY.txt, wer-summary-PART-KEY.txt
+                         as decode.py and streaming_decode.py write them
+  rtf-PART-KEY.json      rtf = processing_seconds / audio_seconds, where
+                         processing_seconds is the wall time of the decoding
+                         (front end, encoder, search), excluding model loading
+                         and reading the audio files
+  agreement-PART-KEY.json  fraction of utterances whose sherpa-onnx
+                         transcript equals streaming_decode.py's greedy one
+                         word for word (see below)
+  log-decode-KEY         the log
+
+Agreement.  streaming_decode.py --decoding-method greedy_search writes
+EXP_DIR/streaming/greedy_search/recogs-PART-greedy_search-SUFFIX-streaming-
+chunk-size-C-left-context-L-max-sym-per-frame-1[-use-averaged-model].txt; by
+default the file of the same checkpoint suffix and of the export's chunk size
+C and left context L (read from the encoder's metadata) is used.  If none
+exists the agreement is skipped with a warning, unless --compare-dir or
+--compare-recogs was given, which makes it an error.  Expect small
+disagreements at the ends of utterances: streaming_decode.py pads the last
+partial chunk with the log-floor and uses only its real frames, while
+sherpa-onnx gets silence and drops what does not fill a window; sherpa-onnx's
+greedy search also treats <unk> as blank.
+"""
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
+from pruned_transducer_stateless4.export import onnx_suffix
+from pruned_transducer_stateless4.streaming_decode import load_cut_audio
+from pruned_transducer_stateless4.streaming_decode import result_key as streaming_result_key
+from pruned_transducer_stateless4.streaming_decode import (
+    result_suffix as streaming_result_suffix,
+)
+from shared.features import SAMPLE_RATE
+from shared.metrics import read_recogs, write_error_stats, write_recogs
+from shared.utils import AttributeDict, RecipeError, setup_logging, str2bool
+
+ONNX_PARTS = ("encoder", "decoder", "joiner")
+FRAME_SHIFT_SECONDS = 0.01  # of the fbank front end
+WORD_START = "\u2581"  # sentencepiece's word-start mark
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
+                        help="Where export.py --onnx 1 wrote the ONNX files and tokens.txt; "
+                        "results go to EXP_DIR/sherpa_onnx.")
+    parser.add_argument("--epoch", type=int, default=30,
+                        help="The export of export.py --epoch E (file suffix epoch-E-avg-A).")
+    parser.add_argument("--iter", type=int, default=0,
+                        help="If > 0, the export of export.py --iter B (suffix iter-B-avg-A).")
+    parser.add_argument("--avg", type=int, default=9,
+                        help="The --avg of the export (default: export.py's).")
+    parser.add_argument("--use-averaged-model", type=str2bool, default=False,
+                        help="Only for finding streaming_decode.py's recogs file: it was "
+                        "decoded with --use-averaged-model true (the ONNX file names do not "
+                        "say).")
+    parser.add_argument("--int8", type=str2bool, default=False,
+                        help="Use the int8-quantised files (*.int8.onnx).")
+    parser.add_argument("--num-threads", type=int, default=1,
+                        help="onnxruntime threads of sherpa-onnx.")
+    parser.add_argument("--num-decode-streams", type=int, default=100,
+                        help="Streams decoded together (one encoder batch per chunk step), as "
+                        "streaming_decode.py --num-decode-streams.")
+    parser.add_argument("--tail-padding-seconds", type=float, default=-1.0,
+                        help="Silence appended to every utterance before input_finished(), "
+                        "so that sherpa-onnx decodes its last frames; -1: just enough for "
+                        "the export's chunk size, (4 * chunk + 8) * 10 ms.")
+    parser.add_argument("--parts", "--test-sets", dest="parts", type=str, nargs="+",
+                        default=["test-clean", "test-other"],
+                        help="LibriSpeech part names (cut sets "
+                        "MANIFEST_DIR/librispeech_cuts_PART.jsonl.gz) or paths of cut sets.")
+    parser.add_argument("--manifest-dir", type=Path, default=Path("data/fbank"),
+                        help="Directory with the cut sets of prepare.sh stage 3.")
+    parser.add_argument("--compare-dir", type=Path, default=None,
+                        help="Directory of streaming_decode.py's greedy recogs files "
+                        "(default: EXP_DIR/streaming/greedy_search).")
+    parser.add_argument("--compare-recogs", type=str, default=None,
+                        help="Name or glob (in --compare-dir, or a path) of the recogs file to "
+                        "compare with; '{part}' is replaced by the part name.  Default: "
+                        "streaming_decode.py's name for this checkpoint, chunk size and left "
+                        "context.")
+    return parser
+
+
+# ------------------------------------------------------------- the export ----
+def export_suffix(epoch: int, iter: int, avg: int) -> str:
+    """The file-name suffix export.py gives the ONNX files."""
+    return onnx_suffix(argparse.Namespace(epoch=epoch, iter=iter, avg=avg))
+
+
+def onnx_export_paths(exp_dir: Path, suffix: str, int8: bool = False) -> dict[str, Path]:
+    """{"encoder", "decoder", "joiner", "tokens"} -> the files of an ONNX export."""
+    ending = ".int8.onnx" if int8 else ".onnx"
+    paths = {name: Path(exp_dir) / f"{name}-{suffix}{ending}" for name in ONNX_PARTS}
+    paths["tokens"] = Path(exp_dir) / "tokens.txt"
+    return paths
+
+
+def check_export(paths: dict[str, Path], suffix: str) -> None:
+    """One-line RecipeError naming the first missing file of the export."""
+    for path in paths.values():
+        if not path.is_file():
+            raise RecipeError(
+                f"{path} not found; run ./pruned_transducer_stateless4/export.py --onnx 1 "
+                f"--exp-dir {path.parent} with the --epoch/--iter/--avg of {suffix}")
+
+
+def encoder_metadata(path: Path) -> dict[str, str]:
+    """The custom metadata of an exported encoder (see export.onnx_encoder_metadata)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def export_streaming_config(encoder_path: Path) -> tuple[int, int]:
+    """(chunk size, left context) in encoder frames of an exported encoder."""
+    metadata = encoder_metadata(encoder_path)
+    try:
+        return (int(metadata["decode_chunk_len"]) // int(metadata.get("subsampling_factor", 4)),
+                int(metadata["left_context"]))
+    except KeyError as error:
+        raise RecipeError(f"{encoder_path} has no {error} metadata: not written by "
+                          "export.py --onnx 1") from None
+
+
+def build_recognizer(exp_dir: Path, suffix: str = "epoch-30-avg-9", int8: bool = False,
+                     num_threads: int = 1, decoding_method: str = "greedy_search"):
+    """A sherpa_onnx.OnlineRecognizer on the ONNX export in exp_dir.
+
+    The front end is sherpa-onnx's default (kaldi-native-fbank, 80 bins,
+    16 kHz), which computes the training features (export.py's docstring).
+    """
+    import sherpa_onnx
+
+    paths = onnx_export_paths(exp_dir, suffix, int8)
+    check_export(paths, suffix)
+    return sherpa_onnx.OnlineRecognizer.from_transducer(
+        tokens=str(paths["tokens"]), encoder=str(paths["encoder"]),
+        decoder=str(paths["decoder"]), joiner=str(paths["joiner"]), num_threads=num_threads,
+        sample_rate=SAMPLE_RATE, feature_dim=80, decoding_method=decoding_method,
+    )
+
+
+# --------------------------------------------------------------- decoding ----
+@dataclass
+class SherpaResult:
+    tokens: list[str]  # token symbols as in tokens.txt (with the word-start mark)
+    text: str
+
+    @property
+    def words(self) -> list[str]:
+        return self.text.split()
+
+
+def flush_padding_seconds(chunk_size: int) -> float:
+    """Silence after the speech that makes sherpa-onnx decode all of it.
+
+    sherpa-onnx runs an encoder window of 4 * chunk_size + 7 feature frames
+    only when one more frame is ready, and the window advances by
+    4 * chunk_size frames, so a speech frame that starts a window is decoded
+    only once 4 * chunk_size + 7 frames follow it; one frame more covers the
+    rounding of the frame count of the padded audio.
+    """
+    return (4 * chunk_size + 8) * FRAME_SHIFT_SECONDS
+
+
+def with_tail_padding(samples: np.ndarray, seconds: float) -> np.ndarray:
+    """samples (S,) float32 at 16 kHz followed by `seconds` of zeros."""
+    tail = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+    return np.concatenate([np.asarray(samples, dtype=np.float32), tail])
+
+
+def decode_waves(
+    recognizer,
+    waves: Iterable[np.ndarray],
+    tail_padding_seconds: float,
+    num_streams: int = 100,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[SherpaResult], float]:
+    """Decodes every wave as a sherpa-onnx stream, up to num_streams at a time.
+
+    Each wave (S,) float32 mono 16 kHz samples in [-1, 1] is given to its
+    stream at once, followed by tail_padding_seconds of zeros (see
+    flush_padding_seconds), then input_finished(); every step
+    decodes one chunk of each ready stream as one batch, and a finished
+    stream's slot takes the next wave.
+
+    Returns:
+      (results in the order of `waves`, processing seconds): the time spent
+      in sherpa-onnx (front end, encoder, search), not in producing the waves
+      (`waves` may be a generator that reads audio files).
+    """
+    if num_streams < 1:
+        raise RecipeError(f"the number of streams must be >= 1, got {num_streams}")
+    wave_iter = iter(waves)
+    exhausted = False
+    active: list[tuple[int, Any]] = []  # (index of the wave, stream)
+    results: dict[int, SherpaResult] = {}
+    num_waves = 0
+    busy = 0.0
+    while True:
+        while not exhausted and len(active) < num_streams:
+            samples = next(wave_iter, None)  # reading audio: not timed
+            if samples is None:
+                exhausted = True
+                break
+            started = clock()
+            stream = recognizer.create_stream()
+            stream.accept_waveform(SAMPLE_RATE, with_tail_padding(samples, tail_padding_seconds))
+            stream.input_finished()
+            busy += clock() - started
+            active.append((num_waves, stream))
+            num_waves += 1
+        if not active:
+            break
+        started = clock()
+        ready = [stream for _, stream in active if recognizer.is_ready(stream)]
+        if ready:
+            recognizer.decode_streams(ready)
+        remaining = []
+        for index, stream in active:
+            if recognizer.is_ready(stream):
+                remaining.append((index, stream))
+            else:  # all its input is in and decoded
+                result = recognizer.get_result_all(stream)
+                # sherpa-onnx spells the word-start mark as a space.
+                tokens = [token.replace(" ", WORD_START) for token in result.tokens]
+                results[index] = SherpaResult(tokens, result.text.strip())
+        busy += clock() - started
+        active = remaining
+    return [results[i] for i in range(num_waves)], busy
+
+
+# ---------------------------------------------------------------- agreement --
+def part_name(test_set: str) -> str:
+    """What streaming_decode.py calls a test set: the part name, or a file's stem."""
+    return Path(test_set).name.split(".")[0]
+
+
+def streaming_settings(epoch: int, iter: int, avg: int, chunk_size: int, left_context: int,
+                       use_averaged_model: bool) -> AttributeDict:
+    """The options of a streaming_decode.py greedy run that decodes what this
+    export decodes (max_sym_per_frame 1: sherpa-onnx emits at most one token
+    per frame)."""
+    return AttributeDict(decoding_method="greedy_search", epoch=epoch, iter=iter, avg=avg,
+                         decode_chunk_size=chunk_size, left_context=left_context,
+                         max_sym_per_frame=1, use_averaged_model=use_averaged_model)
+
+
+def streaming_recogs_name(part: str, settings: AttributeDict) -> str:
+    """The name streaming_decode.py gives its recogs file of `part`."""
+    return (f"recogs-{part}-{streaming_result_key(settings)}-"
+            f"{streaming_result_suffix(settings)}.txt")
+
+
+def find_compare_file(compare_dir: Path, pattern: str | None, default_names: Sequence[str],
+                      part: str, required: bool) -> Path | None:
+    """The recogs file to compare with, or None (warned) if there is none and
+    none was asked for explicitly."""
+    patterns = [pattern.replace("{part}", part)] if pattern else list(default_names)
+    matches: list[str] = []
+    for name in patterns:
+        full = name if os.path.isabs(name) or os.sep in name else str(compare_dir / name)
+        matches += sorted(glob.glob(full))
+    matches = sorted(set(matches))
+    if len(matches) > 1:
+        raise RecipeError(f"{len(matches)} recogs files match {patterns} in {compare_dir} "
+                          f"({', '.join(Path(m).name for m in matches[:3])}, ...); pass "
+                          "--compare-recogs with the exact name")
+    if not matches:
+        message = (f"no streaming_decode.py recogs file {patterns} in {compare_dir}; run "
+                   "streaming_decode.py --decoding-method greedy_search with the export's "
+                   "--decode-chunk-size/--left-context, or pass --compare-recogs")
+        if required:
+            raise RecipeError(message)
+        logging.warning(f"{message}: agreement of {part} skipped")
+        return None
+    return Path(matches[0])
+
+
+def agreement(ours: dict[str, list[str]], sherpa: dict[str, list[str]],
+              num_examples: int = 5) -> dict[str, Any]:
+    """Fraction of the utterances of `sherpa` whose words equal those in `ours`.
+
+    Args:
+      ours: cut id -> words of streaming_decode.py.
+      sherpa: cut id -> words of sherpa-onnx.
+    Returns:
+      {num_utts, num_equal, agreement, num_missing (ids of `sherpa` that `ours`
+      lacks; not counted in num_utts), example_differences: the first
+      num_examples differing utterances by id, as (id, ours, sherpa) texts}.
+    """
+    common = sorted(set(sherpa) & set(ours))
+    different = [cut_id for cut_id in common if ours[cut_id] != sherpa[cut_id]]
+    return {
+        "num_utts": len(common),
+        "num_equal": len(common) - len(different),
+        "agreement": (len(common) - len(different)) / len(common) if common else float("nan"),
+        "num_missing": len(set(sherpa) - set(ours)),
+        "example_differences": [(cut_id, " ".join(ours[cut_id]), " ".join(sherpa[cut_id]))
+                                for cut_id in different[:num_examples]],
+    }
+
+
+# -------------------------------------------------------------------- main --
+def cut_waves(cuts: Iterable, durations: list[float]) -> Iterable[np.ndarray]:
+    """Yields the samples (S,) float32 16 kHz of every cut and appends its
+    duration in seconds (of the samples, without tail padding) to durations."""
+    for cut in cuts:
+        samples = load_cut_audio(cut)
+        durations.append(samples.size / SAMPLE_RATE)
+        yield samples
+
+
+def result_key(int8: bool) -> str:
+    return f"greedy_search-{'int8' if int8 else 'float'}"
+
+
+def save_results(res_dir: Path, part: str, key: str,
+                 results: list[tuple[str, str, str]]) -> float:
+    """recogs/errs/wer-summary files as decode.py writes them; returns the WER."""
+    write_recogs(res_dir / f"recogs-{part}-{key}.txt", results)
+    wer = write_error_stats(res_dir / f"errs-{part}-{key}.txt", f"{part}-{key}", results)
+    with open(res_dir / f"wer-summary-{part}-{key}.txt", "w") as out:
+        out.write("settings\tWER\n")
+        out.write(f"{key}\t{wer * 100:.2f}\n")
+    return wer
+
+
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    with open(path, "w") as out:
+        json.dump(value, out, indent=2)
+        out.write("\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Decodes every part; returns {part: {"wer", "rtf", "agreement" (or None)}}."""
+    args = get_parser().parse_args(argv)
+    if args.num_threads < 1:
+        raise RecipeError(f"--num-threads must be >= 1, got {args.num_threads}")
+    if args.num_decode_streams < 1:
+        raise RecipeError(f"--num-decode-streams must be >= 1, got {args.num_decode_streams}")
+    if args.tail_padding_seconds < 0 and args.tail_padding_seconds != -1:
+        raise RecipeError(f"--tail-padding-seconds must be >= 0 or -1, got "
+                          f"{args.tail_padding_seconds}")
+    suffix = export_suffix(args.epoch, args.iter, args.avg)
+    paths = onnx_export_paths(args.exp_dir, suffix, args.int8)
+    # Before creating EXP_DIR/sherpa_onnx: a wrong --exp-dir leaves nothing behind.
+    check_export(paths, suffix)
+    key = result_key(args.int8)
+    res_dir = args.exp_dir / "sherpa_onnx"
+    setup_logging(res_dir / f"log-decode-{key}")
+    chunk_size, left_context = export_streaming_config(paths["encoder"])
+    tail_padding = (flush_padding_seconds(chunk_size) if args.tail_padding_seconds == -1
+                    else args.tail_padding_seconds)
+    logging.info(f"sherpa-onnx on {paths['encoder'].name} (and decoder, joiner): chunks of "
+                 f"{chunk_size} frames, {left_context} frames of left context, "
+                 f"{tail_padding:.2f} s of tail padding, {args.num_threads} thread(s), "
+                 f"{args.num_decode_streams} streams")
+    recognizer = build_recognizer(args.exp_dir, suffix, args.int8, args.num_threads)
+
+    compare_dir = args.compare_dir or args.exp_dir / "streaming" / "greedy_search"
+    streaming = streaming_settings(args.epoch, args.iter, args.avg, chunk_size, left_context,
+                                   args.use_averaged_model)
+    compare_required = args.compare_dir is not None or args.compare_recogs is not None
+    data = LibriSpeechAsrDataModule(argparse.Namespace(manifest_dir=args.manifest_dir))
+    summary: dict[str, dict[str, Any]] = {}
+    for test_set in args.parts:
+        part = part_name(test_set)
+        cuts = list(data.cuts_by_name_or_path(test_set))
+        if not cuts:
+            raise RecipeError(f"cut set {test_set} is empty")
+        compare_file = find_compare_file(
+            compare_dir, args.compare_recogs, [streaming_recogs_name(part, streaming)],
+            part, compare_required)
+
+        durations: list[float] = []
+        sherpa, processing_seconds = decode_waves(
+            recognizer, cut_waves(cuts, durations), tail_padding, args.num_decode_streams)
+        audio_seconds = sum(durations)
+        results = [(cut.id, " ".join(s.text for s in cut.supervisions if s.text), r.text)
+                   for cut, r in zip(cuts, sherpa)]
+        res_dir.mkdir(parents=True, exist_ok=True)
+        wer = save_results(res_dir, part, key, results)
+        rtf = processing_seconds / audio_seconds if audio_seconds > 0 else float("nan")
+        write_json(res_dir / f"rtf-{part}-{key}.json", {
+            "rtf": rtf, "audio_seconds": audio_seconds,
+            "processing_seconds": processing_seconds, "num_threads": args.num_threads,
+            "num_utterances": len(cuts), "num_decode_streams": args.num_decode_streams,
+            "tail_padding_seconds": tail_padding,
+            "model": str(paths["encoder"]),
+            "definition": "processing_seconds: wall time of sherpa-onnx's feature "
+            "extraction, encoder and search (tail padding included); model loading and "
+            "audio reading excluded; audio_seconds without the tail padding",
+        })
+        logging.info(f"{part} {key}: WER {wer * 100:.2f}% ({len(cuts)} utterances); RTF "
+                     f"{rtf:.4f} ({processing_seconds:.2f} s for {audio_seconds:.2f} s of audio)")
+
+        agreed = None
+        if compare_file is not None:
+            try:
+                ours = {cut_id: hyp for cut_id, (_, hyp) in read_recogs(compare_file).items()}
+            except ValueError as error:
+                raise RecipeError(str(error)) from error
+            agreed = agreement(ours, {cut.id: r.words for cut, r in zip(cuts, sherpa)})
+            agreed["compare_file"] = str(compare_file)
+            write_json(res_dir / f"agreement-{part}-{key}.json", agreed)
+            missing = f", {agreed['num_missing']} not in it" if agreed["num_missing"] else ""
+            logging.info(f"{part} {key}: agreement with {compare_file.name}: "
+                         f"{agreed['num_equal']}/{agreed['num_utts']} = "
+                         f"{agreed['agreement'] * 100:.2f}% of the utterances{missing}")
+        summary[part] = {"wer": wer, "rtf": rtf,
+                         "agreement": None if agreed is None else agreed["agreement"]}
+    logging.info(f"results in {res_dir}")
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, RecipeError) as error:
+        if os.environ.get("RECIPE_DEBUG"):
+            raise
+        print(f"sherpa_onnx_decode.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
