@@ -34,12 +34,14 @@ Outputs in EXP_DIR/<decoding-method>/, for each test set PART:
   recogs-PART-KEY-SUFFIX.txt       reference and hypothesis of every utterance
   errs-PART-KEY-SUFFIX.txt         alignments, frequent errors, per-word stats
   wer-summary-PART-KEY-SUFFIX.txt  "settings  WER"
+  speed-PART-KEY-SUFFIX.json       decoding time, RTF and utterances/s
   log-decode-SUFFIX-*              the log (WER and speed per part)
 where KEY holds the search settings (e.g. beam_size_4) and SUFFIX the model
 (e.g. epoch-30-avg-10-use-averaged-model, plus -streaming-chunk-size-16-left-context-64).
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -71,13 +73,7 @@ from pruned_transducer_stateless4.model_config import (
     apply_checkpoint_model_options,
     get_transducer_model,
 )
-from shared.checkpoint import (
-    average_state_dicts,
-    averaged_model_between,
-    find_checkpoints,
-    load_checkpoint_file,
-    load_model_state,
-)
+from shared.checkpoint import load_averaged_model, load_checkpoint_file, select_checkpoints
 from shared.fsa_graph import (
     DecodingGraph,
     load_decoding_graph,
@@ -178,62 +174,20 @@ def get_params() -> AttributeDict:
 
 
 # ------------------------------------------------------------- checkpoints --
-def checkpoint_paths(params: AttributeDict) -> tuple[str, list[Path]]:
-    """(description, paths): the checkpoints to use and how.
-
-    description is "average" (average the `model` entries of paths),
-    "single" (one path) or "between" (paths = [start, end]: the running
-    average between them).
-    """
-    exp_dir, avg = params.exp_dir, params.avg
-    if avg < 1:
-        raise RecipeError(f"--avg must be >= 1, not {avg}")
-    if params.iter > 0:
-        needed = avg + 1 if params.use_averaged_model else avg
-        paths = find_checkpoints(exp_dir, params.iter)[:needed]
-        if len(paths) < needed:
-            raise RecipeError(
-                f"--iter {params.iter} --avg {avg}"
-                f"{' --use-averaged-model true' if params.use_averaged_model else ''} needs "
-                f"{needed} checkpoint-B.pt files with B <= {params.iter} in {exp_dir}, "
-                f"found {len(paths)}"
-            )
-        paths.reverse()  # oldest first
-        if params.use_averaged_model:
-            return "between", [paths[0], paths[-1]]
-        return ("single", paths) if avg == 1 else ("average", paths)
-    if params.epoch < 1:
-        raise RecipeError(f"--epoch must be >= 1, not {params.epoch}")
-    if params.use_averaged_model:
-        start = params.epoch - avg
-        if start < 1:
-            raise RecipeError(
-                f"--use-averaged-model true with --epoch {params.epoch} --avg {avg} needs "
-                f"epoch-{start}.pt; use --epoch > --avg or --use-averaged-model false"
-            )
-        return "between", [exp_dir / f"epoch-{start}.pt", exp_dir / f"epoch-{params.epoch}.pt"]
-    start = params.epoch - avg + 1
-    if start < 1:
-        raise RecipeError(f"--epoch {params.epoch} --avg {avg} needs epochs {start}.."
-                          f"{params.epoch}; use --avg <= --epoch")
-    paths = [exp_dir / f"epoch-{e}.pt" for e in range(start, params.epoch + 1)]
-    return ("single", paths) if avg == 1 else ("average", paths)
-
-
 def load_model(params: AttributeDict, explicit: set[str], device: torch.device) -> torch.nn.Module:
-    """Builds the model with the checkpoint's options and loads (averaged) weights."""
-    how, paths = checkpoint_paths(params)
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-    newest = load_checkpoint_file(paths[-1])
+    """Builds the model with the checkpoint's options and loads the weights that
+    --epoch/--iter/--avg/--use-averaged-model name (shared.checkpoint, the same
+    selection as streaming_decode.py and export.py)."""
+    paths = select_checkpoints(params.exp_dir, params.epoch, params.iter, params.avg,
+                               params.use_averaged_model)
+    newest = load_checkpoint_file(paths[0])
     stored: dict[str, Any] = newest.get("params") or {}
     if not stored:
-        logging.warning(f"{paths[-1]} holds no 'params'; using the command-line model options")
+        logging.warning(f"{paths[0]} holds no 'params'; using the command-line model options")
 
     if "vocab_size" in stored and stored["vocab_size"] != params.vocab_size:
         raise RecipeError(
-            f"{params.bpe_model} has {params.vocab_size} tokens but {paths[-1]} was trained "
+            f"{params.bpe_model} has {params.vocab_size} tokens but {paths[0]} was trained "
             f"with {stored['vocab_size']}; pass the --bpe-model used in training"
         )
     # Only options the user typed can disagree with the checkpoint.
@@ -241,27 +195,14 @@ def load_model(params: AttributeDict, explicit: set[str], device: torch.device) 
         if name in params and name not in explicit and name in stored and \
                 name not in ("vocab_size", "blank_id"):
             del params[name]
-    apply_checkpoint_model_options(params, stored, str(paths[-1]))
+    apply_checkpoint_model_options(params, stored, str(paths[0]))
     model = get_transducer_model(params)
-
-    if how == "single":
-        logging.info(f"loading {paths[0]}")
-        state = newest["model"]
-    elif how == "average":
-        logging.info(f"averaging {len(paths)} checkpoints: {', '.join(p.name for p in paths)}")
-        state = average_state_dicts(paths)
-    else:
-        start = load_checkpoint_file(paths[0])
-        for checkpoint, path in ((start, paths[0]), (newest, paths[1])):
-            if "batch_idx_train" not in (checkpoint.get("params") or {}):
-                raise RecipeError(f"{path} holds no training counters; is it a training "
-                                  "checkpoint? (for an exported model use "
-                                  "--use-averaged-model false)")
-        if start["params"]["batch_idx_train"] >= newest["params"]["batch_idx_train"]:
-            raise RecipeError(f"{paths[0]} is not older than {paths[1]}")
-        logging.info(f"using the averaged model between {paths[0].name} and {paths[1].name}")
-        state = averaged_model_between(start, newest)
-    load_model_state(model, state, paths[-1])
+    if params.use_averaged_model and "batch_idx_train" not in stored:
+        raise RecipeError(f"{paths[0]} holds no training counters; is it a training "
+                          "checkpoint? (for an exported model use --use-averaged-model false)")
+    description = load_averaged_model(model, params.exp_dir, params.epoch, params.iter,
+                                      params.avg, params.use_averaged_model)
+    logging.info(f"loaded the {description}")
     model.to(device)
     model.eval()
     return model
@@ -450,6 +391,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             params, model, sp, dataloader, part, decoding_graph, word_table)
         wer = save_results(params, part, results)
         wers[part] = wer
+        speed = {"utterances": len(results), "audio_seconds": audio_seconds,
+                 "decoding_seconds": seconds, "rtf": seconds / max(audio_seconds, 1e-9),
+                 "utterances_per_second": len(results) / max(seconds, 1e-9),
+                 "num_threads": torch.get_num_threads()}
+        key, suffix = result_key(params), result_suffix(params)
+        speed_path = params.res_dir / f"speed-{part}-{key}-{suffix}.json"
+        speed_path.write_text(json.dumps(speed, indent=2) + "\n")
         logging.info(
             f"{part}: {params.decoding_method} WER {wer * 100:.2f}% on {len(results)} "
             f"utterances; {seconds:.1f} s for {audio_seconds:.1f} s of audio "

@@ -121,14 +121,16 @@ def test_decode_averaging_options(in_recipe, decode_exp_dir):
     common = ["--exp-dir", str(decode_exp_dir), "--test-sets", "test-clean", *SEARCH_ARGS]
     res_dir = decode_exp_dir / "greedy_search"
     decode.main(["--epoch", "2", "--avg", "2", "--use-averaged-model", "false", *common])
-    assert "averaging 2 checkpoints: epoch-1.pt, epoch-2.pt" in decode_logs(res_dir)
+    assert "average of the models of 2 checkpoints epoch-1.pt .. epoch-2.pt" in \
+        decode_logs(res_dir)
     decode.main(["--iter", str(batches[-1]), "--avg", "1", "--use-averaged-model", "true",
                  *common])
-    assert (f"averaged model between checkpoint-{batches[-2]}.pt and "
-            f"checkpoint-{batches[-1]}.pt") in decode_logs(res_dir)
+    assert (f"averaged model of the batches between checkpoint-{batches[-2]}.pt (batch "
+            f"{batches[-2]}) and checkpoint-{batches[-1]}.pt") in decode_logs(res_dir)
     decode.main(["--iter", str(batches[-1]), "--avg", "2", "--use-averaged-model", "false",
                  *common])
-    assert f"checkpoint-{batches[-2]}.pt, checkpoint-{batches[-1]}.pt" in decode_logs(res_dir)
+    assert (f"2 checkpoints checkpoint-{batches[-2]}.pt .. checkpoint-{batches[-1]}.pt"
+            in decode_logs(res_dir))
     # A model option typed on the command line that the checkpoint contradicts
     # is reported and ignored.
     decode.main(["--epoch", "2", "--avg", "1", "--use-averaged-model", "false",
@@ -151,8 +153,8 @@ def test_decode_errors_are_one_line(in_recipe, decode_exp_dir, tmp_path):
          "checkpoint", "does not exist"),
         (["--epoch", "3", "--avg", "1", "--use-averaged-model", "false"],
          "epoch-3.pt", "unreadable"),
-        (["--epoch", "2", "--avg", "2", "--use-averaged-model", "true"],
-         "--use-averaged-model true", "epoch-0.pt"),
+        (["--epoch", "2", "--avg", "3", "--use-averaged-model", "true"],
+         "--avg 3", "too large for --epoch 2"),
         (["--epoch", "2", "--avg", "1", "--use-averaged-model", "false",
           "--decoding-method", "fast_beam_search_LG", "--lang-dir", str(tmp_path / "nolang")],
          "LG.fst not found", "prepare.sh --stage 5"),
