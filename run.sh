@@ -12,24 +12,27 @@
 #   4 decode          decode.py, simulated streaming, greedy/modified_beam/fast_beam/LG
 #   5 streaming       streaming_decode.py, real chunk-by-chunk streaming, greedy
 #   6 export          export.py: pretrained.pt, cpu_jit.pt, ONNX for sherpa-onnx
-#   7 pretrained      pretrained.py on one test wav
-#   8 results         make_results.py: $exp_dir/RESULTS.md and plots/ (always rerun: cheap,
+#   7 sherpa          sherpa_onnx_decode.py: sherpa-onnx (float and int8) on the export,
+#                     agreement with streaming_decode.py
+#   8 pretrained      pretrained.py on one test wav
+#   9 results         make_results.py: $exp_dir/RESULTS.md and plots/ (always rerun: cheap,
 #                     and its inputs change whenever a step above reruns)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 synth_hours=5
 num_epochs=30
-max_train_minutes=25
+max_train_minutes=27
 world_size=1
 exp_dir=exp/pruned_transducer_stateless4
 corpus=synth
 dl_dir=download
-vocab_size=500
+vocab_size=256
 nj=2
 chunk_size=16
 left_context=64
 model_args=""
+enable_musan=false
 
 help_message="Usage: $0 [options]
 
@@ -48,6 +51,8 @@ Options:
   --nj N                 parallel jobs for data preparation [$nj]
   --chunk-size C         decode chunk (encoder frames, 40 ms each) [$chunk_size]
   --left-context L       decode left context (encoder frames) [$left_context]
+  --enable-musan B       mix generated noise into training cuts (the generated
+                         corpus already carries noise and reverberation) [$enable_musan]
   --model-args 'ARGS'    extra model options for train.py, e.g. '--encoder-dim 256' ['$model_args']"
 
 . shared/parse_options.sh
@@ -97,7 +102,8 @@ train() {
   # shellcheck disable=SC2086
   ./pruned_transducer_stateless4/train.py --world-size "$world_size" \
     --num-epochs "$num_epochs" --max-train-minutes "$max_train_minutes" --exp-dir "$exp_dir" \
-    --bpe-model "$lang_dir/bpe.model" --save-every-n 500 --keep-last-k 10 "${resume[@]}" $model_args
+    --bpe-model "$lang_dir/bpe.model" --save-every-n 500 --keep-last-k 10 \
+    --enable-musan "$enable_musan" "${resume[@]}" $model_args
 }
 done_or_run train train
 
@@ -130,6 +136,15 @@ export_model() {
   done
 }
 done_or_run export export_model
+
+sherpa() {
+  for int8 in false true; do
+    step "sherpa-onnx: int8 $int8"
+    ./pruned_transducer_stateless4/sherpa_onnx_decode.py "${model_selection[@]}" \
+      --exp-dir "$exp_dir" --int8 "$int8" --num-threads 1
+  done
+}
+done_or_run sherpa sherpa
 
 wav=$(find "$dl_dir/LibriSpeech/test-clean" -name "*.flac" | sort | head -1)
 done_or_run pretrained ./pruned_transducer_stateless4/pretrained.py \
