@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+config=default
 synth_hours=5
 num_epochs=30
 max_train_minutes=27
@@ -40,6 +41,10 @@ Runs set-up, data preparation, training, decoding, streaming and export of the
 streaming Conformer transducer recipe.
 
 Options:
+  --config NAME          default (about 45 min on 2 cores, 27 min of training) or
+                         long (about 150 min, 125 min of training, in
+                         exp/pruned_transducer_stateless4_long; same data); explicit
+                         options below override it [$config]
   --synth-hours H        hours of generated training audio [$synth_hours]
   --num-epochs N         maximum training epochs [$num_epochs]
   --max-train-minutes M  stop training after M minutes (0 = no limit) [$max_train_minutes]
@@ -55,7 +60,18 @@ Options:
                          corpus already carries noise and reverberation) [$enable_musan]
   --model-args 'ARGS'    extra model options for train.py, e.g. '--encoder-dim 256' ['$model_args']"
 
+given_options=" $* "
 . shared/parse_options.sh
+
+case "$config" in
+  default) ;;
+  long)
+    # Only the values the user did not set on the command line change.
+    [[ $given_options == *" --max-train-minutes"* ]] || max_train_minutes=125
+    [[ $given_options == *" --exp-dir"* ]] || exp_dir=exp/pruned_transducer_stateless4_long
+    ;;
+  *) echo "run.sh: error: --config must be default or long, not '$config'" >&2; exit 1;;
+esac
 
 start_time=$(date +%s)
 run_log=$exp_dir/log/run-sh.log
