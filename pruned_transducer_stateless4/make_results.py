@@ -37,7 +37,6 @@ Writes EXP_DIR/RESULTS.md (also printed) and EXP_DIR/plots/{loss,valid_wer,wer_b
 """
 
 import argparse
-import ast
 import json
 import logging
 import math
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from pruned_transducer_stateless4.model_config import MODEL_OPTION_NAMES
+from shared.metrics import read_recogs
 from shared.utils import str2bool
 
 # The scalar tags train.py writes (tests/test_make_results.py checks that train.py
@@ -321,22 +321,6 @@ def command_for(result: WerResult, settings: Settings, exp_dir: Path,
 
 
 # ----------------------------------------------------------------- agreement --
-def read_recogs(path: Path) -> dict[str, tuple[list[str], list[str]]]:
-    """{cut_id: (ref words, hyp words)} from a recogs file of shared.metrics.write_recogs
-    (`id:\\tref=[...]` and `id:\\thyp=[...]` lines, the lists in Python repr)."""
-    refs: dict[str, list[str]] = {}
-    hyps: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
-        if ":\t" not in line:
-            continue
-        cut_id, rest = line.split(":\t", 1)
-        for tag, table in (("ref=", refs), ("hyp=", hyps)):
-            if rest.startswith(tag):
-                words = ast.literal_eval(rest[len(tag):])
-                table[cut_id] = [str(word) for word in words]
-    return {cut_id: (refs.get(cut_id, []), hyp) for cut_id, hyp in hyps.items()}
-
-
 @dataclass
 class Agreement:
     part: str
