@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from lhotse import load_manifest
+from scratch_exp import link_exp_dir
 
 from pruned_transducer_stateless4 import decode
 
@@ -69,9 +70,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         subset_path = Path(tmp) / "bench.jsonl.gz"
+        exp_dir = link_exp_dir(args.exp_dir, Path(tmp) / "exp")
         cuts.subset(first=min(args.max_utts, len(cuts))).to_file(subset_path)
         for method in args.methods.split(","):
-            model_args = ["--exp-dir", str(args.exp_dir), "--avg", str(args.avg),
+            model_args = ["--exp-dir", str(exp_dir), "--avg", str(args.avg),
                           "--use-averaged-model", args.use_averaged_model]
             model_args += (["--iter", str(args.iter)] if args.iter > 0
                            else ["--epoch", str(args.epoch)])
@@ -82,9 +84,8 @@ def main() -> None:
                 "--simulate-streaming", "true", "--decode-chunk-size",
                 str(args.decode_chunk_size), "--left-context", str(args.left_context),
             ])
-            speed_files = sorted((args.exp_dir / method).glob("speed-bench-*.json"),
-                                 key=lambda p: p.stat().st_mtime)
-            speed = json.loads(speed_files[-1].read_text())
+            speed_file, = (exp_dir / method).glob("speed-bench-*.json")
+            speed = json.loads(speed_file.read_text())
             rows.append({"method": method, "wer": wers["bench"] * 100, **speed})
     print(f"\n{rows[0]['utterances']} utterances of {args.test_set} "
           f"({rows[0]['audio_seconds']:.0f} s of audio), {args.num_threads} thread(s), "

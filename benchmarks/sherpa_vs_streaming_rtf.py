@@ -27,8 +27,9 @@ Usage (the checkpoints and the ONNX export of the same --epoch/--avg in
   python benchmarks/sherpa_vs_streaming_rtf.py ... --max-utts 20 --output-json rtf.json
 
 With --max-utts N the first N cuts are written to a temporary cut set named
-PART-first-N, so the results in EXP_DIR (streaming/greedy_search,
-sherpa_onnx) go under that name and do not replace those of the whole part.
+PART-first-N.  The scripts' result files go to a temporary directory of links
+to EXP_DIR's checkpoints and exports (benchmarks/scratch_exp.py), never into
+EXP_DIR itself.
 """
 
 import argparse
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from lhotse import CutSet
+from scratch_exp import link_exp_dir
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.sherpa_onnx_decode import (
@@ -132,7 +134,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
         CutSet.from_cuts(islice(cuts, args.max_utts)).to_file(subset)
         test_set = str(subset)
     part = part_name(test_set)
-    model = ["--exp-dir", str(args.exp_dir), "--epoch", str(args.epoch), "--iter",
+    exp_dir = link_exp_dir(args.exp_dir, work_dir / "exp")
+    model = ["--exp-dir", str(exp_dir), "--epoch", str(args.epoch), "--iter",
              str(args.iter), "--avg", str(args.avg), "--use-averaged-model",
              str(args.use_averaged_model).lower()]
     common = ["--manifest-dir", str(args.manifest_dir),
@@ -144,7 +147,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
         "--decoding-method", "greedy_search", "--num-threads", "1",
         "--decode-chunk-size", str(chunk_size), "--left-context", str(left_context),
         "--simulate-realtime", "false"])
-    res_dir = args.exp_dir / "streaming" / "greedy_search"
+    res_dir = exp_dir / "streaming" / "greedy_search"
     settings = streaming_settings(args.epoch, args.iter, args.avg, chunk_size, left_context,
                                   args.use_averaged_model)
     names = f"{part}-{streaming_result_key(settings)}-{streaming_result_suffix(settings)}"
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
             *model, *common, "--parts", test_set, "--int8", str(int8).lower(),
             "--num-threads", "1"])
         key = result_key(int8)
-        sherpa_dir = args.exp_dir / "sherpa_onnx"
+        sherpa_dir = exp_dir / "sherpa_onnx"
         rtf = read_json(sherpa_dir / f"rtf-{part}-{key}.json")
         agreement = read_json(sherpa_dir / f"agreement-{part}-{key}.json")
         rows.append({"system": f"sherpa-onnx {'int8' if int8 else 'float'}", "threads": 1,
