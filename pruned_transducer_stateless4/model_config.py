@@ -59,6 +59,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Causal depthwise convolution in the encoder (needed for streaming).")
     group.add_argument("--use-ctc", type=str2bool, default=True,
                        help="Auxiliary CTC head on the encoder (see --ctc-loss-scale in train.py).")
+    group.add_argument("--encoder-dropout", type=float, default=0.1,
+                       help="Dropout in the encoder's feed-forward, attention and positional "
+                       "encoding (training only).")
 
 
 def get_transducer_model(params: dict[str, Any]) -> Transducer:
@@ -75,6 +78,7 @@ def get_transducer_model(params: dict[str, Any]) -> Transducer:
         dynamic_chunk_training=params.get("dynamic_chunk_training", False),
         short_chunk_size=params.get("short_chunk_size", 25),
         num_left_chunks=params.get("num_left_chunks", 4),
+        dropout=params.get("encoder_dropout", 0.1),
     )
     decoder = Decoder(
         vocab_size=params["vocab_size"],

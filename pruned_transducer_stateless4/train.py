@@ -409,6 +409,12 @@ def train_one_epoch(
 
         out_of_time = (params.max_train_minutes > 0
                        and params.train_seconds >= params.max_train_minutes * 60)
+        if world_size > 1 and params.max_train_minutes > 0:
+            # Ranks time their own steps; they must stop at the same batch, or
+            # the one still training waits forever in the gradient all-reduce.
+            out_of_time_flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
+            dist.all_reduce(out_of_time_flag, op=dist.ReduceOp.MAX)
+            out_of_time = out_of_time_flag.item() > 0.0
         if params.batch_idx_train % params.valid_interval == 0 or out_of_time:
             run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank,
                            world_size)
