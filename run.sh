@@ -33,12 +33,13 @@ nj=2
 chunk_size=16
 left_context=64
 # 4 layers of d=144 rather than train.py's 6 x 192: on 2 CPU cores the small
-# model does 157 s of audio per second against 68, and in this budget it
+# model does ~145 s of audio per second against ~70, and in this budget it
 # learns as much per batch as the large one (see README, "What limits accuracy").
 model_args="--num-encoder-layers 4 --encoder-dim 144 --dim-feedforward 576"
-# No SpecAugment and no dropout: with under 30 minutes of training the model
-# underfits, and regularisation tripled the batches it took to leave the
-# blank-only plateau. A larger CTC weight shortens that plateau further.
+# No SpecAugment and no dropout: in the first epochs the model underfits, and
+# regularisation took 2.7x the batches to leave the blank-only plateau; putting
+# SpecAugment back after epoch 3 did not pay off within 28 minutes either.
+# A larger CTC weight shortens that plateau further.
 train_args="--enable-spec-aug false --encoder-dropout 0 --ctc-loss-scale 0.5"
 enable_musan=false
 

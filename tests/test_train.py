@@ -57,6 +57,23 @@ def test_ddp_world_size_2_keeps_replicas_identical(prepared_dir: Path, monkeypat
     assert (exp_dir / "epoch-1.pt").is_file()
 
 
+def test_ddp_max_train_minutes_stops_every_rank_at_the_same_batch(prepared_dir: Path,
+                                                                  monkeypatch):
+    """Each rank times its own steps; a rank that stopped alone would leave the
+    other waiting in the gradient all-reduce until the timeout."""
+    monkeypatch.chdir(prepared_dir)
+    exp_dir = prepared_dir / "exp/ddp-time"
+    result = run_script(train_args(exp_dir, "--world-size", "2", "--num-epochs", "5",
+                                   "--max-train-minutes", "0.01", "--master-port", "29519"),
+                        prepared_dir, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = read_logs(exp_dir)
+    stops = re.findall(r"--max-train-minutes 0.01 reached at batch (\d+)", logs)
+    assert len(stops) == 2 and stops[0] == stops[1], stops
+    checksums = re.findall(r"rank (\d) final parameter checksum (\S+)", logs)
+    assert len(checksums) == 2 and checksums[0][1] == checksums[1][1], checksums
+
+
 def test_resume_from_checkpoint_reproduces_the_next_losses(prepared_dir: Path, monkeypatch):
     monkeypatch.chdir(prepared_dir)
     full_dir = prepared_dir / "exp/resume-full"
