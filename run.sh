@@ -49,7 +49,7 @@ Runs set-up, data preparation, training, decoding, streaming and export of the
 streaming Conformer transducer recipe.
 
 Options:
-  --config NAME          default (about 42 min on 2 cores, 28 min of training) or
+  --config NAME          default (about 40 min on 2 cores, 28 min of training) or
                          long (about 150 min, 125 min of training, in
                          exp/pruned_transducer_stateless4_long; same data); explicit
                          options below override it [$config]

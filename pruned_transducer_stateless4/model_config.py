@@ -60,8 +60,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--use-ctc", type=str2bool, default=True,
                        help="Auxiliary CTC head on the encoder (see --ctc-loss-scale in train.py).")
     group.add_argument("--encoder-dropout", type=float, default=0.1,
-                       help="Dropout in the encoder's feed-forward, attention and positional "
-                       "encoding (training only).")
+                       help="Dropout rate of the encoder (residual branches, feed-forward "
+                       "hidden layers, attention weights, positional encoding); training only.")
 
 
 def get_transducer_model(params: dict[str, Any]) -> Transducer:
