@@ -148,9 +148,18 @@ decode() {
 }
 done_or_run decode decode
 
-done_or_run streaming ./pruned_transducer_stateless4/streaming_decode.py "${model_selection[@]}" \
-  --exp-dir "$exp_dir" --bpe-model "$lang_dir/bpe.model" --decoding-method greedy_search \
-  --decode-chunk-size "$chunk_size" --left-context "$left_context" --num-decode-streams 100
+streaming() {
+  # Without tail padding real streaming computes what simulated streaming
+  # does; with sherpa-onnx's (-1) it decodes the samples sherpa-onnx decodes.
+  for tail_padding in 0 -1; do
+    step "streaming: tail padding $tail_padding"
+    ./pruned_transducer_stateless4/streaming_decode.py "${model_selection[@]}" \
+      --exp-dir "$exp_dir" --bpe-model "$lang_dir/bpe.model" --decoding-method greedy_search \
+      --decode-chunk-size "$chunk_size" --left-context "$left_context" \
+      --num-decode-streams 100 --tail-padding-seconds "$tail_padding"
+  done
+}
+done_or_run streaming streaming
 
 export_model() {
   for format in "" "--jit 1" "--onnx 1"; do

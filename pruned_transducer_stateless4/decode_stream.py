@@ -147,6 +147,25 @@ def num_encoder_frames(num_feature_frames: int) -> int:
     return max(((num_feature_frames - 1) // 2 - 1) // 2, 0)
 
 
+def flush_padding_seconds(chunk_size: int) -> float:
+    """Silence after the speech that makes a runtime that runs only full encoder
+    windows (sherpa-onnx) decode all of it.
+
+    Such a runtime runs a window of 4 * chunk_size + 7 feature frames only when
+    one more frame is ready, and the window advances by 4 * chunk_size frames,
+    so a speech frame that starts a window is decoded only once
+    4 * chunk_size + 7 frames follow it; one frame more covers the rounding of
+    the frame count of the padded audio.  0.72 s for chunks of 16.
+    """
+    return (SUBSAMPLING_FACTOR * chunk_size + PAD_LENGTH + 1) * FRAME_SHIFT_MS / 1000
+
+
+def with_tail_padding(samples: np.ndarray, seconds: float) -> np.ndarray:
+    """samples (S,) at 16 kHz followed by `seconds` of zeros, as float32 (S + P,)."""
+    tail = np.zeros(int(round(seconds * SAMPLE_RATE)), dtype=np.float32)
+    return np.concatenate([np.asarray(samples, dtype=np.float32), tail])
+
+
 @dataclass
 class ChunkRecord:
     """One processed chunk of a stream.

@@ -39,15 +39,20 @@ Outputs in EXP_DIR/sherpa_onnx/, KEY = greedy_search-float or greedy_search-int8
 
 Agreement.  streaming_decode.py --decoding-method greedy_search writes
 EXP_DIR/streaming/greedy_search/recogs-PART-greedy_search-SUFFIX-streaming-
-chunk-size-C-left-context-L-max-sym-per-frame-1[-use-averaged-model].txt; by
-default the file of the same checkpoint suffix and of the export's chunk size
-C and left context L (read from the encoder's metadata) is used.  If none
-exists the agreement is skipped with a warning, unless --compare-dir or
---compare-recogs was given, which makes it an error.  Expect small
-disagreements at the ends of utterances: streaming_decode.py pads the last
-partial chunk with the log-floor and uses only its real frames, while
-sherpa-onnx gets silence and drops what does not fill a window; sherpa-onnx's
-greedy search also treats <unk> as blank.
+chunk-size-C-left-context-L-max-sym-per-frame-1[-use-averaged-model]
+[-tail-padding-S].txt; by default the file of the same checkpoint suffix, of
+the export's chunk size C and left context L (read from the encoder's
+metadata) and of this run's tail padding S is used (streaming_decode.py
+--tail-padding-seconds -1 gives it the default padding), else the unpadded
+one.  If none exists the agreement is skipped with a warning, unless
+--compare-dir or --compare-recogs was given, which makes it an error.
+Against the padded file both decode the same samples; the remaining
+differences come from float arithmetic, from streaming_decode.py also
+decoding the last partial chunk of silence, and from sherpa-onnx's greedy
+search treating <unk> as blank.  Against the unpadded file expect more at the
+ends of utterances: there streaming_decode.py pads the last partial chunk with
+the log floor and uses only its real frames, while sherpa-onnx's last frames
+see silence in their chunk.
 """
 
 import argparse
@@ -65,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
+from pruned_transducer_stateless4.decode_stream import flush_padding_seconds, with_tail_padding
 from pruned_transducer_stateless4.export import onnx_suffix
 from pruned_transducer_stateless4.streaming_decode import load_cut_audio
 from pruned_transducer_stateless4.streaming_decode import result_key as streaming_result_key
@@ -76,7 +82,6 @@ from shared.metrics import read_recogs, write_error_stats, write_recogs
 from shared.utils import AttributeDict, RecipeError, setup_logging, str2bool
 
 ONNX_PARTS = ("encoder", "decoder", "joiner")
-FRAME_SHIFT_SECONDS = 0.01  # of the fbank front end
 WORD_START = "\u2581"  # sentencepiece's word-start mark
 
 
@@ -196,24 +201,6 @@ class SherpaResult:
         return self.text.split()
 
 
-def flush_padding_seconds(chunk_size: int) -> float:
-    """Silence after the speech that makes sherpa-onnx decode all of it.
-
-    sherpa-onnx runs an encoder window of 4 * chunk_size + 7 feature frames
-    only when one more frame is ready, and the window advances by
-    4 * chunk_size frames, so a speech frame that starts a window is decoded
-    only once 4 * chunk_size + 7 frames follow it; one frame more covers the
-    rounding of the frame count of the padded audio.
-    """
-    return (4 * chunk_size + 8) * FRAME_SHIFT_SECONDS
-
-
-def with_tail_padding(samples: np.ndarray, seconds: float) -> np.ndarray:
-    """samples (S,) float32 at 16 kHz followed by `seconds` of zeros."""
-    tail = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
-    return np.concatenate([np.asarray(samples, dtype=np.float32), tail])
-
-
 def decode_waves(
     recognizer,
     waves: Iterable[np.ndarray],
@@ -282,13 +269,15 @@ def part_name(test_set: str) -> str:
 
 
 def streaming_settings(epoch: int, iter: int, avg: int, chunk_size: int, left_context: int,
-                       use_averaged_model: bool) -> AttributeDict:
+                       use_averaged_model: bool,
+                       tail_padding_seconds: float = 0.0) -> AttributeDict:
     """The options of a streaming_decode.py greedy run that decodes what this
     export decodes (max_sym_per_frame 1: sherpa-onnx emits at most one token
     per frame)."""
     return AttributeDict(decoding_method="greedy_search", epoch=epoch, iter=iter, avg=avg,
                          decode_chunk_size=chunk_size, left_context=left_context,
-                         max_sym_per_frame=1, use_averaged_model=use_averaged_model)
+                         max_sym_per_frame=1, use_averaged_model=use_averaged_model,
+                         tail_padding_seconds=tail_padding_seconds)
 
 
 def streaming_recogs_name(part: str, settings: AttributeDict) -> str:
@@ -300,12 +289,15 @@ def streaming_recogs_name(part: str, settings: AttributeDict) -> str:
 def find_compare_file(compare_dir: Path, pattern: str | None, default_names: Sequence[str],
                       part: str, required: bool) -> Path | None:
     """The recogs file to compare with, or None (warned) if there is none and
-    none was asked for explicitly."""
+    none was asked for explicitly.  Without `pattern`, the first of
+    `default_names` that exists."""
     patterns = [pattern.replace("{part}", part)] if pattern else list(default_names)
     matches: list[str] = []
     for name in patterns:
         full = name if os.path.isabs(name) or os.sep in name else str(compare_dir / name)
         matches += sorted(glob.glob(full))
+        if matches and not pattern:
+            break
     matches = sorted(set(matches))
     if len(matches) > 1:
         raise RecipeError(f"{len(matches)} recogs files match {patterns} in {compare_dir} "
@@ -404,8 +396,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     recognizer = build_recognizer(args.exp_dir, suffix, args.int8, args.num_threads)
 
     compare_dir = args.compare_dir or args.exp_dir / "streaming" / "greedy_search"
-    streaming = streaming_settings(args.epoch, args.iter, args.avg, chunk_size, left_context,
-                                   args.use_averaged_model)
+    # Preferably the streaming_decode.py run that got the same silence at the
+    # end of every utterance (--tail-padding-seconds), else the unpadded one.
+    compare_names = [
+        streaming_settings(args.epoch, args.iter, args.avg, chunk_size, left_context,
+                           args.use_averaged_model, padding)
+        for padding in dict.fromkeys([tail_padding, 0.0])
+    ]
     compare_required = args.compare_dir is not None or args.compare_recogs is not None
     data = LibriSpeechAsrDataModule(argparse.Namespace(manifest_dir=args.manifest_dir))
     summary: dict[str, dict[str, Any]] = {}
@@ -415,7 +412,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         if not cuts:
             raise RecipeError(f"cut set {test_set} is empty")
         compare_file = find_compare_file(
-            compare_dir, args.compare_recogs, [streaming_recogs_name(part, streaming)],
+            compare_dir, args.compare_recogs,
+            [streaming_recogs_name(part, settings) for settings in compare_names],
             part, compare_required)
 
         durations: list[float] = []

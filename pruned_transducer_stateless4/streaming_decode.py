@@ -43,6 +43,17 @@ Reported (logged, and written to latency-<part>-<key>-<suffix>.{txt,json}):
   size sets.
 * Final-result delay: clock time when the utterance's final result was
   available minus the arrival time of the end of its audio.
+
+Tail padding.  By default the last chunk of an utterance is padded with the
+log floor and only its real frames count, which gives exactly the frames of
+simulated streaming (decode.py --simulate-streaming true).  A deployed client
+instead appends silence before ending the stream, and sherpa-onnx decodes
+only full chunks, so its last frames see silence as their future context.
+--tail-padding-seconds S appends S seconds of zeros to every utterance (they
+arrive with the end of the audio and do not count in its duration); -1
+appends what sherpa_onnx_decode.py appends by default, (4 * chunk + 8) * 10
+ms, so that the two decode the same samples.  The result files then carry
+-tail-padding-S in their suffix.
 """
 
 import argparse
@@ -64,6 +75,7 @@ from pruned_transducer_stateless4.beam_search import FastBeamSearchConfig
 from pruned_transducer_stateless4.decode_stream import (
     DECODING_METHODS,
     DecodeStream,
+    flush_padding_seconds,
     stack_streams,
     token_latencies,
     unstack_streams,
@@ -142,6 +154,10 @@ def get_parser() -> argparse.ArgumentParser:
                         "clock; false delivers all of it when the stream starts.")
     parser.add_argument("--audio-piece-ms", type=float, default=100.0,
                         help="Audio arrives in pieces of this many milliseconds.")
+    parser.add_argument("--tail-padding-seconds", type=float, default=0.0,
+                        help="Seconds of silence appended to every utterance before the "
+                        "end of its stream; -1: sherpa_onnx_decode.py's default, "
+                        "(4 * chunk + 8) * 10 ms (see the module docstring).")
     add_model_arguments(parser)
     LibriSpeechAsrDataModule.add_arguments(parser)
     return parser
@@ -279,6 +295,7 @@ class _Slot:
     start: float
     ref: str
     fed: int = 0
+    tail_padding: int = 0  # samples of silence fed with the end of the audio
 
     def feed_until(self, now: float, piece: int, realtime: bool) -> None:
         """Feeds the pieces of audio that arrived by `now`."""
@@ -291,6 +308,9 @@ class _Slot:
             self.stream.accept_waveform(self.audio[self.fed:end], arrival)
             self.fed = end
         if self.fed == total and not self.stream.input_is_finished:
+            if self.tail_padding > 0:
+                self.stream.accept_waveform(np.zeros(self.tail_padding, dtype=np.float32),
+                                            self.end_time(realtime))
             self.stream.input_finished(self.end_time(realtime))
 
     def next_arrival(self, piece: int, realtime: bool) -> float:
@@ -320,6 +340,7 @@ def decode_dataset(
     piece_samples: int = 1600,
     load_audio: Callable[[Any], np.ndarray] = load_cut_audio,
     clock: Callable[[], float] = time.perf_counter,
+    tail_padding_samples: int = 0,
 ) -> tuple[list[UtteranceResult], float]:
     """Decodes every cut as a stream on the simulated clock (module docstring).
 
@@ -331,10 +352,12 @@ def decode_dataset(
       piece_samples: audio arrives in pieces of this many samples.
       load_audio: cut -> mono float32 samples at 16 kHz.
       clock: wall clock whose differences time the steps.
+      tail_padding_samples: zeros appended to every utterance, arriving with
+        the end of its audio (not counted in its duration).
     Returns:
       (results in completion order, processing seconds).
     """
-    assert num_decode_streams >= 1 and piece_samples >= 1
+    assert num_decode_streams >= 1 and piece_samples >= 1 and tail_padding_samples >= 0
     cut_iter = iter(cuts)
     exhausted = False
     active: list[_Slot] = []
@@ -348,7 +371,8 @@ def decode_dataset(
                 exhausted = True
                 break
             ref = " ".join(s.text for s in cut.supervisions if s.text)
-            active.append(_Slot(setup.new_stream(cut.id), load_audio(cut), now, ref))
+            active.append(_Slot(setup.new_stream(cut.id), load_audio(cut), now, ref,
+                                tail_padding=tail_padding_samples))
         if not active:
             break
 
@@ -466,7 +490,20 @@ def result_suffix(params: Any) -> str:
         suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
     if params.use_averaged_model:
         suffix += "-use-averaged-model"
+    tail_padding = tail_padding_seconds(params)
+    if tail_padding > 0:
+        suffix += f"-tail-padding-{tail_padding:.2f}"
     return suffix
+
+
+def tail_padding_seconds(params: Any) -> float:
+    """--tail-padding-seconds, with -1 resolved (0 when the option is absent)."""
+    seconds = getattr(params, "tail_padding_seconds", 0.0)
+    if seconds == -1:
+        return flush_padding_seconds(params.decode_chunk_size)
+    if seconds < 0:
+        raise RecipeError(f"--tail-padding-seconds must be >= 0 or -1, got {seconds}")
+    return seconds
 
 
 def save_results(res_dir: Path, test_set: str, key: str, suffix: str,
@@ -491,7 +528,10 @@ def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     params = AttributeDict(vars(args))
     res_dir = params.exp_dir / "streaming" / params.decoding_method
-    suffix = result_suffix(params)
+    try:
+        suffix = result_suffix(params)
+    except RecipeError as error:
+        raise SystemExit(f"streaming_decode.py: error: {error}") from None
     setup_logging(res_dir / f"log-decode-{suffix}")
     try:
         sp, setup = load_tokenizer_and_model(params)
@@ -502,7 +542,8 @@ def main(argv: list[str] | None = None) -> None:
             name = Path(test_set).name.split(".")[0]  # a part name, or a file's stem
             results, busy = decode_dataset(
                 cuts, setup, params.num_decode_streams, params.simulate_realtime,
-                max(1, round(params.audio_piece_ms * SAMPLE_RATE / 1000)))
+                max(1, round(params.audio_piece_ms * SAMPLE_RATE / 1000)),
+                tail_padding_samples=round(tail_padding_seconds(params) * SAMPLE_RATE))
             summary = summarize(results, busy)
             texts = [(r.cut_id, r.ref, sp.decode(r.tokens)) for r in results]
             wer = save_results(res_dir, name, key, suffix, texts, summary)

@@ -23,6 +23,7 @@ import torch
 from lhotse import load_manifest
 
 from pruned_transducer_stateless4 import export as export_script
+from pruned_transducer_stateless4.decode_stream import flush_padding_seconds, with_tail_padding
 from pruned_transducer_stateless4.export import get_params
 from pruned_transducer_stateless4.jit_pretrained import (
     StreamingGreedySearch,
@@ -39,11 +40,14 @@ from pruned_transducer_stateless4.model_config import (
 from pruned_transducer_stateless4.sherpa_onnx_decode import (
     build_recognizer,
     decode_waves,
-    flush_padding_seconds,
     onnx_export_paths,
-    with_tail_padding,
 )
-from pruned_transducer_stateless4.streaming_decode import load_cut_audio
+from pruned_transducer_stateless4.streaming_decode import (
+    StreamingSetup,
+    decode_dataset,
+    load_cut_audio,
+    make_search_config,
+)
 from pruned_transducer_stateless4.streaming_decode import result_key as streaming_result_key
 from pruned_transducer_stateless4.streaming_decode import (
     result_suffix as streaming_result_suffix,
@@ -386,6 +390,36 @@ def test_sherpa_onnx_decodes_like_our_streaming_greedy_search(exports, prepared_
     assert ours == theirs
     if variant == "emitting":
         assert num_tokens >= 10 * len(waves), num_tokens
+
+
+@pytest.mark.parametrize("variant", ["trained", "emitting"])
+def test_streaming_decode_with_tail_padding_decodes_like_sherpa_onnx(
+        exports, prepared_dir: Path, monkeypatch, variant):
+    """streaming_decode.py's decoding loop with --tail-padding-seconds -1 (the
+    silence sherpa_onnx_decode.py appends) on test-clean cuts gives sherpa-onnx's
+    tokens; without the padding the last chunk differs (masked log-floor frames
+    instead of silence), so the two need not agree."""
+    exp_dir = exports[variant]
+    model = load_torch_model(exp_dir)
+    symbols = read_symbols(exp_dir)
+    monkeypatch.chdir(prepared_dir)  # the manifests hold paths relative to it
+    cuts = list(load_manifest(prepared_dir / "data/fbank/librispeech_cuts_test-clean.jsonl.gz"))
+    search = make_search_config(AttributeDict(decoding_method="greedy_search",
+                                              max_sym_per_frame=1, beam_size=4, beam=20.0,
+                                              max_states=64, max_contexts=8))
+    setup = StreamingSetup(model, CHUNK, LEFT, search)
+    padding = round(flush_padding_seconds(CHUNK) * 16000)
+    with torch.no_grad():
+        results, _ = decode_dataset(cuts, setup, num_decode_streams=3,
+                                    simulate_realtime=False, tail_padding_samples=padding)
+    by_id = {r.cut_id: [symbols[t] for t in r.tokens] for r in results}
+    ours = [by_id[cut.id] for cut in cuts]
+    assert all(r.duration == pytest.approx(c.duration, abs=0.01)
+               for r, c in zip(sorted(results, key=lambda r: r.cut_id),
+                               sorted(cuts, key=lambda c: c.id)))
+    theirs = sherpa_tokens(exp_dir, [load_cut_audio(cut) for cut in cuts])
+    print(f"{variant}: {sum(map(len, ours))} tokens in {len(cuts)} cuts")
+    assert ours == theirs
 
 
 def words_of(tokens: list[str]) -> list[str]:

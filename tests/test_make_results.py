@@ -55,12 +55,13 @@ def write_decode_results(exp_dir: Path, method: str, hyps_by_part: dict[str, dic
         decode.save_results(params, part, triples(hyps))
 
 
-def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str]]) -> None:
+def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str]],
+                            extra: tuple[str, ...] = ()) -> None:
     """What streaming_decode.py writes for greedy search: recogs/errs/wer-summary and
     latency-*.json from its summarize() of planted latencies."""
     args = streaming_decode.get_parser().parse_args(
         [*MODEL_SELECTION, "--exp-dir", str(exp_dir), "--decoding-method", "greedy_search",
-         *CHUNK])
+         *CHUNK, *extra])
     key, suffix = streaming_decode.result_key(args), streaming_decode.result_suffix(args)
     res_dir = exp_dir / "streaming" / "greedy_search"
     for part, hyps in hyps_by_part.items():
@@ -325,3 +326,21 @@ def test_corrupt_inputs(tmp_path: Path) -> None:
     assert "no decode.py --simulate-streaming greedy_search result" in section(text, 2)
     assert table_row(section(text, 3), "test-clean")[2:4] == ["n/a", "n/a"]
     assert "checkpoint-5.pt: unreadable" in section(text, 4)
+
+
+def test_tail_padded_streaming_is_its_own_row(full_exp_dir: Path) -> None:
+    """streaming_decode.py --tail-padding-seconds -1 results (what run.sh runs for
+    the sherpa-onnx comparison) get their own WER row and command, and stay out of
+    the simulated-vs-real agreement, which they would spoil."""
+    write_streaming_results(full_exp_dir, {"test-clean": BEAM},
+                            ("--tail-padding-seconds", "-1"))
+    assert make_results.main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
+                              "--plots", "false"]) == 0
+    text = (full_exp_dir / "RESULTS.md").read_text()
+    wer = section(text, 1)
+    padded = table_row(wer, "streaming_decode.py", "real streaming, 0.72 s tail padding")
+    assert padded[-2:] == ["30.00", "-"]
+    assert table_row(wer, "streaming_decode.py", "| real streaming |")[-2:] == ["20.00", "0.00"]
+    assert "--left-context 64 --max-sym-per-frame 1 --tail-padding-seconds 0.72" in wer
+    agreement = section(text, 2)
+    assert table_row(agreement, "test-clean", "chunk 16")[2:5] == ["2/3", "66.67%", "1"]

@@ -31,6 +31,7 @@ from pruned_transducer_stateless4.beam_search import (
 from pruned_transducer_stateless4.conformer import Conformer
 from pruned_transducer_stateless4.decode_stream import (
     OnlineFeatures,
+    flush_padding_seconds,
     stable_chunk_of_tokens,
     stack_streams,
     unstack_streams,
@@ -419,6 +420,29 @@ def test_latency_is_measured_on_the_simulated_clock(active_model, test_cuts, aud
     assert all(0.01 - 1e-9 <= x <= (4 * CHUNK + 7) * 0.01 + 0.1 + 0.02 + 1e-9
                for x in result.frame_latencies)
     assert busy > 0
+
+
+def test_tail_padding_arrives_with_the_end_of_the_audio(active_model, test_cuts, audio):
+    """--tail-padding-seconds: the silence is not part of the utterance's
+    duration and arrives with the end of the audio, so the final result does
+    not wait for it on the simulated clock (real-time delivery would add 0.72 s)."""
+    cut = next(iter(test_cuts))
+    padding = round(flush_padding_seconds(CHUNK) * 16000)
+    setup = _setup(active_model)
+    plain, _ = decode_dataset([cut], setup, 1, load_audio=lambda c: audio[c.id])
+    padded, _ = decode_dataset([cut], setup, 1, load_audio=lambda c: audio[c.id],
+                               tail_padding_samples=padding)
+    assert padded[0].duration == plain[0].duration == audio[cut.id].size / 16000
+    assert padded[0].final_delay < flush_padding_seconds(CHUNK)
+    suffix = streaming_decode.result_suffix(_params(Path("."), "--tail-padding-seconds", "-1"))
+    assert suffix.endswith(f"-tail-padding-{flush_padding_seconds(CHUNK):.2f}")
+    assert "tail-padding" not in streaming_decode.result_suffix(_params(Path(".")))
+
+
+def test_bad_tail_padding_is_a_one_line_error(active_exp_dir):
+    with pytest.raises(SystemExit, match="--tail-padding-seconds must be >= 0 or -1"):
+        _run_main(["--exp-dir", str(active_exp_dir), "--epoch", "2",
+                   "--bpe-model", BPE, "--tail-padding-seconds", "-2"])
 
 
 def test_right_context_is_rejected(active_exp_dir):
