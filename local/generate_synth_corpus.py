@@ -60,7 +60,7 @@ from local.generate_noise import coloured_noise
 from local.text_sources import DEFAULT_TEXT_SOURCES, TEXT_SOURCES, load_sentences, split_held_out
 
 # Bump when the way audio or text is produced changes: old outputs are then regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SAMPLE_RATE = 16000
 TRAIN_PART = "train-clean-100"
@@ -362,7 +362,10 @@ def sox_effects(voice: Voice, style: UtteranceStyle) -> list[str]:
     # 6 dB of headroom: pitch shifting and reverberation can push TTS output past 0 dBFS.
     effects = ["channels", "1", "rate", "-h", str(SAMPLE_RATE), "gain", "-6"]
     if abs(style.spectral_shift_cents) >= 1:
-        effects += ["pitch", f"{style.spectral_shift_cents:.0f}"]
+        # sox's pitch resamples internally and leaves the rate change to the end of the
+        # chain, so without an explicit rate the later effects ran at 16 kHz * 2^(c/1200)
+        # and a band-pass edge above that Nyquist frequency failed the utterance.
+        effects += ["pitch", f"{style.spectral_shift_cents:.0f}", "rate", "-h", str(SAMPLE_RATE)]
     if voice.engine == "festival":
         effects += ["tempo", "-s", f"{1 / style.duration_stretch:.4f}"]
     if style.reverb is not None:

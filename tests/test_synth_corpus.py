@@ -28,7 +28,9 @@ from local.generate_synth_corpus import (
     TRAIN_PART,
     VOICES,
     ChapterJob,
+    UtteranceStyle,
     Voice,
+    render_utterance,
     synthesize_chapter,
     usable_voices,
 )
@@ -207,6 +209,15 @@ def test_failing_utterance_is_skipped_without_files(tmp_path: Path) -> None:
     assert result.num_samples == () and result.num_failed == 1
     assert job.transcript_path.read_text() == ""
     assert not list(tmp_path.glob("*.flac")) and not list(tmp_path.glob(".*"))
+
+
+def test_pitch_lowered_voice_takes_a_band_edge_near_nyquist(tmp_path: Path) -> None:
+    """Lowering the pitch by 300 cents once made sox run the band-pass at 13.5 kHz,
+    where a 7 kHz edge is above Nyquist and the utterance failed."""
+    style = UtteranceStyle(spectral_shift_cents=-300.0, band_hz=(100.0, 7000.0))
+    speech = render_utterance(VOICES[1], "a pitch lowered sentence", style, tmp_path,
+                              np.random.default_rng(0))
+    assert speech.size > 0.5 * 16000 and np.max(np.abs(speech)) > 0.1
 
 
 def test_clean_sentence() -> None:
