@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Data preparation for the recipe, icefall style: every stage fills data/ and
-# skips work already done.  Outputs go to data/ under the current directory
+# skips work already done (redoing what is older than its inputs, e.g. after
+# the corpus was regenerated with another --synth-hours, or made with other
+# options).  Outputs go to data/ under the current directory
 # (normally the project root):
 #
 #   ./prepare.sh                          # all stages, generated corpus
@@ -15,6 +17,7 @@ stop_stage=100
 dl_dir=download
 corpus=synth
 synth_hours=5
+perturb_speed=true
 dev_utts=300
 test_utts=300
 seed=42
@@ -39,6 +42,8 @@ Options:
   --dl-dir DIR       where corpora live (LibriSpeech/, musan/) [$dl_dir]
   --corpus NAME      synth (generate) or librispeech (use \$dl_dir/LibriSpeech) [$corpus]
   --synth-hours H    hours of generated training audio (synth only) [$synth_hours]
+  --perturb-speed B  add 0.9x and 1.1x speed-perturbed copies of the training
+                     part in stage 3 (true/false) [$perturb_speed]
   --dev-utts N       generated dev-clean utterances [$dev_utts]
   --test-utts N      generated utterances per test part [$test_utts]
   --seed N           seed of the generated corpus and noise [$seed]
@@ -92,7 +97,8 @@ fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: fbank features"
-  "$recipe_dir"/local/compute_fbank.py --manifest-dir data/manifests --output-dir data/fbank --num-jobs "$nj"
+  "$recipe_dir"/local/compute_fbank.py --manifest-dir data/manifests --output-dir data/fbank \
+    --num-jobs "$nj" --perturb-speed "$perturb_speed"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then

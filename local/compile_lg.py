@@ -56,13 +56,12 @@ import numpy as np
 
 from local.prepare_lang_bpe import (
     DISAMBIG_SYMBOL,
-    outputs_are_up_to_date,
     read_symbol_table,
     report_missing_input,
     write_fst_atomically,
 )
 from shared.fsa_graph import FstArrays, arrays_to_fst, fst_to_arrays
-from shared.utils import setup_logging, str2bool
+from shared.utils import outputs_are_up_to_date, setup_logging, str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:

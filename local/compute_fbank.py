@@ -8,7 +8,9 @@ LibriSpeech recipe find them:
   data/fbank/musan_cuts.jsonl.gz                (when noise manifests exist)
 
 Training parts (train-*) are speed-perturbed with factors 0.9 and 1.1 and the
-perturbed copies are stored next to the originals, as icefall does.
+perturbed copies are stored next to the originals, as icefall does
+(--perturb-speed false: originals only).  A part is skipped when its cut set
+is newer than its manifests and was made with the same --perturb-speed.
 
 The extractor settings are those of lhotse's `Fbank(FbankConfig(num_mel_bins=80))`
 (povey window, dither 0, snip_edges False, high_freq -400, samples in [-1, 1]);
@@ -16,12 +18,13 @@ The extractor settings are those of lhotse's `Fbank(FbankConfig(num_mel_bins=80)
 """
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 from shared.features import make_fbank_extractor
-from shared.utils import setup_logging
+from shared.utils import outputs_are_up_to_date, setup_logging, str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -35,7 +38,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parts", nargs="+", default=None,
                         help="LibriSpeech parts (default: every part with manifests).")
     parser.add_argument("--perturb-speed", type=str, default="true",
-                        help="Add 0.9x and 1.1x speed-perturbed copies of train-* parts.")
+                        help="Add 0.9x and 1.1x speed-perturbed copies of train-* parts "
+                        "(true/false).")
     parser.add_argument("--num-jobs", type=int, default=2, help="Parallel processes.")
     return parser
 
@@ -50,20 +54,26 @@ def compute_part(part: str, args: argparse.Namespace) -> None:
     from lhotse import CutSet, load_manifest
 
     cuts_path = args.output_dir / f"librispeech_cuts_{part}.jsonl.gz"
-    if cuts_path.is_file():
-        logging.info(f"stage 3: {cuts_path} exists; skipping")
+    # The options that shape the cut set, stored next to it: a cut set made with
+    # other options, or older than its manifests (stage 1 reran), is made again.
+    options_path = cuts_path.with_name(f".{cuts_path.name}.options.json")
+    perturb = part.startswith("train") and str2bool(args.perturb_speed)
+    options = {"perturb_speed": perturb}
+    manifests = [args.manifest_dir / f"librispeech_{kind}_{part}.jsonl.gz"
+                 for kind in ("recordings", "supervisions")]
+    if (outputs_are_up_to_date([cuts_path, options_path], manifests)
+            and json.loads(options_path.read_text()) == options):
+        logging.info(f"stage 3: {cuts_path} is up to date; skipping")
         return
-    recordings = load_manifest(args.manifest_dir / f"librispeech_recordings_{part}.jsonl.gz")
-    supervisions = load_manifest(
-        args.manifest_dir / f"librispeech_supervisions_{part}.jsonl.gz"
-    )
+    recordings, supervisions = (load_manifest(path) for path in manifests)
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
     cuts = cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
-    if part.startswith("train") and args.perturb_speed.lower() in ("1", "true", "yes"):
+    if perturb:
         cuts = cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)
     logging.info(f"stage 3: computing fbank for {part} ({len(cuts)} cuts)")
     cuts = compute_features(cuts, args.output_dir / f"librispeech_feats_{part}", args.num_jobs)
     write_atomically(cuts, cuts_path)
+    options_path.write_text(json.dumps(options))
 
 
 def compute_features(cuts, storage_path: Path, num_jobs: int):

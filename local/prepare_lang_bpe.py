@@ -48,7 +48,7 @@ from pathlib import Path
 import kaldifst
 import sentencepiece as spm
 
-from shared.utils import setup_logging
+from shared.utils import outputs_are_up_to_date, setup_logging
 
 # Word-table entries that are not words of the transcripts, in icefall's order.
 # The first four come first (ids 0..3); the last three follow the real words.
@@ -78,22 +78,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------ helpers
-# The three stage-5 scripts share these two checks so that they skip and fail
-# in exactly the same way.
-
-
-def outputs_are_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
-    """True if every output exists and is at least as new as every input.
-
-    A missing input makes this False, so the caller goes on to report it.
-    """
-    if not all(path.is_file() for path in outputs):
-        return False
-    if not all(path.is_file() for path in inputs):
-        return False
-    oldest_output = min(path.stat().st_mtime_ns for path in outputs)
-    newest_input = max((path.stat().st_mtime_ns for path in inputs), default=0)
-    return oldest_output >= newest_input
+# The three stage-5 scripts share this check (and shared.utils.outputs_are_up_to_date)
+# so that they skip and fail in exactly the same way.
 
 
 def report_missing_input(

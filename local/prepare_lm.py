@@ -47,12 +47,11 @@ from local.prepare_lang_bpe import (
     SPECIAL_WORDS,
     STAGE4_HINT,
     UNK_WORD,
-    outputs_are_up_to_date,
     read_symbol_table,
     report_missing_input,
     write_text_atomically,
 )
-from shared.utils import setup_logging
+from shared.utils import outputs_are_up_to_date, setup_logging
 
 BOS = "<s>"
 EOS = "</s>"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from shared.utils import setup_logging
+from shared.utils import outputs_are_up_to_date, setup_logging
 
 LIBRISPEECH_PARTS = (
     "train-clean-100",
@@ -94,6 +94,16 @@ def manifests_exist(output_dir: Path, part: str) -> bool:
     )
 
 
+def manifests_are_current(output_dir: Path, corpus_dir: Path, part: str) -> bool:
+    """The part's manifests exist and are newer than the generated corpus's
+    ``.done`` marker (written last whenever stage 0 regenerates the part, e.g.
+    for another --synth-hours).  Real LibriSpeech has no marker and never changes."""
+    outputs = [output_dir / f"librispeech_{kind}_{part}.jsonl.gz"
+               for kind in ("recordings", "supervisions")]
+    marker = corpus_dir / part / ".done"
+    return outputs_are_up_to_date(outputs, [marker] if marker.is_file() else [])
+
+
 def main() -> int:
     args = get_parser().parse_args()
     setup_logging()
@@ -109,7 +119,7 @@ def main() -> int:
         logging.error(f"stage 1: parts missing in {args.corpus_dir}: {missing_parts or 'all'}")
         return 1
 
-    todo = [p for p in parts if not manifests_exist(args.output_dir, p)]
+    todo = [p for p in parts if not manifests_are_current(args.output_dir, args.corpus_dir, p)]
     if not todo:
         logging.info(f"stage 1: manifests for {parts} exist in {args.output_dir}; skipping")
         return 0
@@ -130,6 +140,9 @@ def main() -> int:
     from lhotse.recipes.librispeech import prepare_librispeech
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    for part in todo:  # stale ones: lhotse skips a part whose manifests exist
+        for kind in ("recordings", "supervisions"):
+            (args.output_dir / f"librispeech_{kind}_{part}.jsonl.gz").unlink(missing_ok=True)
     manifests = prepare_librispeech(
         corpus_dir=args.corpus_dir,
         dataset_parts=todo,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from shared.utils import setup_logging
+from shared.utils import outputs_are_up_to_date, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -86,10 +86,6 @@ def main() -> int:
     model_path = args.lang_dir / "bpe.model"
     tokens_path = args.lang_dir / "tokens.txt"
     transcript_path = args.lang_dir / "transcript_words.txt"
-    if model_path.is_file() and tokens_path.is_file() and transcript_path.is_file():
-        logging.info(f"stage 4: {model_path} exists; skipping")
-        return 0
-
     if args.train_parts:
         supervision_paths = [
             args.manifest_dir / f"librispeech_supervisions_{part}.jsonl.gz"
@@ -106,6 +102,10 @@ def main() -> int:
             f"({missing[0] if missing else 'train-*'}); run ./prepare.sh --stage 1 --stop-stage 1"
         )
         return 1
+    # Newer supervisions (stage 1 reran on a regenerated corpus) mean new text.
+    if outputs_are_up_to_date([model_path, tokens_path, transcript_path], supervision_paths):
+        logging.info(f"stage 4: {model_path} is up to date; skipping")
+        return 0
 
     args.lang_dir.mkdir(parents=True, exist_ok=True)
     transcripts = read_transcripts(supervision_paths)

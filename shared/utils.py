@@ -4,6 +4,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,17 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def get_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def outputs_are_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
+    """True if every output exists and is at least as new as every input.
+
+    A missing input makes this False, so the caller goes on to report it.
+    """
+    if not all(path.is_file() for path in outputs):
+        return False
+    if not all(path.is_file() for path in inputs):
+        return False
+    oldest_output = min(path.stat().st_mtime_ns for path in outputs)
+    newest_input = max((path.stat().st_mtime_ns for path in inputs), default=0)
+    return oldest_output >= newest_input

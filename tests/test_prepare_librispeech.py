@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,42 @@ def test_supervision_manifest_is_plain_lhotse_jsonl(librispeech_dir: Path):
     with gzip.open(path, "rt") as f:
         record = json.loads(f.readline())
     assert record["id"] == "1089-134686-0000" and record["text"] == SENTENCES[0].upper()
+
+
+def test_stale_outputs_are_made_again(tmp_path: Path, monkeypatch):
+    """A regenerated corpus part (its .done marker newer than the manifests, as stage
+    0 leaves it after another --synth-hours) makes stages 1, 3 and 4 redo that part;
+    another --perturb-speed redoes stage 3.  Nothing is skipped with stale inputs."""
+    make_librispeech_tree(tmp_path / "download",
+                          {"train-clean-100": [("103", "1240", s) for s in SENTENCES]})
+    monkeypatch.chdir(tmp_path)
+    assert run_prepare(tmp_path, 1, 4).returncode == 0
+    cuts_path = tmp_path / "data/fbank/librispeech_cuts_train-clean-100.jsonl.gz"
+    assert len(load_manifest(cuts_path)) == 18
+
+    result = run_prepare(tmp_path, 3, 3, "--perturb-speed", "false")
+    assert result.returncode == 0, result.stderr
+    assert skipped_stages(result.stderr) == set(), result.stderr
+    assert len(load_manifest(cuts_path)) == 6  # originals only
+
+    # The generator rewrote the part: drop one utterance, then write the marker.
+    part_dir = tmp_path / "download/LibriSpeech/train-clean-100"
+    chapter_dir = part_dir / "103/1240"
+    (chapter_dir / "103-1240-0005.flac").unlink()
+    trans = chapter_dir / "103-1240.trans.txt"
+    trans.write_text("".join(trans.read_text().splitlines(keepends=True)[:5]))
+    (part_dir / ".done").write_text("{}")
+    lang_dir = tmp_path / "data/lang_bpe_30"
+    result = run_prepare(tmp_path, 1, 4, "--perturb-speed", "false")
+    assert result.returncode == 0, result.stderr
+    assert skipped_stages(result.stderr) <= {"2"}, result.stderr  # the noise is unchanged
+    assert len(load_manifest(cuts_path)) == 5
+    assert len((lang_dir / "transcript_words.txt").read_text().splitlines()) == 5
+
+    result = run_prepare(tmp_path, 1, 4, "--perturb-speed", "false")
+    assert result.returncode == 0, result.stderr
+    assert skipped_stages(result.stderr) == {"1", "2", "3", "4"}, result.stderr
+
+
+def skipped_stages(log: str) -> set[str]:
+    return set(re.findall(r"stage (\d)\b[^\n]*skipping", log))
