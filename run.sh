@@ -197,7 +197,9 @@ sherpa() {
 }
 done_or_run sherpa sherpa
 
-wav=$(find "$dl_dir/LibriSpeech/test-clean" -name "*.flac" | sort | head -1)
+# sed reads all of its input: with head, sort could die of SIGPIPE and, under
+# pipefail, stop run.sh here without a word.
+wav=$(find "$dl_dir/LibriSpeech/test-clean" -name "*.flac" | sort | sed -n 1p)
 done_or_run pretrained ./pruned_transducer_stateless4/pretrained.py \
   --checkpoint "$exp_dir/pretrained.pt" --bpe-model "$lang_dir/bpe.model" \
   --method greedy_search --simulate-streaming true --decode-chunk-size "$chunk_size" \
