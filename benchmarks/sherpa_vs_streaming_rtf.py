@@ -7,16 +7,18 @@ The two recipe scripts run as subprocesses (each with one thread,
 OMP_NUM_THREADS=1) and their JSON outputs are read back:
 
 * streaming_decode.py --decoding-method greedy_search --num-threads 1
-  --simulate-realtime false, with the chunk size and left context of the ONNX
-  export (read from the encoder's metadata): latency-PART-greedy_search-*.json;
+  --simulate-realtime false --tail-padding-seconds -1, with the chunk size and
+  left context of the ONNX export (read from the encoder's metadata):
+  latency-PART-greedy_search-*.json;
 * sherpa_onnx_decode.py --num-threads 1 --int8 false, then --int8 true:
   rtf-PART-KEY.json, and agreement-PART-KEY.json against the recogs file
   streaming_decode.py has just written.
 
-Both scripts give every stream all of its audio at once and decode up to
---num-decode-streams streams as one batch per chunk, so they do the same
-work; RTF = processing seconds / audio seconds, where processing excludes
-model loading and reading audio in both (see the scripts' docstrings).
+Both scripts give every stream all of its audio and the same tail padding
+of silence at once and decode up to --num-decode-streams streams as one
+batch per chunk, so they do the same work on the same samples;
+RTF = processing seconds / audio seconds, where processing excludes model
+loading and reading audio in both (see the scripts' docstrings).
 Neither warms up, so on a few seconds of audio the first calls dominate.
 
 Usage (the checkpoints and the ONNX export of the same --epoch/--avg in
@@ -46,6 +48,7 @@ from lhotse import CutSet
 from scratch_exp import link_exp_dir
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
+from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
 from pruned_transducer_stateless4.sherpa_onnx_decode import (
     check_export,
     export_streaming_config,
@@ -146,10 +149,10 @@ def run(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
         *model, *common, "--bpe-model", str(args.bpe_model), "--test-sets", test_set,
         "--decoding-method", "greedy_search", "--num-threads", "1",
         "--decode-chunk-size", str(chunk_size), "--left-context", str(left_context),
-        "--simulate-realtime", "false"])
+        "--simulate-realtime", "false", "--tail-padding-seconds", "-1"])
     res_dir = exp_dir / "streaming" / "greedy_search"
     settings = streaming_settings(args.epoch, args.iter, args.avg, chunk_size, left_context,
-                                  args.use_averaged_model)
+                                  args.use_averaged_model, flush_padding_seconds(chunk_size))
     names = f"{part}-{streaming_result_key(settings)}-{streaming_result_suffix(settings)}"
     latency = read_json(res_dir / f"latency-{names}.json")
     rows.append({"system": "streaming_decode.py (PyTorch)", "threads": 1,
