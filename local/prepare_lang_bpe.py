@@ -78,8 +78,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------ helpers
-# The three stage-5 scripts share this check (and shared.utils.outputs_are_up_to_date)
-# so that they skip and fail in exactly the same way.
+# The three stage-5 scripts share this report (and shared.utils.outputs_are_up_to_date)
+# so that they fail and skip in exactly the same way.
 
 
 def report_missing_input(

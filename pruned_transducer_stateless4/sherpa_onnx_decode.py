@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     compare_dir = args.compare_dir or args.exp_dir / "streaming" / "greedy_search"
     # Preferably the streaming_decode.py run that got the same silence at the
     # end of every utterance (--tail-padding-seconds), else the unpadded one.
-    compare_names = [
+    compare_settings = [
         streaming_settings(args.epoch, args.iter, args.avg, chunk_size, left_context,
                            args.use_averaged_model, padding)
         for padding in dict.fromkeys([tail_padding, 0.0])
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             raise RecipeError(f"cut set {test_set} is empty")
         compare_file = find_compare_file(
             compare_dir, args.compare_recogs,
-            [streaming_recogs_name(part, settings) for settings in compare_names],
+            [streaming_recogs_name(part, settings) for settings in compare_settings],
             part, compare_required)
 
         durations: list[float] = []
