@@ -56,8 +56,8 @@ streaming Conformer transducer recipe.
 
 Options:
   --config NAME          default (about 42 min on 2 cores: 10 h of generated
-                         speech, 28 min of training) or long (about 140 min: 25 h
-                         of speech, 115 min of training, in
+                         speech, 28 min of training) or long (about 135 min: 25 h
+                         of speech, 105 min of training, in
                          exp/pruned_transducer_stateless4_long; it regenerates the
                          training part of the shared corpus); explicit options
                          below override it [$config]
@@ -89,7 +89,7 @@ case "$config" in
     # data rather than only more time: on 5 h the validation WER stopped
     # improving after ~35 minutes (README, "What limits accuracy").
     [[ $given_options == *" --synth-hours"* ]] || synth_hours=25
-    [[ $given_options == *" --max-train-minutes"* ]] || max_train_minutes=115
+    [[ $given_options == *" --max-train-minutes"* ]] || max_train_minutes=105
     [[ $given_options == *" --exp-dir"* ]] || exp_dir=exp/pruned_transducer_stateless4_long
     ;;
   *) echo "run.sh: error: --config must be default or long, not '$config'" >&2; exit 1;;
