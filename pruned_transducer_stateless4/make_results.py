@@ -26,7 +26,8 @@ Reads (each one optional; a section whose inputs are absent says "not run"):
 Writes EXP_DIR/RESULTS.md (also printed) and EXP_DIR/plots/{loss,valid_wer,wer_by_method}.png:
 
   1. WER (%) of every decoding setting on every test part, with the settings and the
-     command that reproduces each row;
+     command that reproduces each row; greedy search's WER per speaker (on the generated
+     corpus a speaker is a TTS voice), marked by whether training heard that speaker;
   2. agreement of real streaming (streaming_decode.py) with simulated streaming
      (decode.py --simulate-streaming true), greedy search, per part;
   3. RTF, token latency and final-result latency of real streaming; sherpa-onnx RTF and
@@ -37,16 +38,20 @@ Writes EXP_DIR/RESULTS.md (also printed) and EXP_DIR/plots/{loss,valid_wer,wer_b
 """
 
 import argparse
+import gzip
 import json
 import logging
 import math
 import re
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import kaldialign
 
 from pruned_transducer_stateless4.model_config import MODEL_OPTION_NAMES
 from shared.metrics import read_recogs
@@ -709,6 +714,66 @@ def wer_section(rows: Sequence[Row], parts: Sequence[str]) -> list[str]:
     return out
 
 
+def speaker_of(cut_id: str) -> str:
+    """LibriSpeech ids are speaker-chapter-utterance (speed-perturbed copies add
+    a suffix to the last field)."""
+    return cut_id.split("-")[0]
+
+
+def read_training_speakers(params: dict[str, Any]) -> set[str] | None:
+    """The speakers of the training cuts that the checkpoint's data options name
+    (data/fbank/librispeech_cuts_train-*.jsonl.gz), or None when they are not there."""
+    manifest_dir = params.get("manifest_dir")
+    if manifest_dir is None:
+        return None
+    parts = (("train-clean-100", "train-clean-360", "train-other-500")
+             if params.get("full_libri") else ("train-clean-100",))
+    paths = [Path(manifest_dir) / f"librispeech_cuts_{part}.jsonl.gz" for part in parts]
+    if not all(path.is_file() for path in paths):
+        return None
+    speakers = set()
+    for path in paths:
+        with gzip.open(path, "rt") as f:
+            for line in f:
+                speakers.update(sup["speaker"] for sup in json.loads(line)["supervisions"])
+    return speakers
+
+
+def speaker_section(rows: Sequence[Row], parts: Sequence[str],
+                    training_speakers: set[str] | None) -> list[str]:
+    """WER per speaker of the first greedy-search row of decode.py."""
+    row = next((r for r in rows if r.program == DECODE_PY and r.method == "greedy_search"), None)
+    out = ["### WER per speaker", ""]
+    if row is None:
+        return out + [f"{NOT_RUN} (needs decode.py greedy_search)"]
+    out += [f"Greedy search, row [{row.number}]. \"heard in training\" comes from the training "
+            "cut set of the checkpoint's `--manifest-dir`"
+            + (" (not found: `?`)." if training_speakers is None else "."), ""]
+    body = []
+    for part in parts:
+        if part not in row.wers:
+            continue
+        errors: dict[str, int] = defaultdict(int)
+        words: dict[str, int] = defaultdict(int)
+        for cut_id, (ref, hyp) in read_recogs(row.wers[part].sibling("recogs-")).items():
+            speaker = speaker_of(cut_id)
+            errors[speaker] += kaldialign.edit_distance(ref, hyp)["total"]
+            words[speaker] += len(ref)
+        heard_totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # errors, words
+        for speaker in sorted(words, key=lambda s: (len(s), s)):
+            heard = ("?" if training_speakers is None
+                     else "yes" if speaker in training_speakers else "no")
+            body.append([part, speaker, heard, words[speaker],
+                         fmt(100.0 * errors[speaker] / max(words[speaker], 1))])
+            heard_totals[heard][0] += errors[speaker]
+            heard_totals[heard][1] += words[speaker]
+        if training_speakers is not None:
+            for heard, (num_errors, num_words) in sorted(heard_totals.items(), reverse=True):
+                body.append([part, "**all**", f"**{heard}**", num_words,
+                             f"**{fmt(100.0 * num_errors / max(num_words, 1))}**"])
+    return out + table(["part", "speaker", "heard in training", "words", "WER (%)"], body)
+
+
 def agreement_section(pairs: Sequence[tuple[WerResult, Agreement]],
                       sherpa_agreement: Sequence[tuple[str, str, dict[str, Any]]]) -> list[str]:
     out = ["## 2. Simulated vs real streaming (greedy search)", ""]
@@ -1022,6 +1087,8 @@ def make_report(args: argparse.Namespace) -> str:
              f"`{exp_dir}`.", ""]
     sections = [
         ("1. WER (%)", lambda: wer_section(rows, parts)),
+        ("WER per speaker", lambda: speaker_section(rows, parts,
+                                                    read_training_speakers(info.params))),
         ("2. Simulated vs real streaming",
          lambda: agreement_section(streaming_agreement(results), sherpa_agreement)),
         ("3. Speed and latency", lambda: latency_section(rows, sherpa_rtf)),

@@ -344,3 +344,32 @@ def test_tail_padded_streaming_is_its_own_row(full_exp_dir: Path) -> None:
     assert "--left-context 64 --max-sym-per-frame 1 --tail-padding-seconds 0.72" in wer
     agreement = section(text, 2)
     assert table_row(agreement, "test-clean", "chunk 16")[2:5] == ["2/3", "66.67%", "1"]
+
+
+@pytest.mark.parametrize("training_speaker, heard", [("1089", "yes"), ("121", "no"), (None, "?")])
+def test_wer_per_speaker_marks_speakers_heard_in_training(
+    full_exp_dir: Path, monkeypatch: pytest.MonkeyPatch, training_speaker: str | None,
+    heard: str,
+) -> None:
+    """The checkpoint's --manifest-dir is data/fbank (relative): the training cut set
+    written there decides "heard in training"; without it the column says "?"."""
+    from lhotse import CutSet
+    from lhotse.testing.dummies import dummy_cut, dummy_supervision
+
+    monkeypatch.chdir(full_exp_dir.parent)
+    if training_speaker is not None:
+        cut = dummy_cut(0, supervisions=[dummy_supervision(0)])
+        cut.supervisions[0].speaker = training_speaker
+        manifest_dir = full_exp_dir.parent / "data/fbank"
+        manifest_dir.mkdir(parents=True)
+        CutSet.from_cuts([cut]).to_file(manifest_dir / "librispeech_cuts_train-clean-100.jsonl.gz")
+
+    assert make_results.main(["--exp-dir", str(full_exp_dir), "--plots", "false",
+                              "--quiet", "true"]) == 0
+    per_speaker = (full_exp_dir / "RESULTS.md").read_text().split("### WER per speaker")[1]
+    per_speaker = per_speaker.split("## 2.")[0]
+    # The greedy row: one deletion in 10 test-clean words, none in test-other.
+    assert table_row(per_speaker, "| test-clean | 1089 |")[1:] == ["1089", heard, "10", "10.00"]
+    assert table_row(per_speaker, "| test-other | 1089 |")[1:] == ["1089", heard, "10", "0.00"]
+    totals = [line for line in per_speaker.splitlines() if "**all**" in line]
+    assert len(totals) == (0 if heard == "?" else 2), totals
