@@ -87,6 +87,14 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Eden: epochs after which the learning rate decays as e^-0.5.")
     parser.add_argument("--warmup-batches", type=float, default=300,
                         help="Linear learning-rate warm-up from 0.1x to 1x over this many batches.")
+    parser.add_argument("--lr-decay-fraction", type=float, default=0.0,
+                        help="With --max-train-minutes M: over the last F*M minutes of "
+                        "training the learning rate falls linearly to --lr-final-factor "
+                        "times Eden's value (0 = off). The rate then depends on wall "
+                        "time, so a resumed run no longer repeats the same losses exactly.")
+    parser.add_argument("--lr-final-factor", type=float, default=0.05,
+                        help="Where --lr-decay-fraction's decay ends, as a fraction of "
+                        "Eden's learning rate.")
     parser.add_argument("--weight-decay", type=float, default=1e-3,
                         help="AdamW weight decay.")
     parser.add_argument("--grad-clip", type=float, default=5.0,
@@ -359,6 +367,8 @@ def train_one_epoch(
         step_start = time.time()
         params.batch_idx_train += 1
         scheduler.step_batch(params.batch_idx_train)
+        if params.max_train_minutes > 0:
+            scheduler.step_progress(params.train_seconds / (params.max_train_minutes * 60))
         loss, stats = compute_loss(params, model, sp, batch, device)
 
         finite = torch.tensor([1.0 if math.isfinite(stats["loss"]) else 0.0], device=device)
@@ -407,14 +417,17 @@ def train_one_epoch(
             interval_tracker = Tracker()
             interval_start = time.time()
 
+        if world_size > 1 and params.max_train_minutes > 0:
+            # Ranks time their own steps.  They share the slowest rank's clock so
+            # that they stop at the same batch (the one still training would wait
+            # forever in the gradient all-reduce) and use the same time-tied
+            # learning rate (replicas would drift apart otherwise).
+            train_seconds = torch.tensor([params.train_seconds], dtype=torch.float64,
+                                         device=device)
+            dist.all_reduce(train_seconds, op=dist.ReduceOp.MAX)
+            params.train_seconds = float(train_seconds.item())
         out_of_time = (params.max_train_minutes > 0
                        and params.train_seconds >= params.max_train_minutes * 60)
-        if world_size > 1 and params.max_train_minutes > 0:
-            # Ranks time their own steps; they must stop at the same batch, or
-            # the one still training waits forever in the gradient all-reduce.
-            out_of_time_flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
-            dist.all_reduce(out_of_time_flag, op=dist.ReduceOp.MAX)
-            out_of_time = out_of_time_flag.item() > 0.0
         if params.batch_idx_train % params.valid_interval == 0 or out_of_time:
             run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank,
                            world_size)
@@ -532,7 +545,9 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr,
                                   weight_decay=params.weight_decay, betas=(0.9, 0.98))
-    scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs, params.warmup_batches)
+    scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs, params.warmup_batches,
+                     decay_fraction=params.lr_decay_fraction,
+                     final_factor=params.lr_final_factor)
     grad_scaler = torch.amp.GradScaler(
         device.type, enabled=params.use_fp16 and device.type == "cuda"
     )
@@ -611,7 +626,13 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    args = get_parser().parse_args()
+    parser = get_parser()
+    args = parser.parse_args()
+    if not 0.0 <= args.lr_decay_fraction <= 1.0:
+        parser.error(f"--lr-decay-fraction must be in [0, 1], not {args.lr_decay_fraction}")
+    if args.lr_decay_fraction > 0 and args.max_train_minutes <= 0:
+        parser.error("--lr-decay-fraction needs --max-train-minutes > 0 "
+                     "(the budget it decays over)")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         # Started by torchrun (possibly on several nodes).
         run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)

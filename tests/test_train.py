@@ -63,8 +63,11 @@ def test_ddp_max_train_minutes_stops_every_rank_at_the_same_batch(prepared_dir: 
     other waiting in the gradient all-reduce until the timeout."""
     monkeypatch.chdir(prepared_dir)
     exp_dir = prepared_dir / "exp/ddp-time"
+    # The time-tied learning-rate decay must use the ranks' shared clock too, or
+    # the replicas' weights drift apart.
     result = run_script(train_args(exp_dir, "--world-size", "2", "--num-epochs", "5",
-                                   "--max-train-minutes", "0.01", "--master-port", "29519"),
+                                   "--max-train-minutes", "0.01", "--lr-decay-fraction", "0.5",
+                                   "--master-port", "29519"),
                         prepared_dir, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     logs = read_logs(exp_dir)
@@ -107,6 +110,9 @@ def test_bad_checkpoint_and_options_give_one_line_errors(prepared_dir: Path, tmp
 
     result = run_script(train_args(tmp_path, "--use-fp16", "maybe"), prepared_dir)
     assert result.returncode == 2 and "expected a boolean" in result.stderr
+
+    result = run_script(train_args(tmp_path, "--lr-decay-fraction", "0.3"), prepared_dir)
+    assert result.returncode == 2 and "needs --max-train-minutes" in result.stderr
 
 
 @pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
