@@ -62,7 +62,7 @@ from pruned_transducer_stateless4.streaming_decode import result_key as streamin
 from pruned_transducer_stateless4.streaming_decode import (
     result_suffix as streaming_result_suffix,
 )
-from shared.utils import RecipeError, str2bool
+from shared.utils import RecipeError, run_main, str2bool
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SCRIPTS = PROJECT_DIR / "pruned_transducer_stateless4"
@@ -212,9 +212,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, RecipeError) as error:
-        print(f"sherpa_vs_streaming_rtf.py: error: {str(error).splitlines()[0]}",
-              file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -43,7 +43,6 @@ where KEY holds the search settings (e.g. beam_size_4) and SUFFIX the model
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ from pruned_transducer_stateless4.model_config import (
     apply_checkpoint_model_options,
     get_transducer_model,
 )
-from shared.checkpoint import load_averaged_model, load_checkpoint_file, select_checkpoints
+from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
 from shared.fsa_graph import (
     DecodingGraph,
     load_decoding_graph,
@@ -81,7 +80,7 @@ from shared.fsa_graph import (
     trivial_graph,
 )
 from shared.metrics import write_error_stats, write_recogs
-from shared.utils import AttributeDict, RecipeError, get_device, setup_logging, str2bool
+from shared.utils import AttributeDict, RecipeError, get_device, run_main, setup_logging, str2bool
 
 DECODING_METHODS = (
     "greedy_search",
@@ -180,8 +179,7 @@ def load_model(params: AttributeDict, explicit: set[str], device: torch.device) 
     selection as streaming_decode.py and export.py)."""
     paths = select_checkpoints(params.exp_dir, params.epoch, params.iter, params.avg,
                                params.use_averaged_model)
-    newest = load_checkpoint_file(paths[0])
-    stored: dict[str, Any] = newest.get("params") or {}
+    stored = read_checkpoint_params(paths[0])
     if not stored:
         logging.warning(f"{paths[0]} holds no 'params'; using the command-line model options")
 
@@ -413,10 +411,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 if __name__ == "__main__":
     torch.set_num_interop_threads(1)
-    try:
-        main()
-    except (FileNotFoundError, RecipeError) as error:
-        if os.environ.get("RECIPE_DEBUG"):
-            raise
-        print(f"decode.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

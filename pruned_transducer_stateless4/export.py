@@ -55,7 +55,6 @@ computes the training features (shared/features.py) to within 3e-4.
 import argparse
 import logging
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -73,8 +72,15 @@ from pruned_transducer_stateless4.model_config import (
     apply_checkpoint_model_options,
     get_transducer_model,
 )
-from shared.checkpoint import load_averaged_model, load_checkpoint_file, select_checkpoints
-from shared.utils import AttributeDict, RecipeError, atomic_torch_save, setup_logging, str2bool
+from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
+from shared.utils import (
+    AttributeDict,
+    RecipeError,
+    atomic_torch_save,
+    run_main,
+    setup_logging,
+    str2bool,
+)
 
 ONNX_OPSET = 13
 
@@ -173,7 +179,7 @@ def load_model(args: argparse.Namespace) -> tuple[Transducer, AttributeDict, str
 
     paths = select_checkpoints(args.exp_dir, args.epoch, args.iter, args.avg,
                                args.use_averaged_model)
-    checkpoint_params = load_checkpoint_file(paths[0]).get("params") or {}
+    checkpoint_params = read_checkpoint_params(paths[0])
     for name in ("vocab_size", "blank_id"):
         if name in checkpoint_params and checkpoint_params[name] != params[name]:
             raise RecipeError(f"{name} of {paths[0]} is {checkpoint_params[name]}, but "
@@ -474,10 +480,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, RecipeError) as error:
-        if os.environ.get("RECIPE_DEBUG"):
-            raise
-        print(f"export.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -54,6 +54,7 @@ from typing import Any
 import kaldialign
 
 from pruned_transducer_stateless4.model_config import MODEL_OPTION_NAMES
+from shared.checkpoint import read_checkpoint_params
 from shared.metrics import read_recogs
 from shared.utils import str2bool
 
@@ -461,20 +462,6 @@ def newest_checkpoint(exp_dir: Path) -> Path | None:
     paths = [p for pattern in ("epoch-*.pt", "checkpoint-*.pt") for p in exp_dir.glob(pattern)
              if re.fullmatch(r"(epoch|checkpoint)-\d+\.pt", p.name)]
     return max(paths, key=lambda p: p.stat().st_mtime, default=None)
-
-
-def read_checkpoint_params(path: Path) -> dict[str, Any]:
-    """The `params` that train.py stores in a checkpoint.  Memory-mapped: the
-    weights (over 100 MB with optimizer state) are then never read."""
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:
-        # Not a zip-format file (mmap needs one): read it whole.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    params = checkpoint.get("params") if isinstance(checkpoint, dict) else None
-    return dict(params) if params else {}
 
 
 def read_tensorboard(tb_dir: Path) -> dict[str, list[tuple[int, float, float]]]:

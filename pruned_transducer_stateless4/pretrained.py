@@ -27,7 +27,6 @@ are still decoded; the exit code is then 1.
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from pruned_transducer_stateless4.model_config import (
 from shared.checkpoint import load_checkpoint_file, load_model_state
 from shared.features import SAMPLE_RATE, make_fbank_extractor
 from shared.fsa_graph import trivial_graph
-from shared.utils import AttributeDict, RecipeError, str2bool
+from shared.utils import AttributeDict, RecipeError, run_main, str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -163,10 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, RecipeError) as error:
-        if os.environ.get("RECIPE_DEBUG"):
-            raise
-        print(f"pretrained.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -60,7 +60,6 @@ import glob
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ from pruned_transducer_stateless4.streaming_decode import (
 )
 from shared.features import SAMPLE_RATE
 from shared.metrics import read_recogs, write_error_stats, write_recogs
-from shared.utils import AttributeDict, RecipeError, setup_logging, str2bool
+from shared.utils import AttributeDict, RecipeError, run_main, setup_logging, str2bool
 
 ONNX_PARTS = ("encoder", "decoder", "joiner")
 WORD_START = "\u2581"  # sentencepiece's word-start mark
@@ -458,10 +457,4 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, RecipeError) as error:
-        if os.environ.get("RECIPE_DEBUG"):
-            raise
-        print(f"sherpa_onnx_decode.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -90,11 +90,11 @@ from pruned_transducer_stateless4.streaming_beam_search import (
     StreamingSearchConfig,
     search_chunk,
 )
-from shared.checkpoint import load_averaged_model, load_checkpoint_file, select_checkpoints
+from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
 from shared.features import SAMPLE_RATE
 from shared.fsa_graph import trivial_graph
 from shared.metrics import write_error_stats, write_recogs
-from shared.utils import AttributeDict, RecipeError, get_device, setup_logging, str2bool
+from shared.utils import AttributeDict, RecipeError, get_device, run_main, setup_logging, str2bool
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,7 +190,7 @@ def load_model(params: AttributeDict, device: torch.device) -> Transducer:
     `params` needs vocab_size and blank_id, and gets the model options."""
     paths = select_checkpoints(params.exp_dir, params.epoch, params.iter, params.avg,
                                params.use_averaged_model)
-    checkpoint_params = load_checkpoint_file(paths[0]).get("params", {})
+    checkpoint_params = read_checkpoint_params(paths[0])
     params.setdefault("feature_dim", checkpoint_params.get("feature_dim", 80))
     params.setdefault("subsampling_factor", checkpoint_params.get("subsampling_factor", 4))
     apply_checkpoint_model_options(params, checkpoint_params, str(paths[0]))
@@ -528,32 +528,25 @@ def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     params = AttributeDict(vars(args))
     res_dir = params.exp_dir / "streaming" / params.decoding_method
-    try:
-        suffix = result_suffix(params)
-    except RecipeError as error:
-        raise SystemExit(f"streaming_decode.py: error: {error}") from None
+    suffix = result_suffix(params)
     setup_logging(res_dir / f"log-decode-{suffix}")
-    try:
-        sp, setup = load_tokenizer_and_model(params)
-        data = LibriSpeechAsrDataModule(args)
-        key = result_key(params)
-        for test_set in params.test_sets:
-            cuts = data.cuts_by_name_or_path(test_set)
-            name = Path(test_set).name.split(".")[0]  # a part name, or a file's stem
-            results, busy = decode_dataset(
-                cuts, setup, params.num_decode_streams, params.simulate_realtime,
-                max(1, round(params.audio_piece_ms * SAMPLE_RATE / 1000)),
-                tail_padding_samples=round(tail_padding_seconds(params) * SAMPLE_RATE))
-            summary = summarize(results, busy)
-            texts = [(r.cut_id, r.ref, sp.decode(r.tokens)) for r in results]
-            wer = save_results(res_dir, name, key, suffix, texts, summary)
-            logging.info(f"{name} {key}: WER {wer * 100:.2f}% ({len(results)} utterances)")
-            logging.info(f"{name} {key}: {format_summary(summary)}")
-        logging.info(f"results in {res_dir}")
-    except (RecipeError, FileNotFoundError) as error:
-        logging.error(str(error))
-        raise SystemExit(1) from None
+    sp, setup = load_tokenizer_and_model(params)
+    data = LibriSpeechAsrDataModule(args)
+    key = result_key(params)
+    for test_set in params.test_sets:
+        cuts = data.cuts_by_name_or_path(test_set)
+        name = Path(test_set).name.split(".")[0]  # a part name, or a file's stem
+        results, busy = decode_dataset(
+            cuts, setup, params.num_decode_streams, params.simulate_realtime,
+            max(1, round(params.audio_piece_ms * SAMPLE_RATE / 1000)),
+            tail_padding_samples=round(tail_padding_seconds(params) * SAMPLE_RATE))
+        summary = summarize(results, busy)
+        texts = [(r.cut_id, r.ref, sp.decode(r.tokens)) for r in results]
+        wer = save_results(res_dir, name, key, suffix, texts, summary)
+        logging.info(f"{name} {key}: WER {wer * 100:.2f}% ({len(results)} utterances)")
+        logging.info(f"{name} {key}: {format_summary(summary)}")
+    logging.info(f"results in {res_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

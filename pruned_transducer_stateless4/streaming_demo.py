@@ -37,7 +37,7 @@ from pruned_transducer_stateless4.streaming_decode import (
     load_tokenizer_and_model,
 )
 from shared.features import SAMPLE_RATE
-from shared.utils import AttributeDict, RecipeError, setup_logging
+from shared.utils import AttributeDict, run_main, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -119,12 +119,8 @@ def run_demo(params: AttributeDict, out=None) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(level=logging.ERROR)
-    try:
-        run_demo(AttributeDict(vars(args)))
-    except (RecipeError, FileNotFoundError) as error:
-        logging.error(str(error))
-        raise SystemExit(1) from None
+    run_demo(AttributeDict(vars(args)))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

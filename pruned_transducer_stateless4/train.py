@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ from shared.checkpoint import (
 )
 from shared.metrics import word_error_rate
 from shared.optim import Eden
-from shared.utils import AttributeDict, RecipeError, get_device, setup_logging, str2bool
+from shared.utils import AttributeDict, RecipeError, get_device, run_main, setup_logging, str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -644,10 +643,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     torch.set_num_interop_threads(1)
-    try:
-        main()
-    except (FileNotFoundError, RecipeError) as error:
-        if os.environ.get("RECIPE_DEBUG"):
-            raise
-        print(f"train.py: error: {str(error).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

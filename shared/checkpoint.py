@@ -70,19 +70,36 @@ def save_checkpoint(
     atomic_torch_save(checkpoint, path)
 
 
-def load_checkpoint_file(path: Path) -> dict[str, Any]:
-    """Loads a checkpoint, turning every failure into one clear error."""
+def load_checkpoint_file(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Loads a checkpoint, turning every failure into one clear error.
+
+    mmap=True maps the file instead of reading it: tensors are then read only
+    when touched, so looking at `params` costs the pickle, not the weights and
+    optimizer state (tens of MB).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            # mmap needs torch's zip format; read an older or foreign file whole.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise RecipeError(f"checkpoint {path} is unreadable ({type(error).__name__}: "
                            f"{str(error).splitlines()[0] if str(error) else ''})") from error
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise RecipeError(f"checkpoint {path} holds no 'model' entry; is it a checkpoint?")
     return checkpoint
+
+
+def read_checkpoint_params(path: Path) -> dict[str, Any]:
+    """The `params` train.py stores in a checkpoint (model options, counters);
+    {} when it holds none.  Reads neither weights nor optimizer state."""
+    return dict(load_checkpoint_file(path, mmap=True).get("params") or {})
 
 
 def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:

@@ -4,9 +4,9 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -14,6 +14,27 @@ import torch
 class RecipeError(Exception):
     """A problem with the user's input (file, option, checkpoint) that the
     scripts report as one line, without a traceback."""
+
+
+def run_main(main: Callable[[], Any]) -> NoReturn:
+    """Runs a script's main() and exits with its return value if that is an int
+    (an exit status), else with 0 (decode.py's main returns its WERs).
+
+    The errors a user causes (a missing file: FileNotFoundError; a bad option,
+    checkpoint or input: RecipeError) end the script the way argparse reports a
+    bad option: one line `<script>: error: <first line of the message>` on
+    stderr and exit status 1, with nothing written so far undone.  Set
+    RECIPE_DEBUG=1 to get the traceback instead.
+    """
+    try:
+        result = main()
+    except (FileNotFoundError, RecipeError) as error:
+        if os.environ.get("RECIPE_DEBUG"):
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 class AttributeDict(dict):
