@@ -38,7 +38,6 @@ Writes EXP_DIR/RESULTS.md (also printed) and EXP_DIR/plots/{loss,valid_wer,wer_b
 """
 
 import argparse
-import gzip
 import json
 import logging
 import math
@@ -708,22 +707,19 @@ def speaker_of(cut_id: str) -> str:
 
 
 def read_training_speakers(params: dict[str, Any]) -> set[str] | None:
-    """The speakers of the training cuts that the checkpoint's data options name
-    (data/fbank/librispeech_cuts_train-*.jsonl.gz), or None when they are not there."""
-    manifest_dir = params.get("manifest_dir")
-    if manifest_dir is None:
+    """The speakers of the training cut set that the checkpoint's data options
+    name (--manifest-dir, --full-libri), or None when it is not there."""
+    from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
+
+    if params.get("manifest_dir") is None:
         return None
-    parts = (("train-clean-100", "train-clean-360", "train-other-500")
-             if params.get("full_libri") else ("train-clean-100",))
-    paths = [Path(manifest_dir) / f"librispeech_cuts_{part}.jsonl.gz" for part in parts]
-    if not all(path.is_file() for path in paths):
+    data = LibriSpeechAsrDataModule(argparse.Namespace(manifest_dir=Path(params["manifest_dir"])))
+    try:
+        cuts = (data.train_all_shuf_cuts() if params.get("full_libri")
+                else data.train_clean_100_cuts())
+        return {supervision.speaker for cut in cuts for supervision in cut.supervisions}
+    except FileNotFoundError:
         return None
-    speakers = set()
-    for path in paths:
-        with gzip.open(path, "rt") as f:
-            for line in f:
-                speakers.update(sup["speaker"] for sup in json.loads(line)["supervisions"])
-    return speakers
 
 
 def speaker_section(rows: Sequence[Row], parts: Sequence[str],
