@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -82,6 +83,7 @@ PRIOR_SECONDS_PER_UTT = 3.2
 MIN_SECONDS = 0.3
 MIN_PEAK = 1e-3
 TTS_TIMEOUT_SECONDS = 60.0
+HIBARI_SAMPLE_RATE = 24000
 
 DONE_MARKER = ".done"
 OPTIONS_MARKER = ".options"
@@ -95,7 +97,7 @@ class Voice:
     """One TTS voice; it is one LibriSpeech speaker."""
 
     speaker_id: int
-    engine: str  # "flite", "festival" or "espeak"
+    engine: str  # "flite", "festival", "espeak" or "hibari"
     name: str  # the engine's voice name, e.g. "slt", "kal_diphone", "en-us+m3"
     sex: str  # "M" or "F", as in SPEAKERS.TXT
     weight: float  # relative share of the training data
@@ -107,8 +109,10 @@ class Voice:
         return f"{self.engine}:{self.name}"
 
 
-# flite's clustergen voices (rms, slt, awb) are the most intelligible, so they carry most
-# of the data; espeak-ng's formant synthesis sounds robotic and stays a minority (~11%).
+# flite's clustergen voices (rms, slt, awb) and hibari's neural voice (distilled from
+# Kokoro-82M; the only one of its voices inside the wheel) are the most intelligible, so
+# they carry most of the data; espeak-ng's formant synthesis sounds robotic and stays a
+# minority (~10%).
 # flite's kal is 8 kHz telephone-band speech and the same speaker as kal16: a small share.
 # Mean F0 values were measured on this machine's voices with an autocorrelation tracker.
 VOICES: tuple[Voice, ...] = (
@@ -129,6 +133,7 @@ VOICES: tuple[Voice, ...] = (
     Voice(307, "espeak", "en-gb-scotland+m2", "M", 0.12),
     Voice(308, "espeak", "en-029+m4", "M", 0.12),
     Voice(309, "espeak", "en-gb-x-gbcwmd+f3", "F", 0.5, held_out=True),
+    Voice(401, "hibari", "heart", "F", 1.5),
 )
 
 
@@ -140,7 +145,7 @@ class AugmentationRanges:
     """Where the per-utterance random style is drawn from."""
 
     duration_stretch: tuple[float, float]  # > 1 is slower speech
-    f0_factor: tuple[float, float]  # multiplies the voice's F0 (flite, espeak)
+    f0_factor: tuple[float, float]  # multiplies the voice's F0 (flite, espeak only)
     # sox "pitch" shifts the whole spectrum (formants and F0) while keeping the duration:
     # the apparent vocal-tract length changes; the engine's F0 factor then moves F0
     # independently of the formants.
@@ -317,6 +322,14 @@ def festival_process() -> FestivalProcess:
     return _festival
 
 
+@functools.cache
+def hibari_tts(voice_name: str):
+    """This worker's hibari synthesiser for a voice (one ONNX Runtime thread), loaded once."""
+    from hibari import Hibari
+
+    return Hibari(voice=voice_name, threads=1)
+
+
 def run_command(command: list[str]) -> bytes:
     """Run a command; return its stdout or raise TtsError with its stderr."""
     try:
@@ -333,7 +346,8 @@ def synthesize_raw(voice: Voice, text: str, style: UtteranceStyle, wav_path: Pat
     """Let the voice's engine say ``text`` into ``wav_path`` (engine's own sample rate).
 
     Speaking rate and F0 are set through the engine where it supports them; festival's
-    rate is changed by sox instead (its HTS voice ignores Duration_Stretch).
+    rate is changed by sox instead (its HTS voice ignores Duration_Stretch). hibari has no
+    F0 control, so only sox's spectral shift moves its pitch.
     """
     if voice.engine == "flite":
         mean_f0 = (voice.mean_f0 or 110.0) * style.f0_factor
@@ -353,6 +367,15 @@ def synthesize_raw(voice: Voice, text: str, style: UtteranceStyle, wav_path: Pat
         run_command(["espeak-ng", "-v", voice.name, *rate_and_pitch, "-w", str(wav_path), text])
     elif voice.engine == "festival":
         festival_process().synthesize(voice.name, text, wav_path)
+    elif voice.engine == "hibari":
+        # hibari draws a noise component at random; a seed from the text keeps the
+        # corpus reproducible.
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+        try:
+            audio = hibari_tts(voice.name)(text, speed=1 / style.duration_stretch, seed=seed)
+        except Exception as error:  # an ONNX Runtime or phonemiser failure on this text
+            raise TtsError(f"hibari failed: {error}") from error
+        sf.write(wav_path, audio, HIBARI_SAMPLE_RATE, subtype="FLOAT")
     else:
         raise ValueError(f"unknown engine {voice.engine}")
 
@@ -822,6 +845,9 @@ def voice_is_installed(voice: Voice) -> bool:
         language, _, variant = voice.name.partition("+")
         variant_file = espeak_data_dir() / "voices" / "!v" / variant
         return language in installed_espeak_languages() and (not variant or variant_file.is_file())
+    if voice.engine == "hibari":
+        # Only "heart" is inside the wheel; hibari would try to download the others.
+        return importlib.util.find_spec("hibari") is not None and voice.name == "heart"
     return True  # festival reports an unknown voice as an error
 
 

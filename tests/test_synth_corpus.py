@@ -198,6 +198,8 @@ def test_missing_voices_are_left_out() -> None:
         Voice(997, "flite", "no_such_voice", "M", 1.0),
         Voice(998, "espeak", "en-us+no_such_variant", "M", 1.0),
         Voice(999, "festival", "no_such_voice", "M", 1.0),
+        # hibari would try to download this voice; only "heart" is inside the wheel.
+        Voice(996, "hibari", "fenrir", "M", 1.0),
     ]
     assert usable_voices([*missing, VOICES[0]]) == (VOICES[0],)
 
@@ -218,6 +220,20 @@ def test_pitch_lowered_voice_takes_a_band_edge_near_nyquist(tmp_path: Path) -> N
     speech = render_utterance(VOICES[1], "a pitch lowered sentence", style, tmp_path,
                               np.random.default_rng(0))
     assert speech.size > 0.5 * 16000 and np.max(np.abs(speech)) > 0.1
+
+
+def test_hibari_voice_is_reproducible_and_follows_the_rate(tmp_path: Path) -> None:
+    """hibari draws random noise inside its model; the corpus must not depend on it."""
+    hibari = next(voice for voice in VOICES if voice.engine == "hibari")
+    text = "the neural voice reads this sentence twice"
+
+    def render(duration_stretch: float) -> np.ndarray:
+        style = UtteranceStyle(duration_stretch=duration_stretch)
+        return render_utterance(hibari, text, style, tmp_path, np.random.default_rng(0))
+
+    normal = render(1.0)
+    assert np.array_equal(normal, render(1.0))
+    assert render(1.25).size > 1.15 * normal.size
 
 
 def test_clean_sentence() -> None:
