@@ -101,25 +101,36 @@ def exports(prepared_dir: Path, trained_exp_dir: Path, tmp_path_factory) -> dict
             "emitting": tmp_path_factory.mktemp("export_emitting")}
     shutil.copy(trained_exp_dir / "epoch-2.pt", dirs["trained"] / "epoch-1.pt")
 
-    # Emitting variant: random joiner output layer, blank bias set so that
-    # blank wins on about half of the frames (with a blank-only context).
+    # Emitting variant: random joiner output layer; biases set so that a
+    # word-start piece wins about half of the non-blank choices (so that
+    # transcripts have several words) and blank wins on about half of the
+    # frames (with a blank-only context).
     state = checkpoint["model"]
     weight = state["joiner.output_linear.weight"]
     generator = torch.Generator().manual_seed(0)
     state["joiner.output_linear.weight"] = torch.randn(weight.shape, generator=generator)
     state["joiner.output_linear.bias"] = torch.zeros(weight.size(0))
     model = build_model(checkpoint)
-    blank_margins = []
     with torch.no_grad():
         context = torch.zeros(1, model.decoder.context_size, dtype=torch.int64)
         decoder_proj = model.joiner.decoder_proj(model.decoder(context, need_pad=False))[:, 0]
+        logits = []
         for path in clean_wavs(prepared_dir)[:4]:
             search = CollectFrames()
             stream_encoder(model, read_audio(path)[0], 16, 64, search)
-            logits = model.joiner(model.joiner.encoder_proj(torch.cat(search.frames)),
-                                  decoder_proj, project_input=False)
-            blank_margins.append(logits[:, 0] - logits[:, 1:].max(dim=-1).values)
-    state["joiner.output_linear.bias"][0] = -float(torch.cat(blank_margins).median())
+            logits.append(model.joiner(model.joiner.encoder_proj(torch.cat(search.frames)),
+                                       decoder_proj, project_input=False))
+    logits = torch.cat(logits)  # (frames, vocab_size), zero bias
+    symbols = read_symbols(prepared_dir / Path(BPE).parent)
+    word_start = torch.tensor([s.startswith("\u2581") for s in symbols])
+    word_start[0] = False
+    other = ~word_start
+    other[0] = False
+    bias = state["joiner.output_linear.bias"]
+    bias[word_start] = float((logits[:, other].max(dim=-1).values
+                              - logits[:, word_start].max(dim=-1).values).median())
+    logits = logits + bias
+    bias[0] = -float((logits[:, 0] - logits[:, 1:].max(dim=-1).values).median())
     torch.save({"model": state, "params": checkpoint["params"]}, dirs["emitting"] / "epoch-1.pt")
 
     streaming = ["--decode-chunk-size", str(CHUNK), "--left-context", str(LEFT)]
@@ -398,7 +409,13 @@ def test_streaming_decode_with_tail_padding_decodes_like_sherpa_onnx(
     """streaming_decode.py's decoding loop with --tail-padding-seconds -1 (the
     silence sherpa_onnx_decode.py appends) on test-clean cuts gives sherpa-onnx's
     tokens; without the padding the last chunk differs (masked log-floor frames
-    instead of silence), so the two need not agree."""
+    instead of silence), so the two need not agree.
+
+    sherpa-onnx stops after its last full window, which the padding places after
+    all the speech; streaming_decode.py also runs the partial chunk of silence
+    that remains. The trained model emits nothing there, so its tokens must be
+    equal; the emitting one (random joiner) may add tokens there, so sherpa-onnx's
+    tokens must be a prefix of ours, and most utterances must still be equal."""
     exp_dir = exports[variant]
     model = load_torch_model(exp_dir)
     symbols = read_symbols(exp_dir)
@@ -418,8 +435,14 @@ def test_streaming_decode_with_tail_padding_decodes_like_sherpa_onnx(
                for r, c in zip(sorted(results, key=lambda r: r.cut_id),
                                sorted(cuts, key=lambda c: c.id)))
     theirs = sherpa_tokens(exp_dir, [load_cut_audio(cut) for cut in cuts])
-    print(f"{variant}: {sum(map(len, ours))} tokens in {len(cuts)} cuts")
-    assert ours == theirs
+    equal = sum(a == b for a, b in zip(ours, theirs))
+    print(f"{variant}: {sum(map(len, ours))} tokens in {len(cuts)} cuts, "
+          f"equal on {equal}/{len(cuts)}")
+    if variant == "trained":
+        assert ours == theirs
+    else:
+        assert [a[: len(b)] for a, b in zip(ours, theirs)] == theirs
+        assert equal >= len(cuts) // 2, equal
 
 
 def words_of(tokens: list[str]) -> list[str]:
