@@ -52,6 +52,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -59,6 +60,9 @@ from tqdm import tqdm
 
 from local.generate_noise import coloured_noise
 from local.text_sources import DEFAULT_TEXT_SOURCES, TEXT_SOURCES, load_sentences, split_held_out
+
+if TYPE_CHECKING:
+    from hibari import Hibari
 
 # Bump when the way audio or text is produced changes: old outputs are then regenerated.
 GENERATOR_VERSION = 2
@@ -323,7 +327,7 @@ def festival_process() -> FestivalProcess:
 
 
 @functools.cache
-def hibari_tts(voice_name: str):
+def hibari_tts(voice_name: str) -> Hibari:
     """This worker's hibari synthesiser for a voice (one ONNX Runtime thread), loaded once."""
     from hibari import Hibari
 
