@@ -420,6 +420,70 @@ def test_do_rnnt_pruning_gathers_the_right_rows() -> None:
         assert lm_pruned[b, t, k, 0] == lm[b, ranges[b, t, k], 0]
 
 
+@needs_fast_rnnt
+@pytest.mark.parametrize("s_range", [2, 4])
+def test_facade_pruned_logprobs_equal_fast_rnnt(s_range: int) -> None:
+    """The fused log_softmax + gather gives fast_rnnt's px and py, -inf where it has -inf."""
+    from shared import rnnt_loss
+
+    am, lm, symbols, boundary = make_problem(13, batch_size=4, num_frames=25, num_symbols=9)
+    _, (px_grad, py_grad) = fast_rnnt.rnnt_loss_smoothed(
+        lm, am, symbols, BLANK, 0.25, 0.0, boundary, reduction="sum", return_grad=True
+    )
+    ranges = fast_rnnt.get_rnnt_prune_ranges(px_grad, py_grad, boundary, s_range)
+    logits = 3 * torch.randn(4, 25, ranges.shape[2], am.shape[2])
+    for boundary_or_none in (boundary, None):
+        ours = rnnt_loss.get_rnnt_logprobs_pruned(logits, symbols, ranges, BLANK, boundary_or_none)
+        theirs = fast_rnnt.get_rnnt_logprobs_pruned(
+            logits, symbols, ranges, BLANK, boundary_or_none
+        )
+        for our_value, their_value in zip(ours, theirs):
+            assert torch.equal(torch.isinf(our_value), torch.isinf(their_value))
+            finite = torch.isfinite(their_value)
+            torch.testing.assert_close(our_value[finite], their_value[finite])
+
+
+@needs_fast_rnnt
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_facade_pruned_loss_and_gradients_equal_fast_rnnt(reduction: str) -> None:
+    from shared import rnnt_loss
+
+    assert rnnt_loss.BACKEND == "fast_rnnt"
+    am, lm, symbols, boundary = make_problem(17, batch_size=4, num_frames=25, num_symbols=9)
+    _, (px_grad, py_grad) = fast_rnnt.rnnt_loss_smoothed(
+        lm, am, symbols, BLANK, 0.25, 0.0, boundary, reduction="sum", return_grad=True
+    )
+    ranges = fast_rnnt.get_rnnt_prune_ranges(px_grad, py_grad, boundary, 3)
+    results = []
+    for loss_function in (rnnt_loss.rnnt_loss_pruned, fast_rnnt.rnnt_loss_pruned):
+        generator = torch.Generator().manual_seed(0)
+        logits = 3 * torch.randn(4, 25, 3, am.shape[2], generator=generator)
+        logits.requires_grad_(True)
+        loss, (arc_px_grad, arc_py_grad) = loss_function(
+            logits, symbols, ranges, BLANK, boundary, reduction=reduction, return_grad=True
+        )
+        (logits_grad,) = torch.autograd.grad(loss.sum(), logits)
+        results.append((loss.detach(), arc_px_grad, arc_py_grad, logits_grad))
+    for our_value, their_value in zip(*results):
+        torch.testing.assert_close(our_value, their_value, rtol=1e-5, atol=1e-5)
+
+
+@needs_fast_rnnt
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_facade_pruned_loss_over_every_node_equals_brute_force(seed: int) -> None:
+    """With every frame's range covering all S + 1 nodes the pruned loss is the full loss."""
+    from shared import rnnt_loss
+
+    _, _, logits, symbols, boundary = make_tiny_problem(seed, torch.float32)
+    batch_size, num_frames, num_nodes, _ = logits.shape
+    every_node = torch.arange(num_nodes).expand(batch_size, num_frames, num_nodes)
+    loss = rnnt_loss.rnnt_loss_pruned(
+        logits, symbols, every_node, BLANK, boundary, reduction="none"
+    )
+    expected = -brute_force_log_prob(logits.log_softmax(dim=3), symbols, boundary)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # Facade
 # ---------------------------------------------------------------------------
