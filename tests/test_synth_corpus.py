@@ -7,6 +7,7 @@ sentence split, the held-out voice, idempotency and determinism.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import shutil
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import kaldialign
 import numpy as np
 import pytest
 import soundfile as sf
@@ -30,6 +32,7 @@ from local.generate_synth_corpus import (
     ChapterJob,
     UtteranceStyle,
     Voice,
+    draw_style,
     render_utterance,
     synthesize_chapter,
     usable_voices,
@@ -234,6 +237,54 @@ def test_hibari_voice_is_reproducible_and_follows_the_rate(tmp_path: Path) -> No
     normal = render(1.0)
     assert np.array_equal(normal, render(1.0))
     assert render(1.25).size > 1.15 * normal.size
+
+
+def test_pocketsphinx_reads_a_clear_voice(tmp_path: Path) -> None:
+    """The independent intelligibility check works: clear flite speech is read well."""
+    from local.check_intelligibility import make_decoder, recognise
+
+    text = "the weather was fine and the children played in the garden"
+    speech = render_utterance(VOICES[0], text, UtteranceStyle(), tmp_path,
+                              np.random.default_rng(0))
+    sf.write(tmp_path / "clear.wav", speech, 16000, subtype="PCM_16")
+    hypothesis = recognise(make_decoder(), tmp_path / "clear.wav")
+    errors = kaldialign.edit_distance(text.upper().split(), hypothesis.split())["total"]
+    assert errors <= 3, hypothesis
+
+
+def test_each_augmentation_rendering_keeps_exactly_its_effect() -> None:
+    from local.augmentation_cost import EVERY_EFFECT, RENDERINGS
+
+    style = draw_style(EVERY_EFFECT, np.random.default_rng(3))
+    plain = UtteranceStyle()
+    kept_fields = {
+        "none": set(),
+        "reverberation": {"reverb"},
+        "band-limiting": {"band_hz"},
+        "noise": {"noise_colour", "snr_db"},
+        "level": {"peak_dbfs"},
+        "prosody": {"duration_stretch", "f0_factor", "spectral_shift_cents"},
+    }
+    assert set(RENDERINGS) == set(kept_fields)
+    for name, keep in RENDERINGS.items():
+        rendering = keep(style)
+        for field in dataclasses.fields(UtteranceStyle):
+            expected = style if field.name in kept_fields[name] else plain
+            assert getattr(rendering, field.name) == getattr(expected, field.name), (name, field)
+
+
+def test_augmentation_cost_measures_every_rendering(corpus_dir: Path) -> None:
+    result = run_script(
+        PROJECT_DIR / "local" / "augmentation_cost.py", "--corpus-dir", str(corpus_dir),
+        "--sentences-per-voice", "1", "--nj", "2",
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    header, voice_rows, average = rows[0], rows[1:-1], rows[-1]
+    assert "| reverberation |" in header and header.endswith("| corpus file |")
+    assert voice_rows and average.startswith("| weighted average |")
+    for row in voice_rows + [average]:
+        wers = [float(cell) for cell in row.strip("|").split("|")[2:]]
+        assert len(wers) == 7 and all(wer >= 0 for wer in wers), row
 
 
 def test_clean_sentence() -> None:
