@@ -617,7 +617,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         tb_writer.close()
     # Every rank logs this to its own log file: under DDP all ranks must hold
     # the same weights, which the tests check.
-    checksum = sum(float(p.double().abs().sum()) for p in unwrap(model).parameters())
+    checksum = sum(float(p.detach().double().abs().sum()) for p in unwrap(model).parameters())
     logging.info(f"rank {rank} final parameter checksum {checksum:.10e}")
     logging.info("done")
     if distributed:
