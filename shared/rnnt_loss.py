@@ -1,9 +1,10 @@
 """The (pruned) RNN-T loss used by the recipe: fast_rnnt if available, else a reference.
 
-The model imports the six functions below from here instead of from k2 /
+The model imports the loss functions below from here instead of from k2 /
 fast_rnnt, so that the recipe runs (slowly) even where the compiled
 ``fast_rnnt`` extension cannot be built.  All functions follow fast_rnnt's
-contracts exactly; see :mod:`shared.rnnt_reference` for the shapes and the
+contracts exactly (the pruned loss computes its arc log-probs itself, see
+:func:`get_rnnt_logprobs_pruned`); see :mod:`shared.rnnt_reference` for the shapes and the
 ``boundary`` / ``ranges`` conventions.  In short:
 
 * ``boundary``: int64 ``[B, 4]``, rows ``(begin_symbol, begin_frame,
@@ -260,8 +261,13 @@ def rnnt_loss_pruned(
         px=px, py=py, boundary=boundary, return_grad=return_grad
     )
     total_logprobs = result[0] if return_grad else result
-    loss = {"none": -total_logprobs, "mean": -total_logprobs.mean(), "sum": -total_logprobs.sum()}
-    return (loss[reduction], result[1]) if return_grad else loss[reduction]
+    if reduction == "mean":
+        loss = -total_logprobs.mean()
+    elif reduction == "sum":
+        loss = -total_logprobs.sum()
+    else:
+        loss = -total_logprobs
+    return (loss, result[1]) if return_grad else loss
 
 
 def rnnt_loss(
