@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from lhotse import load_manifest
-from scratch_exp import link_exp_dir
+from linked_exp_dir import link_exp_dir
 
 from pruned_transducer_stateless4 import decode
 

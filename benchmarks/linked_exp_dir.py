@@ -1,4 +1,5 @@
-"""A scratch experiment directory for benchmarks that run the recipe's scripts.
+"""A directory of links to an experiment's checkpoints and exports, for
+benchmarks that run the recipe's scripts.
 
 decode.py, streaming_decode.py and sherpa_onnx_decode.py write their result
 files (recogs, wer-summary, speed, latency) into the experiment directory, and

@@ -30,7 +30,7 @@ Usage (the checkpoints and the ONNX export of the same --epoch/--avg in
 
 With --max-utts N the first N cuts are written to a temporary cut set named
 PART-first-N.  The scripts' result files go to a temporary directory of links
-to EXP_DIR's checkpoints and exports (benchmarks/scratch_exp.py), never into
+to EXP_DIR's checkpoints and exports (benchmarks/linked_exp_dir.py), never into
 EXP_DIR itself.
 """
 
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from lhotse import CutSet
-from scratch_exp import link_exp_dir
+from linked_exp_dir import link_exp_dir
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds

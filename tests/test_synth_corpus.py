@@ -241,7 +241,7 @@ def test_hibari_voice_is_reproducible_and_follows_the_rate(tmp_path: Path) -> No
 
 def test_pocketsphinx_reads_a_clear_voice(tmp_path: Path) -> None:
     """The independent intelligibility check works: clear flite speech is read well."""
-    from local.check_intelligibility import make_decoder, recognise
+    from tools.check_intelligibility import make_decoder, recognise
 
     text = "the weather was fine and the children played in the garden"
     speech = render_utterance(VOICES[0], text, UtteranceStyle(), tmp_path,
@@ -253,7 +253,7 @@ def test_pocketsphinx_reads_a_clear_voice(tmp_path: Path) -> None:
 
 
 def test_each_augmentation_rendering_keeps_exactly_its_effect() -> None:
-    from local.augmentation_cost import EVERY_EFFECT, RENDERINGS
+    from tools.augmentation_cost import EVERY_EFFECT, RENDERINGS
 
     style = draw_style(EVERY_EFFECT, np.random.default_rng(3))
     plain = UtteranceStyle()
@@ -275,7 +275,7 @@ def test_each_augmentation_rendering_keeps_exactly_its_effect() -> None:
 
 def test_augmentation_cost_measures_every_rendering(corpus_dir: Path) -> None:
     result = run_script(
-        PROJECT_DIR / "local" / "augmentation_cost.py", "--corpus-dir", str(corpus_dir),
+        PROJECT_DIR / "tools" / "augmentation_cost.py", "--corpus-dir", str(corpus_dir),
         "--sentences-per-voice", "1", "--nj", "2",
     )
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]

@@ -15,7 +15,7 @@ The effect parameters are drawn from the clean part's ranges (``CLEAN`` in
 sentence, so all renderings of a sentence share the same parameters.
 
 Usage:
-    ./local/augmentation_cost.py --corpus-dir download/LibriSpeech --part test-clean \\
+    ./tools/augmentation_cost.py --corpus-dir download/LibriSpeech --part test-clean \\
         --sentences-per-voice 10 --nj 2
 """
 
@@ -33,7 +33,6 @@ import kaldialign
 import numpy as np
 import soundfile as sf
 
-from local.check_intelligibility import Utterance, make_decoder, read_utterances, recognise
 from local.generate_synth_corpus import (
     CLEAN,
     SAMPLE_RATE,
@@ -43,6 +42,7 @@ from local.generate_synth_corpus import (
     draw_style,
     render_utterance,
 )
+from tools.check_intelligibility import Utterance, make_decoder, read_utterances, recognise
 
 # Each rendering keeps one part of a fully augmented style and drops the rest.
 RENDERINGS: dict[str, Callable[[UtteranceStyle], UtteranceStyle]] = {

@@ -8,7 +8,7 @@ per speaker (= per TTS voice). A voice far worse than the others is a sign of a 
 engine or of augmentation that is too harsh.
 
 Usage:
-    ./local/check_intelligibility.py --corpus-dir download/LibriSpeech --part test-clean \\
+    ./tools/check_intelligibility.py --corpus-dir download/LibriSpeech --part test-clean \\
         --num-utts 50 --max-wer 30
 
 With ``--max-wer`` the exit status is 1 when the WER is above it.
