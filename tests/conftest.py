@@ -1,5 +1,10 @@
 """Shared fixtures: one tiny generated corpus, prepared once per test session
-through the real prepare.sh, reused by the training and decoding tests."""
+through the real prepare.sh, reused by the training and decoding tests.
+
+Every test that uses one of these fixtures (directly or through another
+fixture) is marked `slow`, since the first of them prepares data and trains;
+`pytest -m "not slow"` runs the unit and oracle tests alone, in seconds.
+"""
 
 import shutil
 from pathlib import Path
@@ -14,6 +19,16 @@ TINY_MODEL_ARGS = [
     "--dim-feedforward", "128", "--cnn-module-kernel", "7", "--decoder-dim", "64",
     "--joiner-dim", "64",
 ]
+
+
+# Fixtures that prepare data or train: whoever uses them is a slow test.
+SLOW_FIXTURES = {"prepared_dir", "trained_exp_dir"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
