@@ -347,7 +347,12 @@ def test_fast_beam_search_batch_and_chunks_equal_single_utterances():
             assert stream.best_path(final=False).score > -math.inf or n == 0
     for a, b, stream in zip(batch, single, streams):
         c = stream.lattice()
-        assert a.best_path() == b.best_path() == c.best_path()
+        # Same path; its score only up to float rounding (a batch sums the
+        # same arc scores in another order than a single utterance does).
+        paths = [lattice.best_path() for lattice in (a, b, c)]
+        assert len({str((p.tokens, p.words, p.timestamps, p.arcs)) for p in paths}) == 1
+        assert paths[1].score == pytest.approx(paths[0].score, rel=1e-6)
+        assert paths[2].score == pytest.approx(paths[0].score, rel=1e-6)
         for x, y in ((a, b), (a, c)):
             assert x.num_states == y.num_states and x.num_arcs == y.num_arcs
             torch.testing.assert_close(x.arc_score, y.arc_score)
