@@ -769,7 +769,8 @@ def results_section(records: Sequence[DecodeRecord], rows: Sequence[Row],
                           if name in record.args)
         out += [f"Model: {record.num_params / 1e6:.2f} M parameters ({model}).", ""]
 
-    out += ["### Commands", "", "```bash"]
+    out += ["### Commands", "", "```bash",
+            "# (prepare.sh and export.py write no records; run.sh shows how they were run)"]
     if record is not None:
         out += [command_line(record.script, i.get("argv", [])) for i in record.invocations]
     for row in rows:

@@ -337,7 +337,8 @@ def test_results_section(full_exp_dir: Path, capsys) -> None:
     assert re.match(rf"## \d{{4}}-\d\d-\d\d: tiny check, commit {commit}", text), text[:200]
     assert "Model: 6.31 M parameters" in text and "encoder_dim=144" in text
 
-    commands = text.split("```bash\n")[1].split("```")[0].splitlines()
+    commands = [line for line in text.split("```bash\n")[1].split("```")[0].splitlines()
+                if not line.startswith("#")]
     assert commands[0] == ("./pruned_transducer_stateless4/train.py --exp-dir "
                            f"{full_exp_dir} --num-epochs 3 --encoder-dim 144")
     records, problems = run_record.read_decode_records(full_exp_dir)
