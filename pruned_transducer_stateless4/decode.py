@@ -35,6 +35,8 @@ Outputs in EXP_DIR/<decoding-method>/, for each test set PART:
   errs-PART-KEY-SUFFIX.txt         alignments, frequent errors, per-word stats
   wer-summary-PART-KEY-SUFFIX.txt  "settings  WER"
   speed-PART-KEY-SUFFIX.json       decoding time, RTF and utterances/s
+  record-PART-KEY-SUFFIX.json      the run's record for make_results.py: arguments,
+                                   settings, WER with error counts, speed (shared/run_record.py)
   log-decode-SUFFIX-*              the log (WER and speed per part)
 where KEY holds the search settings (e.g. beam_size_4) and SUFFIX the model
 (e.g. epoch-30-avg-10-use-averaged-model, plus -streaming-chunk-size-16-left-context-64).
@@ -72,6 +74,7 @@ from pruned_transducer_stateless4.model_config import (
     apply_checkpoint_model_options,
     get_transducer_model,
 )
+from shared import run_record
 from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
 from shared.fsa_graph import (
     DecodingGraph,
@@ -332,6 +335,20 @@ def save_results(params: AttributeDict, part: str, results: list[tuple[str, str,
     return wer
 
 
+def save_record(params: AttributeDict, args: dict[str, Any], argv: list[str], part: str,
+                results: list[tuple[str, str, str]], speed: dict[str, Any]) -> Path:
+    """Writes RES_DIR/record-PART-KEY-SUFFIX.json, the record make_results.py reads
+    (shared/run_record.py): arguments, settings, WER, the recogs file, speed."""
+    key, suffix = result_key(params), result_suffix(params)
+    path = params.res_dir / f"record-{part}-{key}-{suffix}.json"
+    streaming = run_record.SIMULATED if params.simulate_streaming else run_record.FULL_CONTEXT
+    run_record.record_decode(path, "decode.py", part,
+                             run_record.DecodeSettings.from_options(params, streaming), results,
+                             recogs=f"recogs-{part}-{key}-{suffix}.txt", args=args, argv=argv,
+                             speed=speed)
+    return path
+
+
 # -------------------------------------------------------------------- main --
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Decodes every test set; returns {part: WER (a fraction)}."""
@@ -396,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         key, suffix = result_key(params), result_suffix(params)
         speed_path = params.res_dir / f"speed-{part}-{key}-{suffix}.json"
         speed_path.write_text(json.dumps(speed, indent=2) + "\n")
+        save_record(params, vars(args), argv, part, results, speed)
         logging.info(
             f"{part}: {params.decoding_method} WER {wer * 100:.2f}% on {len(results)} "
             f"utterances; {seconds:.1f} s for {audio_seconds:.1f} s of audio "

@@ -35,6 +35,8 @@ Outputs in EXP_DIR/sherpa_onnx/, KEY = greedy_search-float or greedy_search-int8
   agreement-PART-KEY.json  fraction of utterances whose sherpa-onnx
                          transcript equals streaming_decode.py's greedy one
                          word for word (see below)
+  record-PART-KEY.json   the run's record for make_results.py (shared/run_record.py):
+                         arguments, settings, WER, RTF and agreement
   log-decode-KEY         the log
 
 Agreement.  streaming_decode.py --decoding-method greedy_search writes
@@ -76,6 +78,7 @@ from pruned_transducer_stateless4.streaming_decode import result_key as streamin
 from pruned_transducer_stateless4.streaming_decode import (
     result_suffix as streaming_result_suffix,
 )
+from shared import run_record
 from shared.features import SAMPLE_RATE
 from shared.metrics import read_recogs, write_error_stats, write_recogs
 from shared.utils import AttributeDict, RecipeError, run_main, setup_logging, str2bool
@@ -362,6 +365,26 @@ def save_results(res_dir: Path, part: str, key: str,
     return wer
 
 
+def save_record(res_dir: Path, args: argparse.Namespace, argv: list[str] | None, part: str,
+                streaming: tuple[int, int, float], results: list[tuple[str, str, str]],
+                speed: dict[str, Any], agreed: dict[str, Any] | None) -> Path:
+    """Writes RES_DIR/record-PART-KEY.json, the record make_results.py reads
+    (shared/run_record.py).  streaming: the export's chunk size and left context
+    and the tail padding in seconds."""
+    key = result_key(args.int8)
+    path = res_dir / f"record-{part}-{key}.json"
+    chunk_size, left_context, tail_padding = streaming
+    settings = run_record.DecodeSettings(
+        method="greedy_search", model=run_record.model_selection(args.epoch, args.iter, args.avg),
+        use_averaged_model=args.use_averaged_model, streaming=run_record.SHERPA_ONNX,
+        chunk_size=chunk_size, left_context=left_context, tail_padding_seconds=tail_padding,
+        model_format="onnx-int8" if args.int8 else "onnx-float")
+    run_record.record_decode(path, "sherpa_onnx_decode.py", part, settings, results,
+                             recogs=f"recogs-{part}-{key}.txt", args=vars(args), argv=argv,
+                             speed=speed, agreement=agreed)
+    return path
+
+
 def write_json(path: Path, value: dict[str, Any]) -> None:
     with open(path, "w") as out:
         json.dump(value, out, indent=2)
@@ -424,7 +447,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         res_dir.mkdir(parents=True, exist_ok=True)
         wer = save_results(res_dir, part, key, results)
         rtf = processing_seconds / audio_seconds if audio_seconds > 0 else float("nan")
-        write_json(res_dir / f"rtf-{part}-{key}.json", {
+        speed = {
             "rtf": rtf, "audio_seconds": audio_seconds,
             "processing_seconds": processing_seconds, "num_threads": args.num_threads,
             "num_utterances": len(cuts), "num_decode_streams": args.num_decode_streams,
@@ -433,7 +456,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "definition": "processing_seconds: wall time of sherpa-onnx's feature "
             "extraction, encoder and search (tail padding included); model loading and "
             "audio reading excluded; audio_seconds without the tail padding",
-        })
+        }
+        write_json(res_dir / f"rtf-{part}-{key}.json", speed)
         logging.info(f"{part} {key}: WER {wer * 100:.2f}% ({len(cuts)} utterances); RTF "
                      f"{rtf:.4f} ({processing_seconds:.2f} s for {audio_seconds:.2f} s of audio)")
 
@@ -450,6 +474,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             logging.info(f"{part} {key}: agreement with {compare_file.name}: "
                          f"{agreed['num_equal']}/{agreed['num_utts']} = "
                          f"{agreed['agreement'] * 100:.2f}% of the utterances{missing}")
+        save_record(res_dir, args, argv, part, (chunk_size, left_context, tail_padding),
+                    results, speed, agreed)
         summary[part] = {"wer": wer, "rtf": rtf,
                          "agreement": None if agreed is None else agreed["agreement"]}
     logging.info(f"results in {res_dir}")

@@ -24,7 +24,9 @@ show: it advances by the measured wall time of every step (feeding audio,
 features, encoder, search) and, when no stream has a chunk ready, jumps to
 the next arrival of audio (a real server would wait for it).
 
-Reported (logged, and written to latency-<part>-<key>-<suffix>.{txt,json}):
+Reported (logged, and written to latency-<part>-<key>-<suffix>.{txt,json}, and with the
+WER and arguments to record-<part>-<key>-<suffix>.json, shared/run_record.py's record
+that make_results.py reads):
 
 * RTF = processing time / audio duration, where processing time is the sum
   of the measured step times (idle waiting and reading audio files excluded).
@@ -90,6 +92,7 @@ from pruned_transducer_stateless4.streaming_beam_search import (
     StreamingSearchConfig,
     search_chunk,
 )
+from shared import run_record
 from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
 from shared.features import SAMPLE_RATE
 from shared.fsa_graph import trivial_graph
@@ -524,6 +527,21 @@ def save_results(res_dir: Path, test_set: str, key: str, suffix: str,
     return wer
 
 
+def save_record(res_dir: Path, params: Any, args: dict[str, Any], argv: list[str] | None,
+                test_set: str, results: list[tuple[str, str, str]],
+                summary: dict[str, Any]) -> Path:
+    """Writes RES_DIR/record-TEST_SET-KEY-SUFFIX.json, the record make_results.py
+    reads (shared/run_record.py): arguments, settings, WER, recogs file, latency."""
+    key, suffix = result_key(params), result_suffix(params)
+    path = res_dir / f"record-{test_set}-{key}-{suffix}.json"
+    settings = run_record.DecodeSettings.from_options(params, run_record.REAL,
+                                                      tail_padding_seconds(params))
+    run_record.record_decode(path, "streaming_decode.py", test_set, settings, results,
+                             recogs=f"recogs-{test_set}-{key}-{suffix}.txt", args=args,
+                             argv=argv, speed=summary)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     params = AttributeDict(vars(args))
@@ -543,6 +561,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = summarize(results, busy)
         texts = [(r.cut_id, r.ref, sp.decode(r.tokens)) for r in results]
         wer = save_results(res_dir, name, key, suffix, texts, summary)
+        save_record(res_dir, params, vars(args), argv, name, texts, summary)
         logging.info(f"{name} {key}: WER {wer * 100:.2f}% ({len(results)} utterances)")
         logging.info(f"{name} {key}: {format_summary(summary)}")
     logging.info(f"results in {res_dir}")

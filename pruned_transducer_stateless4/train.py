@@ -16,7 +16,10 @@ Usage (from the project root, after ./prepare.sh):
   ./pruned_transducer_stateless4/train.py --start-epoch 4 ...
   ./pruned_transducer_stateless4/train.py --start-batch 2000 ...
 
-Outputs in --exp-dir: epoch-N.pt, checkpoint-B.pt, tensorboard/, log/log-train-*.
+Outputs in --exp-dir: epoch-N.pt, checkpoint-B.pt, tensorboard/, log/log-train-*, and
+the records make_results.py reads (shared/run_record.py): train-record.json (arguments,
+parameters, batches, audio and training seconds; rewritten at every validation) and
+train-points.jsonl (a line per progress line and per validation).
 """
 
 import argparse
@@ -43,6 +46,7 @@ from pruned_transducer_stateless4.asr_datamodule import (
 )
 from pruned_transducer_stateless4.beam_search import greedy_search_batch
 from pruned_transducer_stateless4.model_config import add_model_arguments, get_transducer_model
+from shared import run_record
 from shared.checkpoint import (
     load_checkpoint_file,
     load_model_state,
@@ -164,6 +168,7 @@ def get_params() -> AttributeDict:
             "batch_idx_train": 0,
             "cur_epoch": 1,
             "train_seconds": 0.0,  # wall time spent training, over resumes
+            "train_audio_seconds": 0.0,  # seconds of audio trained on, over resumes
             "best_valid_loss": float("inf"),
             "best_valid_epoch": -1,
         }
@@ -390,6 +395,7 @@ def train_one_epoch(
         tracker.add(stats)
         interval_tracker.add(stats)
         epoch_seconds_done += stats["audio_seconds"] * world_size
+        params.train_audio_seconds += stats["audio_seconds"] * world_size
         params.train_seconds += time.time() - step_start
 
         if model_avg is not None and params.batch_idx_train % params.average_period == 0:
@@ -406,6 +412,10 @@ def train_one_epoch(
                 f"{interval_tracker['frames'] * world_size / elapsed:.0f} frames/s, "
                 f"epoch ETA {eta / 60:.1f} min"
             )
+            run_record.append_train_point(params.exp_dir, run_record.TrainPoint(
+                "train", params.batch_idx_train, params.train_seconds / 60,
+                loss=interval_tracker.per_frame("loss"), audio_rate=audio_rate,
+                epoch=params.cur_epoch))
             if tb_writer is not None:
                 for key in ("loss", "simple_loss", "pruned_loss", "ctc_loss"):
                     tb_writer.add_scalar(f"train/{key}", interval_tracker.per_frame(key),
@@ -461,6 +471,9 @@ def run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank,
             f"greedy WER {wer * 100:.2f}% on {params.valid_wer_utts} dev-clean utterances "
             f"({time.time() - start:.1f} s)"
         )
+        run_record.append_train_point(params.exp_dir, run_record.TrainPoint(
+            "valid", params.batch_idx_train, params.train_seconds / 60, loss=valid_loss,
+            wer=wer * 100, epoch=params.cur_epoch))
         if tb_writer is not None:
             tb_writer.add_scalar("valid/loss", valid_loss, params.batch_idx_train)
             for key in ("simple_loss", "pruned_loss", "ctc_loss"):
@@ -473,6 +486,8 @@ def run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank,
         if valid_loss < params.best_valid_loss:
             params.best_valid_loss = valid_loss
             params.best_valid_epoch = params.cur_epoch
+        run_record.write_train_record(params.exp_dir,
+                                      run_record.train_record_from_params(params, device))
     if world_size > 1:
         dist.barrier()
 
@@ -510,6 +525,8 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         for key in ("batch_idx_train", "cur_epoch", "train_seconds", "best_valid_loss",
                     "best_valid_epoch"):
             params[key] = checkpoint["params"][key]
+        # (absent from checkpoints older than the counter)
+        params.train_audio_seconds = checkpoint["params"].get("train_audio_seconds", 0.0)
         if params.start_batch > 0:
             params.start_epoch = params.cur_epoch
         else:
@@ -619,6 +636,9 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     # the same weights, which the tests check.
     checksum = sum(float(p.detach().double().abs().sum()) for p in unwrap(model).parameters())
     logging.info(f"rank {rank} final parameter checksum {checksum:.10e}")
+    if rank == 0:
+        run_record.write_train_record(
+            params.exp_dir, run_record.train_record_from_params(params, device, finished=True))
     logging.info("done")
     if distributed:
         dist.destroy_process_group()

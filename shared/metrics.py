@@ -3,6 +3,7 @@
 import ast
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -11,16 +12,39 @@ import kaldialign
 EPS = "*"
 
 
+@dataclass(frozen=True)
+class ErrorCounts:
+    """Word errors of a set of hypotheses against their references."""
+
+    errors: int  # insertions + deletions + substitutions
+    words: int  # reference words
+    insertions: int = 0
+    deletions: int = 0
+    substitutions: int = 0
+
+    @property
+    def wer(self) -> float:
+        """In percent (0 if there are no reference words)."""
+        return 100.0 * self.errors / self.words if self.words else 0.0
+
+
+def error_counts(results: Sequence[tuple[str, str, str]]) -> ErrorCounts:
+    """Corpus-level error counts of [(cut_id, ref, hyp)] (texts split on spaces)."""
+    totals = Counter()
+    words = 0
+    for _, ref, hyp in results:
+        result = kaldialign.edit_distance(ref.split(), hyp.split())
+        totals.update({k: result[k] for k in ("ins", "del", "sub", "total")})
+        words += len(ref.split())
+    return ErrorCounts(errors=totals["total"], words=words, insertions=totals["ins"],
+                       deletions=totals["del"], substitutions=totals["sub"])
+
+
 def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Corpus-level WER: total edits over total reference words (0 if no words)."""
     assert len(refs) == len(hyps), (len(refs), len(hyps))
-    errors = 0
-    words = 0
-    for ref, hyp in zip(refs, hyps):
-        result = kaldialign.edit_distance(ref.split(), hyp.split())
-        errors += result["total"]
-        words += len(ref.split())
-    return errors / words if words else 0.0
+    counts = error_counts([("", ref, hyp) for ref, hyp in zip(refs, hyps)])
+    return counts.errors / counts.words if counts.words else 0.0
 
 
 def write_recogs(path: Path, results: Sequence[tuple[str, str, str]]) -> None:

@@ -1,22 +1,33 @@
-"""make_results.py on a small experiment directory written by the recipe's own writers:
-decode.py's and streaming_decode.py's save_results (recogs, errs, wer-summary, latency
-json), shared.checkpoint.save_checkpoint with train.py's params, and a tensorboard
-SummaryWriter with the tags train.py uses.  No model is trained or run."""
+"""make_results.py and the records it reads (shared/run_record.py).
+
+The fast tests write an experiment directory with the recipe's own writers, without a
+model: decode.py's and streaming_decode.py's save_results and save_record (recogs, errs,
+wer-summary, latency json, record), sherpa_onnx_decode.py's save_record, and train.py's
+run_validation (validate() stubbed to return planted numbers), which writes the training
+record and the validation points.  The slow test runs the real scripts on the tiny model
+of tests/conftest.py and reports their records."""
 
 import json
-import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
-from pruned_transducer_stateless4 import decode, make_results, streaming_decode, train
+from benchmarks.linked_exp_dir import link_exp_dir
+from pruned_transducer_stateless4 import (
+    decode,
+    make_results,
+    sherpa_onnx_decode,
+    streaming_decode,
+    train,
+)
 from pruned_transducer_stateless4.streaming_decode import UtteranceResult
-from shared.checkpoint import save_checkpoint
+from shared import run_record
+from shared.metrics import ErrorCounts, read_recogs
 from shared.utils import AttributeDict
-from tests.helpers import PROJECT_DIR, run_script
+from tests.helpers import run_script
 
 # Three test-clean utterances, 10 reference words.
 REFS = {"1089-134686-0000": "THE CAT SAT", "1089-134686-0001": "ON THE MAT",
@@ -33,7 +44,7 @@ BEAM = {"1089-134686-0000": "THE BAT SAT", "1089-134686-0001": "ON A MAT",
         "1089-134686-0002": "A DOG RUN FAST"}
 
 # The not-run row of the WER table, spaces removed.
-NOT_RUN_ROW = "|-|sherpa-onnx|notrun|"
+NOT_RUN_ROW = "|-|sherpa_onnx_decode.py|notrun|"
 
 MODEL_SELECTION = ["--iter", "1000", "--avg", "2", "--use-averaged-model", "true"]
 CHUNK = ["--decode-chunk-size", "16", "--left-context", "64"]
@@ -45,23 +56,27 @@ def triples(hyps: dict[str, str]) -> list[tuple[str, str, str]]:
 
 def write_decode_results(exp_dir: Path, method: str, hyps_by_part: dict[str, dict[str, str]],
                          extra: list[str]) -> None:
-    """What decode.py writes for `method`, with its own option parsing and writer."""
-    args = decode.get_parser().parse_args(
-        [*MODEL_SELECTION, "--exp-dir", str(exp_dir), "--decoding-method", method, *extra])
+    """What decode.py writes for `method`, with its own option parsing and writers."""
+    argv = [*MODEL_SELECTION, "--exp-dir", str(exp_dir), "--decoding-method", method, *extra]
+    args = decode.get_parser().parse_args(argv)
     params = AttributeDict(vars(args))
     params.res_dir = exp_dir / method
     params.res_dir.mkdir(parents=True, exist_ok=True)
     for part, hyps in hyps_by_part.items():
         decode.save_results(params, part, triples(hyps))
+        speed = {"utterances": len(hyps), "audio_seconds": 30.0, "decoding_seconds": 0.6,
+                 "rtf": 0.02, "num_threads": 2}
+        decode.save_record(params, vars(args), argv, part, triples(hyps), speed)
 
 
 def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str]],
                             extra: tuple[str, ...] = ()) -> None:
-    """What streaming_decode.py writes for greedy search: recogs/errs/wer-summary and
-    latency-*.json from its summarize() of planted latencies."""
-    args = streaming_decode.get_parser().parse_args(
-        [*MODEL_SELECTION, "--exp-dir", str(exp_dir), "--decoding-method", "greedy_search",
-         *CHUNK, *extra])
+    """What streaming_decode.py writes for greedy search: recogs/errs/wer-summary,
+    latency files and the record, from its summarize() of planted latencies."""
+    argv = [*MODEL_SELECTION, "--exp-dir", str(exp_dir), "--decoding-method", "greedy_search",
+            *CHUNK, *extra]
+    args = streaming_decode.get_parser().parse_args(argv)
+    params = AttributeDict(vars(args))
     key, suffix = streaming_decode.result_key(args), streaming_decode.result_suffix(args)
     res_dir = exp_dir / "streaming" / "greedy_search"
     for part, hyps in hyps_by_part.items():
@@ -74,57 +89,52 @@ def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str
         ]
         summary = streaming_decode.summarize(utterances, processing_seconds=1.5)  # RTF 0.05
         streaming_decode.save_results(res_dir, part, key, suffix, triples(hyps), summary)
+        streaming_decode.save_record(res_dir, params, vars(args), argv, part, triples(hyps),
+                                     summary)
 
 
-def write_training(exp_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                   with_tensorboard: bool = True) -> None:
-    """A checkpoint with train.py's params, and what train.py logs and writes to
-    tensorboard: validation through its own run_validation (validate() stubbed to
-    return planted numbers), the training-progress scalars and log lines as
-    train_one_epoch writes them."""
+def write_sherpa_results(exp_dir: Path, hyps: dict[str, str], int8: bool) -> None:
+    """What sherpa_onnx_decode.py writes for test-clean (an export of chunk 16,
+    left context 64, 0.72 s of tail padding), with an agreement of 2/3."""
+    argv = ["--exp-dir", str(exp_dir), "--iter", "1000", "--avg", "2", "--use-averaged-model",
+            "true", "--int8", str(int8).lower()]
+    args = sherpa_onnx_decode.get_parser().parse_args(argv)
+    res_dir = exp_dir / "sherpa_onnx"
+    res_dir.mkdir(parents=True, exist_ok=True)
+    key = sherpa_onnx_decode.result_key(int8)
+    sherpa_onnx_decode.save_results(res_dir, "test-clean", key, triples(hyps))
+    speed = {"rtf": 0.0123, "num_utterances": 3, "audio_seconds": 30.0,
+             "processing_seconds": 0.369, "num_threads": 1}
+    agreed = {"num_utts": 3, "num_equal": 2, "agreement": 2 / 3,
+              "compare_file": str(exp_dir / "streaming/greedy_search/recogs-test-clean-x.txt")}
+    sherpa_onnx_decode.save_record(res_dir, args, argv, "test-clean", (16, 64, 0.72),
+                                   triples(hyps), speed, agreed)
+
+
+TRAIN_ARGV = ["--num-epochs", "3", "--encoder-dim", "144"]
+
+
+def write_training(exp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What train.py writes: validation through its own run_validation (validate()
+    stubbed to return planted numbers), which appends the validation points and
+    rewrites the training record; the progress points as train_one_epoch appends
+    them."""
     params = train.get_params()
-    params.update(vars(train.get_parser().parse_args(["--exp-dir", str(exp_dir)])))
+    args = train.get_parser().parse_args(["--exp-dir", str(exp_dir), *TRAIN_ARGV])
+    params.update(vars(args))
     params.update(num_params=6_310_000, vocab_size=500)
-
-    log_dir = exp_dir / "log"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "log-train-2026-01-01-00-00-00-rank0"
-    # train_one_epoch's progress line, for batches 400 and 800; its tensorboard
-    # values below differ (40/42/44 s/s, losses 3.0/2.4/1.6) so that the report
-    # shows which source it used.
-    progress = ("2026-01-01 00:0{m}:00,000 INFO [train.py:363] epoch 1, batch {b}, loss {loss}, "
-                "simple_loss 1.2, pruned_loss 1.3, ctc_loss 1.4, lr 2.94e-03, grad norm 0.35, "
-                "{rate} s audio/s, 957 frames/s, epoch ETA 13.4 min\n")
-    log_path.write_text("2026-01-01 00:00:01,000 INFO [train.py:532] model: 6.31 M parameters\n"
-                        + progress.format(m=1, b=400, loss="2.5000", rate="38.0")
-                        + progress.format(m=3, b=800, loss="1.5000", rate="46.0"))
-
-    writer = SummaryWriter(log_dir=str(exp_dir / "tensorboard")) if with_tensorboard else None
-    if writer is not None:
-        for batch, loss, rate in ((200, 3.0, 40.0), (400, 2.4, 42.0), (800, 1.6, 44.0)):
-            writer.add_scalar(make_results.TB_TRAIN_LOSS, loss, batch)
-            writer.add_scalar(make_results.TB_AUDIO_RATE, rate, batch)
-
-    handler = logging.FileHandler(log_path)  # appends run_validation's log lines
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        # (batch, seconds of training, valid loss per frame, WER as a fraction)
-        for batch, seconds, loss, wer in ((400, 252.0, 2.1, 0.945), (800, 510.0, 1.8, 0.8125)):
-            tracker = train.Tracker(frames=100.0, loss=loss * 100.0)
-            monkeypatch.setattr(train, "validate", lambda *args, t=tracker, w=wer: (t, w))
-            params.update(batch_idx_train=batch, train_seconds=seconds)
-            train.run_validation(params, None, None, None, None, torch.device("cpu"), writer,
-                                 rank=0, world_size=1)
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-        root.setLevel(old_level)
-    if writer is not None:
-        writer.close()
-    save_checkpoint(exp_dir / "checkpoint-800.pt", torch.nn.Linear(2, 2), params)
+    monkeypatch.setattr("sys.argv", ["train.py", "--exp-dir", str(exp_dir), *TRAIN_ARGV])
+    for batch, loss, rate in ((200, 3.0, 40.0), (400, 2.4, 42.0), (800, 1.6, 44.0)):
+        run_record.append_train_point(exp_dir, run_record.TrainPoint(
+            "train", batch, batch * 0.01, loss=loss, audio_rate=rate, epoch=1))
+    # (batch, seconds of training, audio seconds, valid loss per frame, WER as a fraction)
+    for batch, seconds, audio, loss, wer in ((400, 252.0, 10_000.0, 2.1, 0.945),
+                                             (800, 510.0, 21_420.0, 1.8, 0.8125)):
+        tracker = train.Tracker(frames=100.0, loss=loss * 100.0)
+        monkeypatch.setattr(train, "validate", lambda *args, t=tracker, w=wer: (t, w))
+        params.update(batch_idx_train=batch, train_seconds=seconds, train_audio_seconds=audio)
+        train.run_validation(params, None, None, None, None, torch.device("cpu"), None,
+                             rank=0, world_size=1)
 
 
 def write_run_log(path: Path) -> None:
@@ -176,36 +186,96 @@ def section(text: str, number: int) -> str:
     return match.group(0)
 
 
-def test_tags_are_train_py_tags() -> None:
-    """make_results reads the tags train.py writes (a renamed tag would silently
-    empty the training section).  The validation tags are also exercised for real
-    by run_validation in write_training; train/loss is written as f"train/{key}"."""
-    source = (PROJECT_DIR / "pruned_transducer_stateless4/train.py").read_text()
-    for tag in make_results.TB_TAGS:
-        prefix, name = tag.split("/")
-        assert f'"{tag}"' in source or (f'f"{prefix}/{{key}}"' in source
-                                        and f'("{name}", ' in source), tag
+# ------------------------------------------------------------------ records --
+def test_decode_record_round_trip(tmp_path: Path) -> None:
+    results = triples(SIMULATED)
+    args = {"exp_dir": tmp_path, "beam": 20.0, "bad": float("nan")}
+    settings = run_record.DecodeSettings("modified_beam_search", "iter-1000-avg-2", True,
+                                         run_record.SIMULATED, 16, 64, 0.0, {"beam_size": 4})
+    path = tmp_path / "m" / "record-test-clean-x.json"
+    written = run_record.record_decode(path, "decode.py", "librispeech_cuts_test-clean",
+                                       settings, results, tmp_path / "m" / "recogs-x.txt",
+                                       args=args, argv=["--beam-size", "4", "a b"],
+                                       speed={"rtf": 0.5})
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    read = run_record.read_decode_record(path)
+    assert read == written
+    assert read.part == "test-clean"
+    assert read.wer == ErrorCounts(errors=1, words=10, insertions=0, deletions=1,
+                                   substitutions=0)
+    assert read.wer.wer == pytest.approx(10.0)
+    assert read.recogs == "recogs-x.txt" and read.recogs_path == tmp_path / "m/recogs-x.txt"
+    assert read.args == {"exp_dir": str(tmp_path), "beam": 20.0, "bad": None}
+    assert read.command == ("./pruned_transducer_stateless4/decode.py --beam-size 4 'a b'")
+    assert read.settings.identity() == settings.identity()
+    data = json.loads(path.read_text())  # plain JSON: no NaN, the WER in percent too
+    assert data["kind"] == "decode" and data["wer"]["wer"] == pytest.approx(10.0)
 
 
+def test_train_record_and_points_round_trip(tmp_path: Path, monkeypatch) -> None:
+    params = train.get_params()
+    params.update(vars(train.get_parser().parse_args(["--exp-dir", str(tmp_path)])))
+    params.update(num_params=1234, batch_idx_train=50, train_seconds=100.0,
+                  train_audio_seconds=1500.0, cur_epoch=2)
+    record = run_record.train_record_from_params(params, torch.device("cpu"), argv=["--a"])
+    run_record.write_train_record(tmp_path, record)
+    read = run_record.read_train_record(tmp_path)
+    assert (read.num_params, read.batches, read.epoch, read.device) == (1234, 50, 2, "cpu")
+    assert read.throughput == pytest.approx(15.0)
+    assert read.best_valid_loss is None  # inf in params: JSON has none
+    assert read.args["exp_dir"] == str(tmp_path) and "batch_idx_train" not in read.args
+    assert [i["argv"] for i in read.invocations] == [["--a"]]
+    # The same process again: one invocation; a later (resumed) process adds one.
+    run_record.write_train_record(tmp_path, record)
+    monkeypatch.setattr(run_record, "PROCESS_STARTED_UTC", "2099-01-01T00:00:00Z")
+    run_record.write_train_record(tmp_path, record)
+    assert len(run_record.read_train_record(tmp_path).invocations) == 2
+
+    for batch, loss in ((10, 3.0), (20, 2.0), (20, 1.5)):  # 20 again: a resumed run
+        run_record.append_train_point(tmp_path, run_record.TrainPoint("valid", batch, 1.0,
+                                                                      loss=loss))
+    points, problems = run_record.read_train_points(tmp_path)
+    assert [(p.batch, p.loss) for p in points] == [(10, 3.0), (20, 1.5)] and not problems
+
+
+def test_a_failed_write_keeps_the_old_record(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "record-a.json"
+    run_record.write_json_atomic(path, {"kind": "old"})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed in the middle of writing
+
+    monkeypatch.setattr(run_record.json, "dump", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_record.write_json_atomic(path, {"kind": "new"})
+    assert json.loads(path.read_text()) == {"kind": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+# ------------------------------------------------------------------- report --
 def test_full_report(full_exp_dir: Path, capsys) -> None:
     assert make_results.main(["--exp-dir", str(full_exp_dir), "--total-minutes", "42.3",
                               "--run-log", str(full_exp_dir / "run-sh.log")]) == 0
     text = (full_exp_dir / "RESULTS.md").read_text()
     assert capsys.readouterr().out.strip() == text.strip()  # printed as well
+    assert "Skipped" not in text
 
-    # 1. WER: the planted values, with the settings that reproduce them.
+    # 1. WER: the planted values, with the settings and commands that made them.
     wer = section(text, 1)
     greedy = table_row(wer, "decode.py", "greedy_search", "simulated streaming")
     assert greedy[-2:] == ["10.00", "0.00"]
-    assert "16" in greedy and "64" in greedy and "iter-1000-avg-2, averaged" in greedy
+    assert greedy[4:8] == ["iter-1000-avg-2, averaged", "16", "64", "max_sym_per_frame 1"]
     assert table_row(wer, "modified_beam_search")[-2:] == ["30.00", "-"]
+    assert table_row(wer, "modified_beam_search")[7] == "beam_size 4"
     assert table_row(wer, "streaming_decode.py", "real streaming")[-2:] == ["20.00", "0.00"]
     assert NOT_RUN_ROW in wer.replace(" ", "")  # no sherpa-onnx results
-    assert ("decode.py --iter 1000 --avg 2 --use-averaged-model true --exp-dir "
-            f"{full_exp_dir} --bpe-model data/lang_bpe_500/bpe.model --decoding-method "
-            "modified_beam_search --simulate-streaming true --decode-chunk-size 16 "
-            "--left-context 64 --beam-size 4") in wer
-    assert "streaming_decode.py --iter 1000 --avg 2 --use-averaged-model true" in wer
+    assert table_row(wer, "| [1] |", " / ")[1:] == ["1 / 10", "0 / 10"]  # errors / words
+    assert ("./pruned_transducer_stateless4/decode.py --iter 1000 --avg 2 --use-averaged-model "
+            f"true --exp-dir {full_exp_dir} --decoding-method modified_beam_search "
+            "--simulate-streaming true --decode-chunk-size 16 --left-context 64 "
+            "--beam-size 4") in wer
+    assert ("./pruned_transducer_stateless4/streaming_decode.py --iter 1000 --avg 2 "
+            "--use-averaged-model true") in wer
 
     # 2. Agreement: 1 of 3 test-clean transcripts differs, none of test-other.
     agreement = section(text, 2)
@@ -217,22 +287,27 @@ def test_full_report(full_exp_dir: Path, capsys) -> None:
 
     # 3. RTF 1.5 s / 30 s, token latency mean 250 / p95 300 ms, final delay mean 100 ms.
     latency = section(text, 3)
-    row = table_row(latency, "test-clean", "greedy_search")
+    row = table_row(latency, "real streaming", "test-clean")
     assert row[2:10] == ["3", "0.0500", "250.0", "300.0", "550.0", "600.0", "100.0", "145.0"]
+    assert table_row(latency, "[1] greedy_search", "test-clean")[2:] == \
+        ["0.0200", "3", "30.0", "0.6", "2"]
 
-    # 4. Training: checkpoint counters; tensorboard values, not the log's; the log's
-    # finer validation minutes.
+    # 4. Training: the record's counters and the points' curves.
     training = section(text, 4)
     assert table_row(training, "parameters")[1] == "6.31 M"
     assert table_row(training, "training time")[1] == "8.5 min"
-    assert table_row(training, "batches")[1] == "800"
-    assert table_row(training, "throughput")[1].startswith("42.0 ")
+    assert first_cell_row(training, "batches")[1] == "800"
+    assert table_row(training, "throughput (s of audio")[1] == "42.0"  # 21420 / 510
+    assert table_row(training, "per logged interval")[1].startswith("42.0, 40.0, 44.0")
     assert table_row(training, "validation loss, first")[1] == \
         "2.1000 (batch 400) / 1.8000 (batch 800)"
     assert table_row(training, "validation greedy WER")[1] == "94.50% / 81.25%"
     assert first_cell_row(training, "800")[1:] == ["8.5", "1.8000", "81.25"]
-    assert "From: checkpoint checkpoint-800.pt, tensorboard, train log." in training
     assert table_row(training, "training loss")[1] == "3.0000 (batch 200) / 1.6000 (batch 800)"
+    assert table_row(training, "best validation loss")[1] == "1.8000"
+    assert "encoder_dim=144" in training
+    assert f"./pruned_transducer_stateless4/train.py --exp-dir {full_exp_dir} " \
+        "--num-epochs 3 --encoder-dim 144" in training
 
     # 5. Wall time: the value passed and each step's last completed run.
     wall = section(text, 5)
@@ -246,45 +321,90 @@ def test_full_report(full_exp_dir: Path, capsys) -> None:
         assert f"(plots/{name}.png)" in text
 
 
-def test_log_only_and_sherpa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without tensorboard the train log is used; sherpa-onnx's files (the names and
-    keys sherpa_onnx_decode.py writes) are read."""
-    exp_dir = tmp_path / "exp"
-    exp_dir.mkdir()
-    write_training(exp_dir, monkeypatch, with_tensorboard=False)
-    sherpa = exp_dir / "sherpa_onnx"
-    sherpa.mkdir()
-    key = "greedy_search-float"  # a key with a hyphen, as sherpa_onnx_decode.py's
-    (sherpa / f"wer-summary-test-clean-{key}.txt").write_text(f"settings\tWER\n{key}\t12.50\n")
-    (sherpa / f"rtf-test-clean-{key}.json").write_text(json.dumps(
-        {"rtf": 0.0123, "num_utterances": 3, "audio_seconds": 30.0, "processing_seconds": 0.369,
-         "num_threads": 1, "model": str(exp_dir / "encoder-epoch-30-avg-9.onnx")}))
-    (sherpa / f"log-decode-{key}").write_text(
-        "2026-01-01 00:00:00,000 INFO [sherpa_onnx_decode.py:364] sherpa-onnx on "
-        "encoder-epoch-30-avg-9.onnx (and decoder, joiner): chunks of 16 frames, 64 frames of "
-        "left context, 1 thread(s), 100 streams\n")
-    (sherpa / f"agreement-test-clean-{key}.json").write_text(json.dumps(
-        {"num_utts": 3, "num_equal": 2, "agreement": 2 / 3,
-         "compare_file": str(exp_dir / "streaming/greedy_search/recogs-test-clean-x.txt"),
-         "example_differences": [["u1", "A B", "A C"]]}))
-    assert make_results.main(["--exp-dir", str(exp_dir), "--quiet", "true"]) == 0
-    text = (exp_dir / "RESULTS.md").read_text()
+def test_results_section(full_exp_dir: Path, capsys) -> None:
+    """The section for the root RESULTS.md: the commands of every record, the WER
+    table per method and part, agreement, RTF and training numbers."""
+    write_sherpa_results(full_exp_dir, REAL, int8=False)
+    write_sherpa_results(full_exp_dir, BEAM, int8=True)
+    assert make_results.main(["--exp-dir", str(full_exp_dir), "--plots", "false",
+                              "--results-section", "true", "--title", "tiny check",
+                              "--total-minutes", "42.3",
+                              "--run-log", str(full_exp_dir / "run-sh.log")]) == 0
+    text = capsys.readouterr().out
+    assert text.strip() == (full_exp_dir / "results-section.md").read_text().strip()
+    record = run_record.read_train_record(full_exp_dir)
+    commit = (record.commit or "unknown")[:7]
+    assert re.match(rf"## \d{{4}}-\d\d-\d\d: tiny check, commit {commit}", text), text[:200]
+    assert "Model: 6.31 M parameters" in text and "encoder_dim=144" in text
 
-    row = table_row(section(text, 1), "sherpa-onnx", key)
-    assert row[4:7] + row[-1:] == ["epoch-30-avg-9", "16", "64", "12.50"]
-    assert (f"sherpa_onnx_decode.py --exp-dir {exp_dir} --epoch 30 --avg 9 --int8 false"
-            in section(text, 1))
-    assert table_row(section(text, 2), "test-clean", f"`{key}`")[2:] == \
-        ["3", "2", "66.67%", "recogs-test-clean-x.txt"]
-    assert table_row(section(text, 3), "test-clean", f"`{key}`")[2:] == \
-        ["0.0123", "3", "30.0", "0.4", "1"]
-    training = section(text, 4)
-    assert "From: checkpoint checkpoint-800.pt, train log." in training
-    assert table_row(training, "throughput")[1].startswith("42.0 ")  # (38 + 46) / 2
-    assert table_row(training, "training loss")[1] == "2.5000 (batch 400) / 1.5000 (batch 800)"
+    commands = [line for line in text.split("```bash\n")[1].split("```")[0].splitlines()
+                if not line.startswith("#")]
+    assert commands[0] == ("./pruned_transducer_stateless4/train.py --exp-dir "
+                           f"{full_exp_dir} --num-epochs 3 --encoder-dim 144")
+    records, problems = run_record.read_decode_records(full_exp_dir)
+    assert len(records) == 7 and not problems
+    assert set(commands[1:]) == {r.command for r in records}  # one line per invocation
+    assert len(commands) == 1 + 5  # greedy (both parts), beam, streaming, sherpa x2
+
+    assert "Model selection `--iter 1000 --avg 2 --use-averaged-model true`" in text
+    assert "decoding chunk 16 (640 ms), left context 64" in text
+    assert table_row(text, "decode.py, simulated streaming", "| greedy_search |")[2:] == \
+        ["10.00", "0.00"]
+    assert table_row(text, "modified_beam_search (beam_size 4)")[2:] == ["30.00", "-"]
+    assert table_row(text, "streaming_decode.py, real streaming")[2:] == ["20.00", "0.00"]
+    assert table_row(text, "greedy_search, float")[2:] == ["20.00", "-"]
+    assert table_row(text, "greedy_search, int8")[2:] == ["30.00", "-"]
+    assert "the same transcript for 2/3 (test-clean) and 3/3 (test-other) utterances" in text
+    assert "sherpa-onnx float vs streaming_decode.py (same tail padding when run): " \
+        "2/3 (test-clean)" in text
+    assert "RTF of streaming_decode.py, real streaming, greedy_search: 0.0500 (test-clean) " \
+        "and 0.0500 (test-other); token latency 250.0 ms mean (300 ms p95)" in text
+    assert "RTF of sherpa-onnx on the ONNX export, greedy_search, int8: 0.0123" in text
+    assert "800 batches in 8.5 min of optimizer steps, 1 epochs, 42.0 s of audio per second" \
+        in text
+    assert "94.5% (4.2), 81.2% (8.5)" in text
+    assert "Wall time 42.3 min: train 30.0, decode 6.0" in text
+    assert "Hardware: " in text
+
+
+def test_corrupt_and_missing_records_are_reported_and_skipped(full_exp_dir: Path) -> None:
+    """A truncated, foreign or incomplete record costs its own numbers and one
+    line of the report, never the report."""
+    greedy = next((full_exp_dir / "greedy_search").glob("record-test-other-*.json"))
+    greedy.write_text(greedy.read_text()[:100])  # truncated
+    beam_dir = full_exp_dir / "modified_beam_search"
+    (beam_dir / "record-foreign.json").write_text(json.dumps({"kind": "decode", "schema": 99}))
+    streaming = next((full_exp_dir / "streaming/greedy_search").glob("record-test-other-*"))
+    data = json.loads(streaming.read_text())
+    del data["wer"]["words"]
+    streaming.write_text(json.dumps(data))
+    with open(full_exp_dir / "train-points.jsonl", "a") as out:
+        out.write('{"kind": "valid", "batch": 9')  # torn last line
+    (full_exp_dir / "train-record.json").write_text("[]")
+    # The recogs file of a record is gone: its agreement says so.
+    next((full_exp_dir / "greedy_search").glob("recogs-test-clean-*")).unlink()
+
+    assert make_results.main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
+                              "--plots", "false"]) == 0
+    text = (full_exp_dir / "RESULTS.md").read_text()
+    skipped = text.split("Skipped")[1].split("## 1.")[0]
+    lines = [line for line in skipped.splitlines() if line.startswith("- ")]
+    assert len(lines) == 5, lines
+    for needle in ("not JSON", "schema 99", "not a wer object", "1 unreadable line(s)",
+                   "not a JSON object"):
+        assert sum(needle in line for line in lines) == 1, needle
+    wer = section(text, 1)
+    # Every test-other record is unreadable: no test-other column.
+    assert table_row(wer, "| setting | program |")[-1] == "test-clean (voices seen in training)"
+    assert table_row(wer, "| [1] |", "decode.py")[-1] == "10.00"
+    assert table_row(wer, "streaming_decode.py")[-1] == "20.00"
+    assert "missing" in table_row(section(text, 2), "test-clean", "chunk 16")[-1]
+    assert "test-clean: recogs file missing" in text.split("### WER per speaker")[1]
+    training = section(text, 4)  # curves from the points, without the record
+    assert "train-record.json: not a JSON object" in training
     assert table_row(training, "validation greedy WER")[1] == "94.50% / 81.25%"
-    assert first_cell_row(training, "400")[1:] == ["4.2", "2.1000", "94.50"]
-    assert "not run: pass --total-minutes" in section(text, 5)
+    # The section for RESULTS.md is made as well.
+    assert "| greedy_search | 10.00 |" in (full_exp_dir / "results-section.md").read_text()
 
 
 def test_empty_exp_dir(tmp_path: Path) -> None:
@@ -294,38 +414,18 @@ def test_empty_exp_dir(tmp_path: Path) -> None:
     for number in range(1, 6):
         assert "not run" in section(text, number), number
     assert not list((tmp_path / "plots").glob("*.png"))
+    assert "not run: no decoding records" in (tmp_path / "results-section.md").read_text()
     assert make_results.main(["--exp-dir", str(tmp_path / "missing")]) == 1
 
 
-def test_help_documents_every_option(tmp_path: Path) -> None:
-    for action in make_results.get_parser()._actions:
+def test_help_documents_every_option() -> None:
+    parser = make_results.get_parser()
+    for action in parser._actions:
         assert action.help, action.dest
-    result = run_script(["pruned_transducer_stateless4/make_results.py", "--help"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    for option in ("--exp-dir", "--total-minutes", "--run-log", "--plots"):
-        assert option in result.stdout
-
-
-def test_corrupt_inputs(tmp_path: Path) -> None:
-    """Truncated or foreign files cost their own numbers, never the report."""
-    (tmp_path / "checkpoint-5.pt").write_bytes(b"not a checkpoint")
-    (tmp_path / "tensorboard").mkdir()
-    (tmp_path / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"\x00garbage")
-    method_dir = tmp_path / "greedy_search"
-    method_dir.mkdir()
-    (method_dir / "wer-summary-test-clean-greedy_search_max_sym_per_frame_1-epoch-1-avg-1"
-     "-streaming-chunk-size-16-left-context-64.txt").write_text("settings\tWER\n")
-    streaming_dir = tmp_path / "streaming" / "greedy_search"
-    streaming_dir.mkdir(parents=True)
-    name = "test-clean-greedy_search-epoch-1-avg-1-streaming-chunk-size-16-left-context-64"
-    (streaming_dir / f"wer-summary-{name}.txt").write_text("settings\tWER\ngreedy_search\t5.00\n")
-    (streaming_dir / f"latency-{name}.json").write_text("{truncated")
-    assert make_results.main(["--exp-dir", str(tmp_path), "--quiet", "true"]) == 0
-    text = (tmp_path / "RESULTS.md").read_text()
-    assert table_row(section(text, 1), "streaming_decode.py")[-1] == "5.00"
-    assert "no decode.py --simulate-streaming greedy_search result" in section(text, 2)
-    assert table_row(section(text, 3), "test-clean")[2:4] == ["n/a", "n/a"]
-    assert "checkpoint-5.pt: unreadable" in section(text, 4)
+    text = parser.format_help()
+    for option in ("--exp-dir", "--total-minutes", "--run-log", "--plots", "--results-section",
+                   "--title"):
+        assert option in text
 
 
 def test_tail_padded_streaming_is_its_own_row(full_exp_dir: Path) -> None:
@@ -341,9 +441,20 @@ def test_tail_padded_streaming_is_its_own_row(full_exp_dir: Path) -> None:
     padded = table_row(wer, "streaming_decode.py", "real streaming, 0.72 s tail padding")
     assert padded[-2:] == ["30.00", "-"]
     assert table_row(wer, "streaming_decode.py", "| real streaming |")[-2:] == ["20.00", "0.00"]
-    assert "--left-context 64 --max-sym-per-frame 1 --tail-padding-seconds 0.72" in wer
+    assert "--left-context 64 --tail-padding-seconds -1" in wer
     agreement = section(text, 2)
     assert table_row(agreement, "test-clean", "chunk 16")[2:5] == ["2/3", "66.67%", "1"]
+
+
+def test_a_result_written_again_replaces_the_old_one(full_exp_dir: Path) -> None:
+    """decode.py run again with the same settings rewrites its record: one row, the
+    newest WER."""
+    write_decode_results(full_exp_dir, "modified_beam_search", {"test-clean": REFS},
+                         ["--simulate-streaming", "true", *CHUNK, "--beam-size", "4"])
+    assert make_results.main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
+                              "--plots", "false"]) == 0
+    wer = section((full_exp_dir / "RESULTS.md").read_text(), 1)
+    assert table_row(wer, "modified_beam_search")[-2:] == ["0.00", "-"]
 
 
 @pytest.mark.parametrize("training_speaker, heard", [("1089", "yes"), ("121", "no"), (None, "?")])
@@ -351,7 +462,7 @@ def test_wer_per_speaker_marks_speakers_heard_in_training(
     full_exp_dir: Path, monkeypatch: pytest.MonkeyPatch, training_speaker: str | None,
     heard: str,
 ) -> None:
-    """The checkpoint's --manifest-dir is data/fbank (relative): the training cut set
+    """train.py's --manifest-dir is data/fbank (relative): the training cut set
     written there decides "heard in training"; without it the column says "?"."""
     from lhotse import CutSet
     from lhotse.testing.dummies import dummy_cut, dummy_supervision
@@ -373,3 +484,71 @@ def test_wer_per_speaker_marks_speakers_heard_in_training(
     assert table_row(per_speaker, "| test-other | 1089 |")[1:] == ["1089", heard, "10", "0.00"]
     totals = [line for line in per_speaker.splitlines() if "**all**" in line]
     assert len(totals) == (0 if heard == "?" else 2), totals
+
+
+# --------------------------------------------------------- the real scripts --
+def test_records_of_the_real_scripts(trained_exp_dir: Path, prepared_dir: Path,
+                                     tmp_path: Path, monkeypatch) -> None:
+    """decode.py and streaming_decode.py run as processes on the tiny model write
+    records whose WER is the one of their wer-summary files, and make_results.py
+    reports them, with train.py's record of the tiny model's training."""
+    monkeypatch.chdir(prepared_dir)
+    exp_dir = link_exp_dir(trained_exp_dir, tmp_path / "exp")
+    for name in (run_record.TRAIN_RECORD_NAME, run_record.TRAIN_POINTS_NAME):
+        shutil.copy(trained_exp_dir / name, exp_dir / name)
+    # (decode.py's --use-averaged-model defaults to true, streaming_decode.py's to false)
+    common = ["--epoch", "2", "--avg", "1", "--use-averaged-model", "true", "--exp-dir",
+              str(exp_dir), "--bpe-model",
+              "data/lang_bpe_100/bpe.model", "--decode-chunk-size", "8", "--left-context",
+              "32"]
+    decode_args = ["pruned_transducer_stateless4/decode.py", *common, "--decoding-method",
+                   "greedy_search", "--simulate-streaming", "true", "--max-duration", "60"]
+    streaming_args = ["pruned_transducer_stateless4/streaming_decode.py", *common,
+                      "--num-decode-streams", "4"]
+    for args in (decode_args, streaming_args):
+        result = run_script(args, prepared_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    records, problems = run_record.read_decode_records(exp_dir)
+    assert not problems
+    assert sorted((r.script, r.part) for r in records) == [
+        ("decode.py", "test-clean"), ("decode.py", "test-other"),
+        ("streaming_decode.py", "test-clean"), ("streaming_decode.py", "test-other")]
+    for record in records:
+        summary = record.path.with_name(record.path.name.replace("record-", "wer-summary-"))
+        wer = float(summary.with_suffix(".txt").read_text().split()[-1])
+        assert record.wer.wer == pytest.approx(wer, abs=0.005)
+        recogs = read_recogs(record.recogs_path)
+        assert len(recogs) == record.num_utterances == 12
+        assert record.wer.words == sum(len(ref) for ref, _ in recogs.values())
+        assert (record.settings.model, record.settings.chunk_size) == ("epoch-2-avg-1", 8)
+        assert record.speed["rtf"] > 0
+        script_args = decode_args if record.script == "decode.py" else streaming_args
+        assert record.argv == script_args[1:]
+
+    train_record = run_record.read_train_record(exp_dir)
+    assert train_record.finished and train_record.batches > 0
+    assert train_record.audio_seconds > 0 and train_record.num_params > 0
+
+    assert make_results.main(["--exp-dir", str(exp_dir), "--plots", "false", "--quiet",
+                              "true"]) == 0
+    section_text = (exp_dir / "results-section.md").read_text()
+    for record in records:
+        assert record.command in section_text
+        assert f"{record.wer.wer:.2f}" in section_text
+    assert train_record.command in section_text
+    assert "Simulated vs real streaming (greedy search): the same transcript for" \
+        in section_text
+
+
+def test_train_points_of_a_resumed_run(tmp_path: Path) -> None:
+    """read_train_points keeps a resumed run's newest point of a batch and reports
+    the unreadable lines, wherever they are, in one problem."""
+    (tmp_path / run_record.TRAIN_POINTS_NAME).write_text(
+        '{"kind": "train", "batch": 3, "minutes": 0.1, "loss": 2.0}\n'
+        '{"kind": "tr\n'
+        '{"kind": "train", "batch": 3, "minutes": 0.2, "loss": 1.0}\n'
+        '{"kind": "nonsense", "batch": 4, "minutes": 0.2}\n')
+    points, problems = run_record.read_train_points(tmp_path)
+    assert [(p.batch, p.minutes, p.loss) for p in points] == [(3, 0.2, 1.0)]
+    assert len(problems) == 1 and "2 unreadable line(s) skipped (line 2, 4)" in str(problems[0])
