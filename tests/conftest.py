@@ -21,8 +21,10 @@ TINY_MODEL_ARGS = [
 ]
 
 
-# Fixtures that prepare data or train: whoever uses them is a slow test.
-SLOW_FIXTURES = {"prepared_dir", "trained_exp_dir"}
+# Fixtures that prepare data, generate a corpus or train: whoever uses them
+# is a slow test (corpus_dir and synth_dir live in test_synth_corpus.py,
+# librispeech_dir in test_prepare_librispeech.py).
+SLOW_FIXTURES = {"prepared_dir", "trained_exp_dir", "corpus_dir", "synth_dir", "librispeech_dir"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -427,6 +427,7 @@ def test_missing_input_fails_with_one_line_naming_it(
         ("compile_lg.py", ["--lang-dir", "--lm", "--remove-backoff-epsilons", "--minimize"]),
     ],
 )
+@pytest.mark.slow  # starts each script as a process
 def test_scripts_are_executable_and_document_their_options(
     script: str, options: list[str]
 ) -> None:

@@ -84,6 +84,7 @@ def test_stages_1_3_4_on_librispeech_layout(librispeech_dir: Path, monkeypatch):
                       for p in (librispeech_dir / "data").rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # runs prepare.sh stages as processes
 def test_corrupt_and_empty_audio_are_named(tmp_path: Path):
     corpus = make_librispeech_tree(tmp_path / "download",
                                    {"dev-clean": [("84", "121123", s) for s in SENTENCES[:3]]})
@@ -98,6 +99,7 @@ def test_corrupt_and_empty_audio_are_named(tmp_path: Path):
     assert not (tmp_path / "data/manifests/librispeech_recordings_dev-clean.jsonl.gz").exists()
 
 
+@pytest.mark.slow  # runs prepare.sh stages as processes
 def test_missing_inputs_give_one_clear_line(tmp_path: Path):
     result = run_prepare(tmp_path, 1, 1)
     assert result.returncode == 1
@@ -117,6 +119,7 @@ def test_supervision_manifest_is_plain_lhotse_jsonl(librispeech_dir: Path):
     assert record["id"] == "1089-134686-0000" and record["text"] == SENTENCES[0].upper()
 
 
+@pytest.mark.slow  # runs prepare.sh stages as processes
 def test_stale_outputs_are_made_again(tmp_path: Path, monkeypatch):
     """A regenerated corpus part (its .done marker newer than the manifests, as stage
     0 leaves it after another --synth-hours) makes stages 1, 3 and 4 redo that part;

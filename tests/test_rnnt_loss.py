@@ -535,6 +535,7 @@ def _expected_facade_values() -> tuple[float, float]:
     [("reference", "normal", "reference"), (None, "hide_fast_rnnt", "reference")]
     + ([(None, "normal", "fast_rnnt")] if fast_rnnt is not None else []),
 )
+@pytest.mark.slow  # a fresh interpreter per backend
 def test_facade_backend_selection_and_single_warning(
     env_value: str | None, mode: str, expected_backend: str
 ) -> None:
