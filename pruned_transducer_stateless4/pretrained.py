@@ -45,6 +45,11 @@ from pruned_transducer_stateless4.model_config import (
     apply_checkpoint_model_options,
     get_transducer_model,
 )
+from pruned_transducer_stateless4.timestamps import (
+    align_tokens,
+    format_word_times,
+    word_start_times,
+)
 from shared.checkpoint import load_checkpoint_file, load_model_state
 from shared.features import SAMPLE_RATE, make_fbank_extractor
 from shared.fsa_graph import trivial_graph
@@ -84,6 +89,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Left context (frames after subsampling) of --simulate-streaming.")
     parser.add_argument("--num-threads", type=int, default=1,
                         help="Torch threads.")
+    parser.add_argument("--print-timestamps", type=str2bool, default=False,
+                        help="Print each word with its start time, WORD@SECONDS, from the "
+                        "encoder frames of the best alignment of the result (timestamps.py).")
     parser.add_argument("sound_files", type=Path, nargs="+",
                         help="Sound files (wav, flac, ...) at any sample rate.")
     return parser
@@ -113,21 +121,35 @@ def load_model(path: Path, vocab_size: int) -> Transducer:
 @torch.no_grad()
 def transcribe(model: Transducer, samples, args: argparse.Namespace, extractor) -> list[int]:
     """Token ids of one utterance (16 kHz mono samples)."""
+    return _transcribe(model, samples, args, extractor)[0]
+
+
+@torch.no_grad()
+def _transcribe(model: Transducer, samples, args: argparse.Namespace,
+                extractor) -> tuple[list[int], torch.Tensor]:
+    """(token ids, encoder output (T, encoder_dim)) of one utterance."""
+    tokens, encoder_out, encoder_out_lens = _search(model, samples, args, extractor)
+    return tokens, encoder_out[0, : int(encoder_out_lens[0])]
+
+
+def _search(model, samples, args, extractor):
     features = torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).unsqueeze(0)
     feature_lens = torch.tensor([features.size(1)])
     chunk_size = args.decode_chunk_size if args.simulate_streaming else -1
     encoder_out, encoder_out_lens = model.encoder(features, feature_lens, chunk_size=chunk_size,
                                                   left_context=args.left_context)
     if args.method == "greedy_search":
-        return greedy_search_batch(model, encoder_out, encoder_out_lens,
-                                   args.max_sym_per_frame)[0]
-    if args.method == "beam_search":
-        return beam_search(model, encoder_out[:, : int(encoder_out_lens[0])], args.beam_size)
-    if args.method == "modified_beam_search":
-        return modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size)[0]
-    graph = trivial_graph(model.decoder.vocab_size)
-    return fast_beam_search_one_best(model, graph, encoder_out, encoder_out_lens, args.beam,
-                                     args.max_states, args.max_contexts)[0]
+        tokens = greedy_search_batch(model, encoder_out, encoder_out_lens,
+                                     args.max_sym_per_frame)[0]
+    elif args.method == "beam_search":
+        tokens = beam_search(model, encoder_out[:, : int(encoder_out_lens[0])], args.beam_size)
+    elif args.method == "modified_beam_search":
+        tokens = modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size)[0]
+    else:
+        graph = trivial_graph(model.decoder.vocab_size)
+        tokens = fast_beam_search_one_best(model, graph, encoder_out, encoder_out_lens,
+                                           args.beam, args.max_states, args.max_contexts)[0]
+    return tokens, encoder_out, encoder_out_lens
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +177,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for note in notes:
             logging.info(f"{path}: {note}")
-        print(f"{path}: {tokens(transcribe(model, samples, args, extractor))}", flush=True)
+        token_ids, encoder_out = _transcribe(model, samples, args, extractor)
+        if args.print_timestamps:
+            frames = align_tokens(model, encoder_out, token_ids)
+            pieces = tokens.pieces(token_ids)
+            print(f"{path}: {format_word_times(word_start_times(pieces, frames))}", flush=True)
+        else:
+            print(f"{path}: {tokens(token_ids)}", flush=True)
     if failed:
         logging.error(f"{failed} of {len(args.sound_files)} files could not be decoded")
     return 1 if failed else 0

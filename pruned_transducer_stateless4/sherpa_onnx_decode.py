@@ -62,7 +62,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ from pruned_transducer_stateless4.streaming_decode import result_key as streamin
 from pruned_transducer_stateless4.streaming_decode import (
     result_suffix as streaming_result_suffix,
 )
+from pruned_transducer_stateless4.timestamps import FRAME_SHIFT_SECONDS, word_start_times
 from shared.features import SAMPLE_RATE
 from shared.metrics import read_recogs, write_error_stats, write_recogs
 from shared.utils import AttributeDict, RecipeError, run_main, setup_logging, str2bool
@@ -194,6 +195,7 @@ def build_recognizer(exp_dir: Path, suffix: str = "epoch-30-avg-9", int8: bool =
 class SherpaResult:
     tokens: list[str]  # token symbols as in tokens.txt (with the word-start mark)
     text: str
+    timestamps: list[float] = field(default_factory=list)  # seconds of each token
 
     @property
     def words(self) -> list[str]:
@@ -255,7 +257,8 @@ def decode_waves(
                 result = recognizer.get_result_all(stream)
                 # sherpa-onnx spells the word-start mark as a space.
                 tokens = [token.replace(" ", WORD_START) for token in result.tokens]
-                results[index] = SherpaResult(tokens, result.text.strip())
+                results[index] = SherpaResult(tokens, result.text.strip(),
+                                              list(result.timestamps))
         busy += clock() - started
         active = remaining
     return [results[i] for i in range(num_waves)], busy
@@ -352,14 +355,22 @@ def result_key(int8: bool) -> str:
 
 
 def save_results(res_dir: Path, part: str, key: str,
-                 results: list[tuple[str, str, str]]) -> float:
-    """recogs/errs/wer-summary files as decode.py writes them; returns the WER."""
-    write_recogs(res_dir / f"recogs-{part}-{key}.txt", results)
+                 results: list[tuple[str, str, str]],
+                 word_times: dict[str, list[float]] | None = None) -> float:
+    """recogs/errs/wer-summary files as decode.py writes them (word_times:
+    {cut_id: start second of each word} for the recogs file); returns the WER."""
+    write_recogs(res_dir / f"recogs-{part}-{key}.txt", results, word_times)
     wer = write_error_stats(res_dir / f"errs-{part}-{key}.txt", f"{part}-{key}", results)
     with open(res_dir / f"wer-summary-{part}-{key}.txt", "w") as out:
         out.write("settings\tWER\n")
         out.write(f"{key}\t{wer * 100:.2f}\n")
     return wer
+
+
+def sherpa_word_times(result: SherpaResult) -> list[float]:
+    """Start second of each word of a sherpa-onnx result (its token times)."""
+    return [start for _, start in word_start_times(
+        result.tokens, [round(t / FRAME_SHIFT_SECONDS) for t in result.timestamps])]
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
@@ -422,7 +433,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         results = [(cut.id, " ".join(s.text for s in cut.supervisions if s.text), r.text)
                    for cut, r in zip(cuts, sherpa)]
         res_dir.mkdir(parents=True, exist_ok=True)
-        wer = save_results(res_dir, part, key, results)
+        word_times = {cut.id: sherpa_word_times(r) for cut, r in zip(cuts, sherpa)}
+        wer = save_results(res_dir, part, key, results, word_times)
         rtf = processing_seconds / audio_seconds if audio_seconds > 0 else float("nan")
         write_json(res_dir / f"rtf-{part}-{key}.json", {
             "rtf": rtf, "audio_seconds": audio_seconds,

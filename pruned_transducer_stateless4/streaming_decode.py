@@ -90,6 +90,7 @@ from pruned_transducer_stateless4.streaming_beam_search import (
     StreamingSearchConfig,
     search_chunk,
 )
+from pruned_transducer_stateless4.timestamps import word_start_times
 from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
 from shared.features import SAMPLE_RATE
 from shared.fsa_graph import trivial_graph
@@ -286,6 +287,7 @@ class UtteranceResult:
     token_latencies: list[float]  # seconds, see the module docstring
     frame_latencies: list[float]
     final_delay: float
+    token_frames: list[int] = field(default_factory=list)  # encoder frame of each token
 
 
 @dataclass
@@ -418,6 +420,7 @@ def _finish(slot: _Slot, now: float, realtime: bool) -> UtteranceResult:
         duration=slot.audio.size / SAMPLE_RATE,
         token_latencies=chunk_latencies, frame_latencies=frame_latencies,
         final_delay=now - slot.end_time(realtime),
+        token_frames=stream.token_frames(),
     )
 
 
@@ -507,11 +510,13 @@ def tail_padding_seconds(params: Any) -> float:
 
 
 def save_results(res_dir: Path, test_set: str, key: str, suffix: str,
-                 results: list[tuple[str, str, str]], summary: dict[str, Any]) -> float:
+                 results: list[tuple[str, str, str]], summary: dict[str, Any],
+                 word_times: dict[str, list[float]] | None = None) -> float:
     """Writes recogs/errs/wer-summary (as decode.py) and latency files;
-    returns the WER (a fraction)."""
+    returns the WER (a fraction).  word_times: {cut_id: start second of each
+    hypothesis word} for the recogs file."""
     res_dir.mkdir(parents=True, exist_ok=True)
-    write_recogs(res_dir / f"recogs-{test_set}-{key}-{suffix}.txt", results)
+    write_recogs(res_dir / f"recogs-{test_set}-{key}-{suffix}.txt", results, word_times)
     wer = write_error_stats(res_dir / f"errs-{test_set}-{key}-{suffix}.txt",
                             f"{test_set}-{key}", results)
     with open(res_dir / f"wer-summary-{test_set}-{key}-{suffix}.txt", "w") as out:
@@ -542,7 +547,9 @@ def main(argv: list[str] | None = None) -> None:
             tail_padding_samples=round(tail_padding_seconds(params) * SAMPLE_RATE))
         summary = summarize(results, busy)
         texts = [(r.cut_id, r.ref, sp.decode(r.tokens)) for r in results]
-        wer = save_results(res_dir, name, key, suffix, texts, summary)
+        word_times = {r.cut_id: [start for _, start in word_start_times(
+            [sp.id_to_piece(t) for t in r.tokens], r.token_frames)] for r in results}
+        wer = save_results(res_dir, name, key, suffix, texts, summary, word_times)
         logging.info(f"{name} {key}: WER {wer * 100:.2f}% ({len(results)} utterances)")
         logging.info(f"{name} {key}: {format_summary(summary)}")
     logging.info(f"results in {res_dir}")

@@ -1,0 +1,503 @@
+"""Deployment: timestamps and endpointing of our streaming decoder against
+sherpa-onnx on the same export, and streaming_server.py driven by
+sherpa-onnx's own C++ websocket client, by 50 concurrent clients, by bad
+clients and by a real headless Chromium with a fake microphone.
+
+The model is test_export.py's "emitting" export (the tiny trained model with a
+random joiner output layer that emits tokens on about half of the speech
+frames and blank on silence), so that every comparison runs over many tokens.
+"""
+
+import asyncio
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
+from pruned_transducer_stateless4.endpoint import EndpointConfig, decode_with_endpoints
+from pruned_transducer_stateless4.jit_pretrained import read_audio
+from pruned_transducer_stateless4.pretrained import load_model
+from pruned_transducer_stateless4.sherpa_onnx_decode import (
+    build_recognizer,
+    decode_waves,
+    sherpa_word_times,
+)
+from pruned_transducer_stateless4.streaming_decode import (
+    StreamingSetup,
+    decode_dataset,
+    make_search_config,
+)
+from pruned_transducer_stateless4.timestamps import word_start_times
+from shared.metrics import read_recogs, read_recogs_word_times, write_recogs
+from shared.utils import AttributeDict
+from tests.helpers import PROJECT_DIR
+from tests.test_export import BPE, CHUNK, EXPORT_SUFFIX, LEFT, clean_wavs, read_symbols
+from tests.test_export import exports as exports_fixture  # noqa: F401  (registers "exports")
+
+pytestmark = pytest.mark.slow
+SERVER = PROJECT_DIR / "pruned_transducer_stateless4/streaming_server.py"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def search_setup(model, method: str = "greedy_search") -> StreamingSetup:
+    return StreamingSetup(model, CHUNK, LEFT, make_search_config(AttributeDict(
+        decoding_method=method, max_sym_per_frame=1, beam_size=4, beam=20.0, max_states=64,
+        max_contexts=8)))
+
+
+def emitting_model(exports):
+    return load_model(exports["emitting"] / "pretrained.pt", 100)
+
+
+class WavCut:
+    """The little of a lhotse cut that decode_dataset needs, for a wav file."""
+
+    def __init__(self, path: Path) -> None:
+        self.id = path.stem
+        self.path = path
+        self.supervisions = []
+
+
+def our_streaming(model, paths: list[Path], tail_padding: int = 0):
+    """{id: (tokens, frames)} of streaming_decode.py's decoding loop."""
+    cuts = [WavCut(p) for p in paths]
+    with torch.no_grad():
+        results, _ = decode_dataset(cuts, search_setup(model), num_decode_streams=3,
+                                    simulate_realtime=False,
+                                    load_audio=lambda cut: read_audio(cut.path)[0],
+                                    tail_padding_samples=tail_padding)
+    return {r.cut_id: (r.tokens, r.token_frames) for r in results}
+
+
+@pytest.fixture(scope="module")
+def wavs(prepared_dir: Path, tmp_path_factory) -> list[Path]:
+    """16-bit 16 kHz wav copies of the test-clean utterances (what
+    sherpa-onnx's client reads)."""
+    out_dir = tmp_path_factory.mktemp("wavs")
+    paths = []
+    for path in clean_wavs(prepared_dir):
+        samples, rate = sf.read(str(path), dtype="int16")
+        assert rate == 16000
+        paths.append(out_dir / (path.stem + ".wav"))
+        sf.write(str(paths[-1]), samples, rate, subtype="PCM_16")
+    return paths
+
+
+# ------------------------------------------------------------ timestamps ----
+def test_timestamps_agree_with_sherpa_onnx(exports, wavs, tmp_path: Path):
+    """Word start times of streaming_decode.py's loop vs sherpa-onnx's
+    result.timestamps on the same export and audio (the padding sherpa-onnx
+    needs added for both): within one encoder frame (40 ms) on >= 95% of the
+    words of the utterances whose words agree; and the recogs file carries
+    them."""
+    model = emitting_model(exports)
+    symbols = read_symbols(exports["emitting"])
+    padding = flush_padding_seconds(CHUNK)
+    ours = our_streaming(model, wavs, round(padding * 16000))
+    recognizer = build_recognizer(exports["emitting"], EXPORT_SUFFIX, num_threads=1)
+    theirs, _ = decode_waves(recognizer, [read_audio(p)[0] for p in wavs], padding)
+    close = total = compared_utts = 0
+    word_times = {}
+    for path, sherpa in zip(wavs, theirs):
+        tokens, frames = ours[path.stem]
+        words = word_start_times([symbols[t] for t in tokens], frames)
+        word_times[path.stem] = [start for _, start in words]
+        sherpa_times = sherpa_word_times(sherpa)
+        sherpa_words = [w for w, _ in word_start_times(
+            sherpa.tokens, [round(t / 0.04) for t in sherpa.timestamps])]
+        n = min(len(words), len(sherpa_words))
+        if [w for w, _ in words[:n]] != sherpa_words[:n]:
+            continue
+        compared_utts += 1
+        for (_, ours_start), theirs_start in zip(words[:n], sherpa_times[:n]):
+            total += 1
+            close += abs(ours_start - theirs_start) <= 0.04 + 1e-6
+    print(f"timestamps: {close}/{total} words within 40 ms of sherpa-onnx's "
+          f"({compared_utts}/{len(wavs)} utterances compared)")
+    assert compared_utts >= len(wavs) // 2 and total >= 10 * compared_utts
+    assert close >= 0.95 * total
+
+    recogs = tmp_path / "recogs.txt"
+    write_recogs(recogs, [(k, "", " ".join(w for w, _ in word_start_times(
+        [symbols[t] for t in ours[k][0]], ours[k][1]))) for k in word_times], word_times)
+    assert read_recogs_word_times(recogs) == {k: [round(t, 2) for t in v]
+                                             for k, v in word_times.items()}
+    assert all(len(read_recogs(recogs)[k][1]) == len(v) for k, v in word_times.items())
+
+
+def test_pretrained_print_timestamps(exports, prepared_dir: Path, wavs):
+    """pretrained.py --print-timestamps prints word@start for every word."""
+    from tests.helpers import run_script
+
+    result = run_script(["pruned_transducer_stateless4/pretrained.py", "--checkpoint",
+                         str(exports["emitting"] / "pretrained.pt"), "--bpe-model", BPE,
+                         "--simulate-streaming", "1", "--decode-chunk-size", str(CHUNK),
+                         "--left-context", str(LEFT), "--print-timestamps", "1",
+                         str(wavs[0])], prepared_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = result.stdout.strip().splitlines()[-1]
+    items = line.split(": ", 1)[1].split()
+    assert items, line
+    times = [float(item.rsplit("@", 1)[1]) for item in items]
+    assert times == sorted(times) and 0 <= times[0] and times[-1] <= 4.0, line
+
+
+# ------------------------------------------------------------ endpointing ----
+def test_endpointing_splits_two_utterances(exports, wavs):
+    """Two utterances joined by 3 s of silence come out as two segments: the
+    first with the text of the first utterance decoded alone, the cut inside
+    the silence; sherpa-onnx's endpointing (same rules, same export) finds
+    the same two segments and the same first text."""
+    model = emitting_model(exports)
+    symbols = read_symbols(exports["emitting"])
+    a, b = read_audio(wavs[0])[0], read_audio(wavs[1])[0]
+    silence = np.zeros(48000, dtype=np.float32)
+    padding = round(flush_padding_seconds(CHUNK) * 16000)
+    joined = np.concatenate([a, silence, b])
+    setup = search_setup(model)
+    with torch.no_grad():
+        segments = decode_with_endpoints(setup, joined, EndpointConfig(),
+                                         tail_padding_samples=padding)
+        alone = decode_with_endpoints(setup, np.concatenate([a, silence]), EndpointConfig(),
+                                      tail_padding_samples=padding)
+
+    def text(tokens) -> str:
+        return "".join(symbols[t] for t in tokens).replace("\u2581", " ").strip()
+
+    ours = [text(s.tokens) for s in segments]
+    print("our segments:", [(s.start_time, s.end_time, t) for s, t in zip(segments, ours)])
+    assert len(segments) == 2, ours
+    assert ours[0] == text(alone[0].tokens) and ours[1]
+    end_a = a.size / 16000
+    # The cut lies in the silence: after a's last token, before b's first.
+    assert segments[0].frames[-1] * 0.04 < segments[0].end_time <= end_a + 3.0
+    assert segments[0].end_time <= segments[1].start_time <= segments[1].frames[0] * 0.04
+    assert segments[1].frames[0] * 0.04 >= end_a + 3.0 - 0.2  # b's tokens, not silence's
+
+    recognizer = build_recognizer(exports["emitting"], EXPORT_SUFFIX, num_threads=1)
+    import sherpa_onnx
+
+    recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
+        **{name: str(exports["emitting"] / f"{name}-{EXPORT_SUFFIX}.onnx")
+           for name in ("encoder", "decoder", "joiner")},
+        tokens=str(exports["emitting"] / "tokens.txt"), num_threads=1, sample_rate=16000,
+        feature_dim=80, decoding_method="greedy_search", enable_endpoint_detection=True,
+        rule1_min_trailing_silence=2.4, rule2_min_trailing_silence=1.2,
+        rule3_min_utterance_length=20.0)
+    stream = recognizer.create_stream()
+    theirs = []
+    samples = np.concatenate([joined, np.zeros(padding, dtype=np.float32)])
+    for start in range(0, samples.size, 1600):
+        stream.accept_waveform(16000, samples[start : start + 1600])
+        if start + 1600 >= samples.size:
+            stream.input_finished()
+        while recognizer.is_ready(stream):
+            recognizer.decode_stream(stream)
+            if recognizer.is_endpoint(stream):
+                if recognizer.get_result(stream).strip():
+                    theirs.append(recognizer.get_result(stream).strip())
+                recognizer.reset(stream)
+    if recognizer.get_result(stream).strip():
+        theirs.append(recognizer.get_result(stream).strip())
+    print("sherpa-onnx segments:", theirs)
+    assert len(theirs) == 2 and theirs[0] == ours[0], (theirs, ours)
+
+
+def test_endpoint_rules():
+    """sherpa-onnx's three rules at their defaults (40 ms frames)."""
+    config = EndpointConfig()
+    assert not config.is_endpoint(59, 59)  # 2.36 s of nothing
+    assert config.is_endpoint(60, 60)  # 2.4 s of nothing: rule 1
+    assert not config.is_endpoint(100, 29)  # speech, then 1.16 s of silence
+    assert config.is_endpoint(100, 30)  # speech, then 1.2 s: rule 2
+    assert not config.is_endpoint(499, 0)
+    assert config.is_endpoint(500, 0)  # 20 s: rule 3
+
+
+# ---------------------------------------------------------------- server ----
+class Server:
+    """streaming_server.py as a subprocess on a free loopback port."""
+
+    def __init__(self, cwd: Path, *options: str) -> None:
+        self.log = open(cwd / f"server-{os.getpid()}-{time.monotonic_ns()}.log", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, str(SERVER), "--port", "0", *options], cwd=cwd,
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.monotonic() + 120
+        self.port = None
+        while self.port is None:
+            assert self.process.poll() is None, self.text()
+            assert time.monotonic() < deadline, self.text()
+            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", self.text())
+            if found:
+                self.port = int(found.group(1))
+            else:
+                time.sleep(0.2)
+
+    def text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def torch_server_options(exports) -> list[str]:
+    return ["--checkpoint", str(exports["emitting"] / "pretrained.pt"), "--bpe-model", BPE,
+            "--decode-chunk-size", str(CHUNK), "--left-context", str(LEFT),
+            "--num-threads", "1"]
+
+
+def final_text(messages: list[dict]) -> str:
+    """The transcript of a connection: its final segments in order."""
+    finals = [m["text"].strip() for m in messages if m["is_final"] and m["text"].strip()]
+    assert messages and messages[-1]["is_eof"], messages[-3:]
+    return " ".join(finals)
+
+
+async def stream_file(port: int, samples: np.ndarray, piece: int = 3200,
+                      pause: float = 0.0) -> list[dict]:
+    """A well-behaved client: sends the samples in pieces, then "Done";
+    returns the JSON messages received before "Done!"."""
+    import websockets
+
+    messages = []
+    async with websockets.connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+        async def receive():
+            async for message in ws:
+                if message == "Done!":
+                    return
+                messages.append(json.loads(message))
+
+        receiver = asyncio.create_task(receive())
+        for start in range(0, samples.size, piece):
+            await ws.send(samples[start : start + piece].astype("<f4").tobytes())
+            await asyncio.sleep(pause)
+        await ws.send("Done")
+        await asyncio.wait_for(receiver, 120)
+    return messages
+
+
+def sherpa_client(port: int, wav: Path) -> list[dict]:
+    client = shutil.which("sherpa-onnx-online-websocket-client") or str(
+        Path(sys.executable).parent / "sherpa-onnx-online-websocket-client")
+    result = subprocess.run([client, "--server-ip=127.0.0.1", f"--server-port={port}",
+                             "--seconds-per-message=0.01", "--samples-per-message=4000",
+                             str(wav)], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    messages = [json.loads(line[line.index("{"):]) for line in output.splitlines()
+                if "OnMessage" in line and "{" in line]
+    return messages
+
+
+def words(tokens: list[str]) -> str:
+    return " ".join("".join(tokens).replace("\u2581", " ").split())
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_sherpa_onnx_client_through_our_server(exports, prepared_dir: Path, wavs, backend):
+    """sherpa-onnx's C++ client decodes wavs through our server to the text of
+    streaming_decode.py's loop (torch backend) or of sherpa-onnx's recognizer
+    (onnx backend) on the same audio."""
+    symbols = read_symbols(exports["emitting"])
+    if backend == "torch":
+        options = torch_server_options(exports)
+        expected = {k: words([symbols[t] for t in tokens])
+                    for k, (tokens, _) in our_streaming(emitting_model(exports), wavs).items()}
+    else:
+        options = ["--backend", "onnx", "--exp-dir", str(exports["emitting"]), "--epoch", "1",
+                   "--avg", "1"]
+        recognizer = build_recognizer(exports["emitting"], EXPORT_SUFFIX, num_threads=1)
+        results, _ = decode_waves(recognizer, [read_audio(p)[0] for p in wavs],
+                                  flush_padding_seconds(CHUNK))
+        expected = {p.stem: words(r.tokens) for p, r in zip(wavs, results)}
+    # No endpointing: streaming_decode.py and sherpa_onnx_decode.py do not cut
+    # utterances either (test_endpointing_* test the segments).
+    server = Server(prepared_dir, *options, "--enable-endpoint", "false")
+    try:
+        got = {p.stem: final_text(sherpa_client(server.port, p)) for p in wavs}
+    finally:
+        server.stop()
+    print(f"{backend} server via sherpa-onnx's client:", got)
+    assert sum(len(t.split()) for t in got.values()) >= 2 * len(wavs)
+    assert got == expected
+
+
+def test_50_concurrent_clients_equal_one_at_a_time(exports, prepared_dir: Path, wavs):
+    audio = [read_audio(p)[0] for p in wavs]
+    server = Server(prepared_dir, *torch_server_options(exports), "--max-batch-size", "50")
+    try:
+        alone = [final_text(asyncio.run(stream_file(server.port, x))) for x in audio]
+
+        async def together():
+            return await asyncio.gather(*[
+                stream_file(server.port, audio[i % len(audio)], piece=1600, pause=0.005)
+                for i in range(50)])
+
+        started = time.perf_counter()
+        results = asyncio.run(together())
+        elapsed = time.perf_counter() - started
+    finally:
+        server.stop()
+    together_texts = [final_text(m) for m in results]
+    print(f"50 concurrent clients in {elapsed:.1f} s; texts equal to one at a time: "
+          f"{sum(t == alone[i % len(audio)] for i, t in enumerate(together_texts))}/50")
+    assert together_texts == [alone[i % len(audio)] for i in range(50)]
+
+
+async def bad_clients(port: int) -> dict[str, tuple[int | None, str]]:
+    """Each bad client's close code and reason."""
+    import websockets
+
+    async def expect_close(payloads) -> tuple[int | None, str]:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+            try:
+                for payload in payloads:
+                    await ws.send(payload)
+                    await asyncio.sleep(0.05)
+                await asyncio.wait_for(ws.recv(), 30)
+                await asyncio.wait_for(ws.recv(), 30)
+            except websockets.ConnectionClosed:
+                pass
+            await ws.wait_closed()
+            return ws.close_code, ws.close_reason
+
+    good_audio = np.zeros(1600, dtype="<f4").tobytes()
+    cases = {
+        "odd length": [good_audio, b"\x00" * 4001],
+        "nan": [good_audio, np.array([0.1, np.nan, 0.2], dtype="<f4").tobytes()],
+        "inf": [np.array([np.inf] * 100, dtype="<f4").tobytes()],
+        "unknown text": ["Hello"],
+        "oversized": [np.zeros(70000, dtype="<f4").tobytes()],
+    }
+    results = dict(zip(cases, await asyncio.gather(*[expect_close(p) for p in cases.values()])))
+
+    # Disconnect mid-utterance: audio, then the TCP connection just goes.
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/")
+    await ws.send(np.random.default_rng(0).standard_normal(8000).astype("<f4").tobytes())
+    ws.transport.abort()
+    results["abrupt disconnect"] = (None, "")
+    return results
+
+
+def test_bad_clients_do_not_disturb_a_good_one(exports, prepared_dir: Path, wavs):
+    audio = read_audio(wavs[0])[0]
+    server = Server(prepared_dir, *torch_server_options(exports), "--max-connections", "250",
+                    "--max-message-bytes", "65536", "--idle-timeout-seconds", "120")
+    try:
+        expected = final_text(asyncio.run(stream_file(server.port, audio)))
+
+        async def scenario():
+            import websockets
+
+            idle = [await websockets.connect(f"ws://127.0.0.1:{server.port}/")
+                    for _ in range(200)]
+            good = asyncio.create_task(stream_file(server.port, audio, piece=1600, pause=0.01))
+            bad = await bad_clients(server.port)
+            messages = await good
+            # The idle connections are still open and the server still serves.
+            again = await stream_file(server.port, audio)
+            still_open = sum(ws.state.name == "OPEN" for ws in idle)
+            for ws in idle:
+                await ws.close()
+            return messages, bad, again, still_open
+
+        messages, bad, again, still_open = asyncio.run(scenario())
+    finally:
+        log = server.text()
+        server.stop()
+    print("bad clients:", bad)
+    assert final_text(messages) == expected and final_text(again) == expected
+    assert still_open == 200
+    assert bad["odd length"][0] == 1003 and "multiple of 4" in bad["odd length"][1]
+    assert bad["nan"][0] == 1007 and bad["inf"][0] == 1007
+    assert bad["unknown text"][0] == 1003 and "Done" in bad["unknown text"][1]
+    assert bad["oversized"][0] == 1009
+    assert "Traceback" not in log, log[-3000:]
+
+
+# --------------------------------------------------------------- browser ----
+def test_web_page_in_headless_chromium(exports, prepared_dir: Path, wavs, tmp_path: Path):
+    """The page at / in a real headless Chromium whose microphone is a fake
+    device playing a generated wav: the text on the page is the server's
+    transcript of that wav.  The browser captures at its own rate and
+    resamples, and the emitting model sits on a knife edge between blank and
+    a token on many frames, so a few tokens may differ: the words must match
+    those of the file streamed directly at least 70% (a page that sent
+    nothing, the wrong sample format or the wrong rate gets about 0%).
+    Saves a screenshot to docs/streaming_server_page.png."""
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, ("Debian chromium and chromium-driver are missing: "
+                                      "run shared/setup.sh")
+    import kaldialign
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Half a second of silence first: the page starts sending only once its
+    # socket is open, a moment after the fake device started playing.
+    samples = read_audio(wavs[0])[0]
+    wav = tmp_path / "speech.wav"
+    sf.write(str(wav), np.concatenate([np.zeros(8000, np.float32), samples,
+                                       np.zeros(16000, np.float32)]), 16000, subtype="PCM_16")
+    server = Server(prepared_dir, *torch_server_options(exports))
+    try:
+        expected = final_text(asyncio.run(stream_file(server.port, read_audio(wav)[0])))
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                     f"--use-file-for-fake-audio-capture={wav}%noloop",
+                     "--autoplay-policy=no-user-gesture-required", "--window-size=1000,700"):
+            options.add_argument(flag)
+        browser = webdriver.Chrome(service=Service(driver_path), options=options)
+        try:
+            browser.get(f"http://127.0.0.1:{server.port}/")
+            browser.find_element(By.ID, "start").click()
+            WebDriverWait(browser, 30).until(
+                lambda b: b.find_element(By.ID, "status").text.startswith("listening"))
+            time.sleep(len(samples) / 16000 + 2.0)
+            browser.find_element(By.ID, "stop").click()
+            WebDriverWait(browser, 60).until(
+                lambda b: b.find_element(By.ID, "status").text == "done")
+            texts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#segments .text")]
+            status = browser.find_element(By.ID, "status").text
+            (PROJECT_DIR / "docs").mkdir(exist_ok=True)
+            browser.save_screenshot(str(PROJECT_DIR / "docs/streaming_server_page.png"))
+        finally:
+            browser.quit()
+    finally:
+        server.stop()
+    shown = " ".join(texts)
+    errors = kaldialign.edit_distance(expected.split(), shown.split())["total"]
+    accuracy = 1 - errors / max(1, len(expected.split()))
+    print(f"page ({status}): {shown!r}\nexpected: {expected!r}\nword accuracy {accuracy:.2f}")
+    assert len(expected.split()) >= 3
+    assert accuracy >= 0.7, (shown, expected)
+    assert not math.isnan(accuracy)
