@@ -69,10 +69,14 @@ def format_word_times(word_times: list[tuple[str, float]]) -> str:
 def align_tokens(model: Transducer, encoder_out: torch.Tensor, tokens: list[int]) -> list[int]:
     """The encoder frame of each token in the best alignment of `tokens`.
 
-    The lattice is the transducer's: at state (t, u) (frame t, u tokens
-    emitted) blank moves to (t + 1, u) and token u + 1 to (t, u + 1); the
-    alignment with the highest sum of log-probabilities (log_softmax of the
-    joiner) that ends with a blank on the last frame is kept.
+    The lattice is the one our searches walk by default (greedy_search with
+    --max-sym-per-frame 1, modified_beam_search, fast_beam_search, sherpa-onnx):
+    every frame emits blank or one token, so at state (t, u) (frame t, u
+    tokens emitted) blank leads to (t + 1, u) and token u + 1 to (t + 1, u + 1).
+    A hypothesis with more tokens than frames (beam_search, or more symbols
+    per frame) is aligned on the transducer's full lattice instead, where a
+    token does not consume the frame.  The alignment with the highest sum of
+    log-probabilities (log_softmax of the joiner) is kept.
 
     Args:
       model: the transducer (its decoder context size and blank are used).
@@ -80,7 +84,8 @@ def align_tokens(model: Transducer, encoder_out: torch.Tensor, tokens: list[int]
         padding frames).
       tokens: the token ids (no blank).
     Returns:
-      frames (len(tokens),), non-decreasing, each in [0, T).
+      frames (len(tokens),), non-decreasing (increasing on the one-token-per-
+      frame lattice), each in [0, T).
     """
     num_frames = encoder_out.size(0)
     if not tokens:
@@ -110,7 +115,56 @@ def align_tokens(model: Transducer, encoder_out: torch.Tensor, tokens: list[int]
         blank_lp[start:end] = log_probs[..., blank_id].cpu().numpy()
         index = token_ids.view(1, -1, 1).expand(log_probs.size(0), -1, 1)
         token_lp[start:end] = log_probs.gather(2, index)[..., 0].cpu().numpy()
+    if num_tokens <= num_frames:
+        return _viterbi_frames_one_per_frame(blank_lp, token_lp)
     return _viterbi_frames(blank_lp, token_lp)
+
+
+def batch_word_times(model: Transducer, sp, encoder_out: torch.Tensor,
+                     encoder_out_lens: torch.Tensor, tokens: list[list[int]]) -> list[list[float]]:
+    """Start second of every word of every hypothesis of a batch.
+
+    Args:
+      model: the transducer.
+      sp: the sentencepiece model (token ids -> pieces).
+      encoder_out: (N, T, encoder_dim); encoder_out_lens: (N,).
+      tokens: the token ids of each hypothesis.
+    """
+    times = []
+    for n, ids in enumerate(tokens):
+        frames = align_tokens(model, encoder_out[n, : int(encoder_out_lens[n])], ids)
+        pieces = [sp.id_to_piece(i) for i in ids]
+        times.append([start for _, start in word_start_times(pieces, frames)])
+    return times
+
+
+def _viterbi_frames_one_per_frame(blank_lp: np.ndarray, token_lp: np.ndarray) -> list[int]:
+    """Best path of the one-token-per-frame lattice (see align_tokens).
+
+    Args:
+      blank_lp, token_lp: (T, U + 1) as for _viterbi_frames; U <= T.
+    Returns:
+      the (increasing) frame of each of the U tokens.
+    """
+    num_frames, width = blank_lp.shape
+    num_tokens = width - 1
+    assert num_tokens <= num_frames, (num_tokens, num_frames)
+    score = np.full(width, -np.inf)
+    score[0] = 0.0
+    came_by_token = np.zeros((num_frames, width), dtype=bool)
+    for t in range(num_frames):
+        stay = score + blank_lp[t]
+        move = np.full(width, -np.inf)
+        move[1:] = score[:-1] + token_lp[t, :-1]
+        came_by_token[t] = move > stay
+        score = np.maximum(stay, move)
+    frames = [0] * num_tokens
+    u = num_tokens
+    for t in range(num_frames - 1, -1, -1):
+        if u > 0 and came_by_token[t, u]:
+            frames[u - 1] = t
+            u -= 1
+    return frames
 
 
 def _viterbi_frames(blank_lp: np.ndarray, token_lp: np.ndarray) -> list[int]:

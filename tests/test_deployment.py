@@ -501,3 +501,31 @@ def test_web_page_in_headless_chromium(exports, prepared_dir: Path, wavs, tmp_pa
     assert len(expected.split()) >= 3
     assert accuracy >= 0.7, (shown, expected)
     assert not math.isnan(accuracy)
+
+
+def test_decode_recogs_have_word_times(exports, prepared_dir: Path, tmp_path: Path):
+    """decode.py's recogs file gives a start time for every hypothesis word:
+    increasing (one token per frame), within the utterance."""
+    from lhotse import load_manifest
+
+    from tests.helpers import run_script
+
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    (exp_dir / "epoch-1.pt").symlink_to(exports["emitting"] / "epoch-1.pt")
+    result = run_script(["pruned_transducer_stateless4/decode.py", "--exp-dir", str(exp_dir),
+                         "--epoch", "1", "--avg", "1", "--use-averaged-model", "false",
+                         "--bpe-model", BPE, "--test-sets", "test-clean", "--max-duration", "30",
+                         "--decoding-method", "modified_beam_search", "--num-threads", "1"],
+                        prepared_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (recogs_path,) = (exp_dir / "modified_beam_search").glob("recogs-test-clean-*.txt")
+    recogs = read_recogs(recogs_path)
+    times = read_recogs_word_times(recogs_path)
+    durations = {c.id: c.duration for c in load_manifest(
+        prepared_dir / "data/fbank/librispeech_cuts_test-clean.jsonl.gz")}
+    assert set(times) == set(recogs) and sum(map(len, times.values())) >= 2 * len(recogs)
+    for cut_id, (_, hyp) in recogs.items():
+        assert len(times[cut_id]) == len(hyp), cut_id
+        assert times[cut_id] == sorted(set(times[cut_id])), times[cut_id]
+        assert all(0 <= t < durations[cut_id] for t in times[cut_id]), cut_id

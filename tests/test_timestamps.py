@@ -10,6 +10,7 @@ import torch
 
 from pruned_transducer_stateless4.timestamps import (
     _viterbi_frames,
+    _viterbi_frames_one_per_frame,
     align_tokens,
     format_word_times,
     word_start_times,
@@ -46,6 +47,35 @@ def brute_force_frames(blank_lp: np.ndarray, token_lp: np.ndarray) -> list[int]:
         if score > best:
             best, best_frames = score, list(frames)
     return best_frames
+
+
+def brute_force_one_per_frame(blank_lp: np.ndarray, token_lp: np.ndarray) -> list[int]:
+    """Best alignment with at most one token per frame: the tokens' frames
+    are any increasing sequence, every other frame takes blank."""
+    num_frames, width = blank_lp.shape
+    best, best_frames = -np.inf, None
+    for frames in itertools.combinations(range(num_frames), width - 1):
+        score, u = 0.0, 0
+        for t in range(num_frames):
+            if u < width - 1 and frames[u] == t:
+                score += token_lp[t, u]
+                u += 1
+            else:
+                score += blank_lp[t, u]
+        if score > best:
+            best, best_frames = score, list(frames)
+    return best_frames
+
+
+def test_viterbi_one_per_frame_matches_brute_force():
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        num_frames = int(rng.integers(1, 8))
+        num_tokens = int(rng.integers(0, num_frames + 1))
+        blank_lp = np.log(rng.uniform(0.05, 1, (num_frames, num_tokens + 1)))
+        token_lp = np.log(rng.uniform(0.05, 1, (num_frames, num_tokens + 1)))
+        got = _viterbi_frames_one_per_frame(blank_lp, token_lp)
+        assert got == brute_force_one_per_frame(blank_lp, token_lp), trial
 
 
 def test_viterbi_matches_brute_force():
@@ -94,7 +124,8 @@ def test_align_tokens_on_a_model():
     model = torch.nn.Module()
     model.decoder = TinyDecoder()
     model.joiner = TinyJoiner()
-    for num_frames, tokens in ((6, [3, 7, 7]), (40, [1, 2, 3, 4]), (3, [5, 6, 7, 8])):
+    for num_frames, tokens in ((6, [3, 7, 7]), (40, [1, 2, 3, 4]), (3, [5, 6, 7, 8]),
+                               (5, [2, 4, 6, 8, 9])):
         encoder_out = torch.randn(num_frames, 16)
         got = align_tokens(model, encoder_out, tokens)
         history = [0, 0] + tokens
@@ -110,9 +141,11 @@ def test_align_tokens_on_a_model():
                     blank_lp[t, u] = float(log_probs[0])
                     if u < len(tokens):
                         token_lp[t, u] = float(log_probs[tokens[u]])
-        if num_frames <= 6:
+        if len(tokens) > num_frames:  # the full lattice
             assert got == brute_force_frames(blank_lp, token_lp)
+        elif num_frames <= 8:
+            assert got == brute_force_one_per_frame(blank_lp, token_lp)
         else:
-            assert got == _viterbi_frames(blank_lp, token_lp)
+            assert got == _viterbi_frames_one_per_frame(blank_lp, token_lp)
         assert got == sorted(got) and all(0 <= f < num_frames for f in got)
     assert align_tokens(model, torch.randn(4, 16), []) == []
