@@ -66,6 +66,11 @@ from pruned_transducer_stateless4.beam_search import (
     greedy_search_batch,
     modified_beam_search,
 )
+from pruned_transducer_stateless4.context_graph import (
+    add_context_arguments,
+    context_graph_of,
+    context_key,
+)
 from pruned_transducer_stateless4.model_config import (
     MODEL_OPTION_NAMES,
     add_model_arguments,
@@ -139,6 +144,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="*_LG: weight of the LG graph's (n-gram LM) scores.")
     parser.add_argument("--max-sym-per-frame", type=int, default=1,
                         help="greedy_search: at most this many tokens per frame.")
+    add_context_arguments(parser)
     parser.add_argument("--simulate-streaming", type=str2bool, default=False,
                         help="Encode with chunk-wise attention masks, as the streaming model "
                         "sees the audio (needs a model trained with --causal-convolution true).")
@@ -214,7 +220,7 @@ def result_key(params: AttributeDict) -> str:
     if method == "greedy_search":
         return f"greedy_search_max_sym_per_frame_{params.max_sym_per_frame}"
     if method in ("beam_search", "modified_beam_search"):
-        return f"beam_size_{params.beam_size}"
+        return f"beam_size_{params.beam_size}" + context_key(params)
     key = f"beam_{params.beam}_max_contexts_{params.max_contexts}_max_states_{params.max_states}"
     if "nbest" in method:
         key += f"_num_paths_{params.num_paths}_nbest_scale_{params.nbest_scale}"
@@ -271,7 +277,8 @@ def decode_one_batch(
                   for i in range(encoder_out.size(0))]
     elif method == "modified_beam_search":
         tokens = modified_beam_search(model, encoder_out, encoder_out_lens,
-                                      beam=params.beam_size)
+                                      beam=params.beam_size,
+                                      context_graph=params.get("context_graph"))
     elif method == "fast_beam_search":
         tokens = fast_beam_search_one_best(model, decoding_graph, encoder_out,
                                            encoder_out_lens, **fast_args)
@@ -372,6 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
     params.blank_id = sp.piece_to_id("<blk>")
     params.vocab_size = sp.get_piece_size()
+    params.context_graph = context_graph_of(params, sp)
 
     decoding_graph, word_table = None, None
     if "LG" in params.decoding_method:

@@ -38,6 +38,7 @@ from pruned_transducer_stateless4.beam_search import (
     greedy_search_batch,
     modified_beam_search,
 )
+from pruned_transducer_stateless4.context_graph import add_context_arguments, context_graph_of
 from pruned_transducer_stateless4.jit_pretrained import AudioError, TokenDecoder, read_audio
 from pruned_transducer_stateless4.model import Transducer
 from pruned_transducer_stateless4.model_config import (
@@ -89,6 +90,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Left context (frames after subsampling) of --simulate-streaming.")
     parser.add_argument("--num-threads", type=int, default=1,
                         help="Torch threads.")
+    add_context_arguments(parser)
     parser.add_argument("--print-timestamps", type=str2bool, default=False,
                         help="Print each word with its start time, WORD@SECONDS, from the "
                         "encoder frames of the best alignment of the result (timestamps.py).")
@@ -144,7 +146,8 @@ def _search(model, samples, args, extractor):
     elif args.method == "beam_search":
         tokens = beam_search(model, encoder_out[:, : int(encoder_out_lens[0])], args.beam_size)
     elif args.method == "modified_beam_search":
-        tokens = modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size)[0]
+        tokens = modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size,
+                                      context_graph=args.context_graph)[0]
     else:
         graph = trivial_graph(model.decoder.vocab_size)
         tokens = fast_beam_search_one_best(model, graph, encoder_out, encoder_out_lens,
@@ -158,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                         "%(message)s", level=logging.INFO, force=True)
     torch.set_num_threads(args.num_threads)
     tokens = TokenDecoder(args.bpe_model, args.tokens)
+    if args.context_file is not None and tokens.sp is None:
+        raise RecipeError("--context-file needs --bpe-model (to encode the phrases)")
+    args.context_graph = context_graph_of(vars(args), tokens.sp)
     model = load_model(args.checkpoint, tokens.vocab_size)
     if args.simulate_streaming and not model.encoder.causal:
         raise RecipeError("--simulate-streaming needs a model with causal convolution")

@@ -106,6 +106,18 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Use the int8-quantised files (*.int8.onnx).")
     parser.add_argument("--num-threads", type=int, default=1,
                         help="onnxruntime threads of sherpa-onnx.")
+    parser.add_argument("--decoding-method", default="greedy_search",
+                        choices=["greedy_search", "modified_beam_search"],
+                        help="sherpa-onnx's search (the agreement with streaming_decode.py is "
+                        "computed for greedy_search only).")
+    parser.add_argument("--max-active-paths", type=int, default=4,
+                        help="modified_beam_search: hypotheses kept per frame.")
+    parser.add_argument("--hotwords-file", type=Path, default=None,
+                        help="modified_beam_search: hotwords, one phrase a line (words of the "
+                        "BPE model's case, optionally ' :SCORE'), encoded with EXP_DIR/bpe.vocab "
+                        "(modeling_unit bpe; export.py copies it there).")
+    parser.add_argument("--hotwords-score", type=float, default=1.5,
+                        help="Bonus per token of a hotword (sherpa-onnx's default).")
     parser.add_argument("--num-decode-streams", type=int, default=100,
                         help="Streams decoded together (one encoder batch per chunk step), as "
                         "streaming_decode.py --num-decode-streams.")
@@ -173,20 +185,36 @@ def export_streaming_config(encoder_path: Path) -> tuple[int, int]:
 
 
 def build_recognizer(exp_dir: Path, suffix: str = "epoch-30-avg-9", int8: bool = False,
-                     num_threads: int = 1, decoding_method: str = "greedy_search"):
+                     num_threads: int = 1, decoding_method: str = "greedy_search",
+                     max_active_paths: int = 4, hotwords_file: Path | None = None,
+                     hotwords_score: float = 1.5):
     """A sherpa_onnx.OnlineRecognizer on the ONNX export in exp_dir.
 
     The front end is sherpa-onnx's default (kaldi-native-fbank, 80 bins,
     16 kHz), which computes the training features (export.py's docstring).
+    Hotwords (modified_beam_search only) are encoded with exp_dir/bpe.vocab.
     """
     import sherpa_onnx
 
     paths = onnx_export_paths(exp_dir, suffix, int8)
     check_export(paths, suffix)
+    hotwords = {}
+    if hotwords_file is not None:
+        if decoding_method != "modified_beam_search":
+            raise RecipeError("--hotwords-file needs --decoding-method modified_beam_search")
+        bpe_vocab = Path(exp_dir) / "bpe.vocab"
+        for path in (hotwords_file, bpe_vocab):
+            if not Path(path).is_file():
+                raise RecipeError(f"{path} not found" + (
+                    " (export.py --onnx 1 copies it next to tokens.txt)"
+                    if path == bpe_vocab else ""))
+        hotwords = dict(hotwords_file=str(hotwords_file), hotwords_score=hotwords_score,
+                        modeling_unit="bpe", bpe_vocab=str(bpe_vocab))
     return sherpa_onnx.OnlineRecognizer.from_transducer(
         tokens=str(paths["tokens"]), encoder=str(paths["encoder"]),
         decoder=str(paths["decoder"]), joiner=str(paths["joiner"]), num_threads=num_threads,
         sample_rate=SAMPLE_RATE, feature_dim=80, decoding_method=decoding_method,
+        max_active_paths=max_active_paths, **hotwords,
     )
 
 
@@ -350,8 +378,11 @@ def cut_waves(cuts: Iterable, durations: list[float]) -> Iterable[np.ndarray]:
         yield samples
 
 
-def result_key(int8: bool) -> str:
-    return f"greedy_search-{'int8' if int8 else 'float'}"
+def result_key(int8: bool, decoding_method: str = "greedy_search",
+               hotwords_score: float | None = None) -> str:
+    """greedy_search-float, modified_beam_search-int8-hotwords-1.5, ..."""
+    key = f"{decoding_method}-{'int8' if int8 else 'float'}"
+    return key if hotwords_score is None else f"{key}-hotwords-{hotwords_score}"
 
 
 def save_results(res_dir: Path, part: str, key: str,
@@ -393,7 +424,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     paths = onnx_export_paths(args.exp_dir, suffix, args.int8)
     # Before creating EXP_DIR/sherpa_onnx: a wrong --exp-dir leaves nothing behind.
     check_export(paths, suffix)
-    key = result_key(args.int8)
+    key = result_key(args.int8, args.decoding_method,
+                     None if args.hotwords_file is None else args.hotwords_score)
     res_dir = args.exp_dir / "sherpa_onnx"
     setup_logging(res_dir / f"log-decode-{key}")
     chunk_size, left_context = export_streaming_config(paths["encoder"])
@@ -403,7 +435,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                  f"{chunk_size} frames, {left_context} frames of left context, "
                  f"{tail_padding:.2f} s of tail padding, {args.num_threads} thread(s), "
                  f"{args.num_decode_streams} streams")
-    recognizer = build_recognizer(args.exp_dir, suffix, args.int8, args.num_threads)
+    recognizer = build_recognizer(args.exp_dir, suffix, args.int8, args.num_threads,
+                                  args.decoding_method, args.max_active_paths,
+                                  args.hotwords_file, args.hotwords_score)
 
     compare_dir = args.compare_dir or args.exp_dir / "streaming" / "greedy_search"
     # Preferably the streaming_decode.py run that got the same silence at the
@@ -414,6 +448,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         for padding in dict.fromkeys([tail_padding, 0.0])
     ]
     compare_required = args.compare_dir is not None or args.compare_recogs is not None
+    if args.decoding_method != "greedy_search":
+        if compare_required:
+            raise RecipeError("the agreement is with streaming_decode.py's greedy search: "
+                              "--compare-dir/--compare-recogs need --decoding-method "
+                              "greedy_search")
+        compare_settings = []
     data = LibriSpeechAsrDataModule(argparse.Namespace(manifest_dir=args.manifest_dir))
     summary: dict[str, dict[str, Any]] = {}
     for test_set in args.parts:
@@ -421,7 +461,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         cuts = list(data.cuts_by_name_or_path(test_set))
         if not cuts:
             raise RecipeError(f"cut set {test_set} is empty")
-        compare_file = find_compare_file(
+        compare_file = None if not compare_settings else find_compare_file(
             compare_dir, args.compare_recogs,
             [streaming_recogs_name(part, settings) for settings in compare_settings],
             part, compare_required)

@@ -72,6 +72,11 @@ import torch
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.beam_search import FastBeamSearchConfig
+from pruned_transducer_stateless4.context_graph import (
+    add_context_arguments,
+    context_graph_of,
+    context_key,
+)
 from pruned_transducer_stateless4.decode_stream import (
     DECODING_METHODS,
     DecodeStream,
@@ -129,6 +134,7 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fast_beam_search: states kept per frame.")
     parser.add_argument("--max-sym-per-frame", type=int, default=1,
                         help="greedy_search: at most this many tokens per frame.")
+    add_context_arguments(parser)
     parser.add_argument("--decode-chunk-size", type=int, default=16,
                         help="Chunk size in encoder frames (after subsampling, 40 ms each).")
     parser.add_argument("--left-context", type=int, default=64,
@@ -178,6 +184,7 @@ def load_tokenizer_and_model(params: AttributeDict) -> tuple[spm.SentencePiecePr
     sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
     params.blank_id = sp.piece_to_id("<blk>")
     params.vocab_size = sp.get_piece_size()
+    params.context_graph = context_graph_of(params, sp)
     model = load_model(params, device)
     setup = StreamingSetup(model, params.decode_chunk_size, params.left_context,
                            make_search_config(params), device)
@@ -224,6 +231,7 @@ def make_search_config(params: Any) -> StreamingSearchConfig:
         beam_size=params.beam_size,
         fast=FastBeamSearchConfig(beam=params.beam, max_states=params.max_states,
                                   max_contexts=params.max_contexts),
+        context_graph=params.get("context_graph"),
     )
 
 
@@ -475,7 +483,7 @@ def result_key(params: Any) -> str:
     if params.decoding_method == "greedy_search":
         return "greedy_search"
     if params.decoding_method == "modified_beam_search":
-        return f"num_active_paths_{params.beam_size}"
+        return f"num_active_paths_{params.beam_size}" + context_key(params)
     return f"beam_{params.beam}_max_contexts_{params.max_contexts}_max_states_{params.max_states}"
 
 

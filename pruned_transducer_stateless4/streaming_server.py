@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from pruned_transducer_stateless4.context_graph import context_graph_of
 from pruned_transducer_stateless4.endpoint import EndpointConfig, SegmentTracker
 from pruned_transducer_stateless4.model_config import add_model_arguments
 from pruned_transducer_stateless4.streaming_decode import (
@@ -147,6 +148,7 @@ class TorchBackend:
                 raise FileNotFoundError(f"BPE model {params.bpe_model} not found")
             self.sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
             streaming_decode.check_streaming_options(params)
+            params.context_graph = context_graph_of(params, self.sp)
             model = load_model(params.checkpoint, self.sp.get_piece_size())
             if not model.encoder.causal:
                 raise RecipeError(f"{params.checkpoint} is not a streaming model")

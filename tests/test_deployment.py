@@ -42,8 +42,18 @@ from pruned_transducer_stateless4.timestamps import word_start_times
 from shared.metrics import read_recogs, read_recogs_word_times, write_recogs
 from shared.utils import AttributeDict
 from tests.helpers import PROJECT_DIR
-from tests.test_export import BPE, CHUNK, EXPORT_SUFFIX, LEFT, clean_wavs, read_symbols
-from tests.test_export import exports as exports_fixture  # noqa: F401  (registers "exports")
+
+# The module-scoped export fixture of test_export.py, by its name (pytest finds
+# fixtures by the name in the module; the tests' parameters "redefine" it).
+from tests.test_export import (
+    BPE,
+    CHUNK,
+    EXPORT_SUFFIX,
+    LEFT,
+    clean_wavs,
+    exports,  # noqa: F401
+    read_symbols,
+)
 
 pytestmark = pytest.mark.slow
 SERVER = PROJECT_DIR / "pruned_transducer_stateless4/streaming_server.py"
@@ -529,3 +539,56 @@ def test_decode_recogs_have_word_times(exports, prepared_dir: Path, tmp_path: Pa
         assert len(times[cut_id]) == len(hyp), cut_id
         assert times[cut_id] == sorted(set(times[cut_id])), times[cut_id]
         assert all(0 <= t < durations[cut_id] for t in times[cut_id]), cut_id
+
+
+# --------------------------------------------------------------- hotwords ----
+def test_context_graph_scores_like_sherpa_onnx_hotwords(exports, prepared_dir: Path, wavs,
+                                                         tmp_path: Path):
+    """sherpa-onnx with the export's bpe.vocab (modeling_unit bpe) reports
+    non-zero context scores for listed phrases, and our context graph gives
+    each token of sherpa-onnx's results the same score change."""
+    import sentencepiece as spm
+
+    from pruned_transducer_stateless4.context_graph import ContextGraph
+
+    assert (exports["emitting"] / "bpe.vocab").read_bytes() == (
+        prepared_dir / "data/lang_bpe_100/bpe.vocab").read_bytes()
+    symbols = read_symbols(exports["emitting"])
+    sp = spm.SentencePieceProcessor(model_file=str(prepared_dir / BPE))
+    audio = [np.concatenate([read_audio(p)[0], np.zeros(8000, np.float32)]) for p in wavs]
+    plain = build_recognizer(exports["emitting"], EXPORT_SUFFIX, num_threads=1,
+                             decoding_method="modified_beam_search")
+    plain_results, _ = decode_waves(plain, audio, 0.0)
+    # Phrases the model outputs: the first two words of the first results.
+    phrases = []
+    for result in plain_results:
+        words = result.text.split()
+        if len(words) >= 2 and " ".join(words[:2]) not in phrases:
+            phrases.append(" ".join(words[:2]))
+        if len(phrases) == 3:
+            break
+    hotwords = tmp_path / "hotwords.txt"
+    hotwords.write_text("".join(f"{p}\n" for p in phrases))
+    recognizer = build_recognizer(exports["emitting"], EXPORT_SUFFIX, num_threads=1,
+                                  decoding_method="modified_beam_search",
+                                  hotwords_file=hotwords, hotwords_score=2.0)
+    graph = ContextGraph([sp.encode(p) for p in phrases], 2.0)
+    nonzero = compared = 0
+    for samples in audio:
+        stream = recognizer.create_stream()
+        stream.accept_waveform(16000, samples)
+        stream.input_finished()
+        while recognizer.is_ready(stream):
+            recognizer.decode_stream(stream)
+        result = recognizer.get_result_all(stream)
+        ids = [symbols.index(t.replace(" ", "\u2581")) for t in result.tokens]
+        state, ours = None, []
+        for token in ids:
+            delta, state = graph.forward_one_step(state, token)
+            ours.append(delta)
+        assert ours == pytest.approx(list(result.context_scores)), (result.tokens, phrases)
+        nonzero += sum(score != 0 for score in result.context_scores)
+        compared += len(ids)
+    print(f"hotwords {phrases}: {nonzero} of {compared} tokens with a context score; "
+          "ours equal sherpa-onnx's on all")
+    assert nonzero > 0
