@@ -592,3 +592,40 @@ def test_context_graph_scores_like_sherpa_onnx_hotwords(exports, prepared_dir: P
     print(f"hotwords {phrases}: {nonzero} of {compared} tokens with a context score; "
           "ours equal sherpa-onnx's on all")
     assert nonzero > 0
+
+
+def test_connection_limit_and_page(exports, prepared_dir: Path, wavs):
+    """Over --max-connections a websocket handshake gets HTTP 503 and the
+    others are unaffected; GET / returns the page, other paths 404."""
+    import urllib.error
+    import urllib.request
+
+    import websockets
+
+    audio = read_audio(wavs[0])[0]
+    server = Server(prepared_dir, *torch_server_options(exports), "--max-connections", "3")
+    try:
+        page = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=30)
+        assert page.status == 200 and b"getUserMedia" in page.read()
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/nothing", timeout=30)
+        assert missing.value.code == 404
+        expected = final_text(asyncio.run(stream_file(server.port, audio)))
+
+        async def scenario():
+            idle = [await websockets.connect(f"ws://127.0.0.1:{server.port}/")
+                    for _ in range(3)]
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(f"ws://127.0.0.1:{server.port}/")
+            await idle[0].close()
+            await asyncio.sleep(0.2)
+            messages = await stream_file(server.port, audio)
+            for ws in idle[1:]:
+                await ws.close()
+            return refused.value.response.status_code, messages
+
+        status, messages = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert status == 503
+    assert final_text(messages) == expected
