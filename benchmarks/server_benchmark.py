@@ -9,8 +9,8 @@ passed to streaming_server.py, for both backends):
       --cores 0,1 -- --exp-dir exp/pruned_transducer_stateless4 --epoch 30 --avg 9 \\
       --bpe-model data/lang_bpe_500/bpe.model --decode-chunk-size 16 --left-context 64
 
-For each backend a server is started (pinned to --cores with taskset, its
-torch/onnxruntime threads = the number of cores, endpointing off), and for
+For each backend a server is started (pinned to --cores with taskset, with
+--threads torch/onnxruntime threads, endpointing off), and for
 each N of --streams, N clients each send the wavs (one after the other, as
 one stream) at real-time pace in pieces of --piece-ms, then "Done".
 
@@ -55,6 +55,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx"],
                         choices=["torch", "onnx"])
     parser.add_argument("--cores", default="0,1", help="CPU cores of the server (taskset).")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / onnxruntime threads of the server (--num-threads).  On "
+                        "a loaded machine 2 torch threads made a chunk 18x slower than 1.")
     parser.add_argument("--chunk-size", type=int, default=16,
                         help="Encoder frames per chunk of the model (to map results to audio).")
     parser.add_argument("--piece-ms", type=float, default=100.0,
@@ -69,10 +72,9 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def start_server(backend: str, options: list[str], cores: str, log_path: Path):
-    num_cores = len(cores.split(","))
+def start_server(backend: str, options: list[str], cores: str, threads: int, log_path: Path):
     command = ["taskset", "-c", cores, sys.executable, str(SERVER), "--backend", backend,
-               "--port", "0", "--enable-endpoint", "false", "--num-threads", str(num_cores),
+               "--port", "0", "--enable-endpoint", "false", "--num-threads", str(threads),
                "--max-batch-size", "200", *options]
     log = open(log_path, "w+")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -144,7 +146,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends:
-            process, port = start_server(backend, options, args.cores,
+            process, port = start_server(backend, options, args.cores, args.threads,
                                          Path(tmp) / f"{backend}.log")
             rows = []
             try:

@@ -19,7 +19,11 @@ hypothesis (``ContextGraph.forward_one_step``):
 So a hypothesis gains ``len(tokens) * context_score`` for each phrase it
 contains, and nothing for a partial phrase.  ``modified_beam_search``
 (beam_search.py) adds the bonus inside its top-k over all extensions, so
-phrases survive the pruning.
+phrases survive the pruning.  The whole-utterance search (decode.py,
+pretrained.py) takes unfinished bonuses back before it picks the result; the
+streaming search (streaming_decode.py, the server) picks its partial and final
+results from the beam as it is, so a phrase still being matched at the very
+end of a stream keeps its bonus there.
 """
 
 from __future__ import annotations

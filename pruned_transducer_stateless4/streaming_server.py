@@ -141,6 +141,10 @@ class TorchBackend:
         self.tail_padding_seconds = 0.0
         if params.checkpoint is not None:
             import sentencepiece as spm
+            import torch
+
+            if params.num_threads > 0:
+                torch.set_num_threads(params.num_threads)
 
             from pruned_transducer_stateless4.pretrained import load_model
 
