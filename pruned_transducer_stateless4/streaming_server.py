@@ -104,6 +104,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Audio per connection at most; more closes the connection.")
     parser.add_argument("--idle-timeout-seconds", type=float, default=60.0,
                         help="A connection without a message for this long is closed.")
+    parser.add_argument("--save-audio-dir", type=Path, default=None,
+                        help="Write the audio each connection sent to DIR/CONNECTION.wav "
+                        "(float32, 16 kHz) when it ends, e.g. to check what a browser sent.")
     EndpointConfig.add_arguments(parser)
     add_checkpoint_arguments(parser)
     add_streaming_arguments(parser)
@@ -280,6 +283,7 @@ class Connection:
     stream: Any = None
     pending: list[np.ndarray] = field(default_factory=list)  # audio not yet in the stream
     num_samples: int = 0
+    received: list[np.ndarray] = field(default_factory=list)  # with --save-audio-dir
     done_received: bool = False  # the client sent "Done"
     finished: bool = False  # input_finished() was given to the stream
     closed: bool = False  # the client went away
@@ -297,6 +301,7 @@ class RecognitionServer:
         self.work = asyncio.Event()
         self.page = WEB_PAGE.read_bytes()
         self.num_steps = 0
+        self.num_connections = 0  # ever opened (names the saved audio)
 
     # -------------------------------------------------------------- http --
     def process_request(self, connection, request):
@@ -319,6 +324,8 @@ class RecognitionServer:
     # --------------------------------------------------------- websocket --
     async def handle(self, websocket) -> None:
         self.num_open += 1
+        self.num_connections += 1
+        number = self.num_connections
         conn = Connection(websocket)
         sender = asyncio.create_task(self._send_loop(conn))
         try:
@@ -339,6 +346,16 @@ class RecognitionServer:
             self.connections.discard(conn)
             sender.cancel()
             self.num_open -= 1
+            if self.args.save_audio_dir is not None and conn.received:
+                self._save_audio(conn, number)
+
+    def _save_audio(self, conn: Connection, number: int) -> None:
+        import soundfile as sf
+
+        self.args.save_audio_dir.mkdir(parents=True, exist_ok=True)
+        path = self.args.save_audio_dir / f"connection-{number:06d}.wav"
+        sf.write(str(path), np.concatenate(conn.received), SAMPLE_RATE, subtype="FLOAT")
+        logging.info(f"saved {conn.num_samples / SAMPLE_RATE:.2f} s of audio to {path}")
 
     async def _receive_loop(self, conn: Connection) -> None:
         import websockets
@@ -374,6 +391,8 @@ class RecognitionServer:
                 if conn.stream is None:
                     self._open_stream(conn)
                 conn.pending.append(samples.astype(np.float32))
+                if args.save_audio_dir is not None:
+                    conn.received.append(conn.pending[-1])
             self.work.set()
 
     def _open_stream(self, conn: Connection) -> None:
