@@ -4,6 +4,8 @@
 Writes into --lang-dir (e.g. data/lang_bpe_500):
   transcript_words.txt  one upper-case training transcript per line
   bpe.model             the sentencepiece model
+  bpe.vocab             sentencepiece's "<piece>\t<score>" list of the same model
+                        (sherpa-onnx's hotwords with modeling_unit "bpe" read it)
   tokens.txt            "<piece> <id>" per line; id 0 is the blank "<blk>"
 
 As in icefall, "<blk>" (id 0) and "<sos/eos>" (id 1) are user-defined symbols
@@ -68,6 +70,7 @@ def train_bpe(transcript_path: Path, vocab_size: int, model_path: Path) -> None:
             hard_vocab_limit=False,
             minloglevel=2,
         )
+        shutil.move(f"{model_prefix}.vocab", model_path.with_suffix(".vocab"))
         shutil.move(f"{model_prefix}.model", model_path)
 
 
@@ -103,7 +106,9 @@ def main() -> int:
         )
         return 1
     # Newer supervisions (stage 1 reran on a regenerated corpus) mean new text.
-    if outputs_are_up_to_date([model_path, tokens_path, transcript_path], supervision_paths):
+    vocab_path = model_path.with_suffix(".vocab")
+    if outputs_are_up_to_date([model_path, vocab_path, tokens_path, transcript_path],
+                              supervision_paths):
         logging.info(f"stage 4: {model_path} is up to date; skipping")
         return 0
 

@@ -67,6 +67,7 @@ the frames it is given).
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -241,11 +242,15 @@ class Hypothesis:
     Attributes:
       ys: `context_size` blanks followed by the tokens emitted so far.
       log_prob: log-probability of emitting ys (summed over the alignments
-        that were merged into this hypothesis).
+        that were merged into this hypothesis), plus the contextual-biasing
+        bonus of ys if a context graph is used.
+      context_state: the state of ys in the context graph (context_graph.py;
+        None: its root, or no graph).
     """
 
     ys: list[int]
     log_prob: float
+    context_state: Any = None
 
     @property
     def key(self) -> tuple[int, ...]:
@@ -264,9 +269,10 @@ class HypothesisList:
     def add(self, hyp: Hypothesis) -> None:
         old = self._data.get(hyp.key)
         if old is None:
-            self._data[hyp.key] = Hypothesis(list(hyp.ys), hyp.log_prob)
-        else:
-            self._data[hyp.key] = Hypothesis(old.ys, _log_add(old.log_prob, hyp.log_prob))
+            self._data[hyp.key] = Hypothesis(list(hyp.ys), hyp.log_prob, hyp.context_state)
+        else:  # equal ys: equal context state
+            self._data[hyp.key] = Hypothesis(old.ys, _log_add(old.log_prob, hyp.log_prob),
+                                             old.context_state)
 
     def remove(self, hyp: Hypothesis) -> None:
         del self._data[hyp.key]
@@ -396,6 +402,7 @@ def modified_beam_search_step(
     hyp_lists: list[HypothesisList],
     beam: int = 4,
     temperature: float = 1.0,
+    context_graph: Any = None,
 ) -> list[HypothesisList]:
     """Advances several utterances' beams by one frame (one token at most).
 
@@ -411,6 +418,8 @@ def modified_beam_search_step(
       hyp_lists: n beams (not modified).
       beam: beam size.
       temperature: logits are divided by it before the softmax.
+      context_graph: a context_graph.ContextGraph: each extension's score
+        gets the bonus (or take-back) of its token before the top-k.
     Returns:
       n new beams.
     """
@@ -428,6 +437,9 @@ def modified_beam_search_step(
     log_probs = _log_probs(model, encoder_proj[owner], _decoder_proj(model, contexts),
                            temperature).double() + prev.unsqueeze(1)  # (H, V)
     vocab_size = log_probs.size(1)
+    if context_graph is not None:
+        log_probs = log_probs + _context_bonus(context_graph, flat, vocab_size, blank_id,
+                                               device)
 
     # (n, max_hyps * V): the extensions of each utterance on one row.
     max_hyps = int(counts.max())
@@ -447,8 +459,13 @@ def modified_beam_search_step(
                 continue
             hyp = utt_hyps[index // vocab_size]
             token = index % vocab_size
-            ys = hyp.ys if token == blank_id else hyp.ys + [token]
-            new_list.add(Hypothesis(ys, value))
+            if token == blank_id:
+                new_list.add(Hypothesis(hyp.ys, value, hyp.context_state))
+                continue
+            state = None
+            if context_graph is not None:
+                state = context_graph.forward_one_step(hyp.context_state, token)[1]
+            new_list.add(Hypothesis(hyp.ys + [token], value, state))
         new_lists.append(new_list)
     return new_lists
 
@@ -461,6 +478,7 @@ def modified_beam_search(
     beam: int = 4,
     temperature: float = 1.0,
     length_norm: bool = True,
+    context_graph: Any = None,
 ) -> list[list[int]]:
     """Batched beam search with at most one token per frame (icefall's
     modified_beam_search; see `modified_beam_search_step`).
@@ -473,6 +491,7 @@ def modified_beam_search(
       temperature: logits are divided by it before the softmax.
       length_norm: pick the final result by log_prob / number of tokens
         (icefall's choice) instead of log_prob.
+      context_graph: contextual biasing (context_graph.ContextGraph), or None.
     Returns:
       N lists of token ids.
     """
@@ -489,11 +508,33 @@ def modified_beam_search(
         if not active:
             break
         new_beams = modified_beam_search_step(
-            model, encoder_proj[active, t], [beams[n] for n in active], beam, temperature
+            model, encoder_proj[active, t], [beams[n] for n in active], beam, temperature,
+            context_graph
         )
         for n, new_beam in zip(active, new_beams):
             beams[n] = new_beam
+    if context_graph is not None:
+        beams = [finalize_context(b, context_graph) for b in beams]
     return [b.get_most_probable(length_norm=length_norm).ys[context_size:] for b in beams]
+
+
+def _context_bonus(context_graph, hyps: list[Hypothesis], vocab_size: int, blank_id: int,
+                   device: torch.device) -> torch.Tensor:
+    """(H, V) score change of every extension of every hypothesis."""
+    bonus = torch.zeros(len(hyps), vocab_size, dtype=torch.float64)
+    for row, hyp in enumerate(hyps):
+        default, exceptions = context_graph.bonus_row(hyp.context_state, vocab_size, blank_id)
+        bonus[row] = default
+        for token, value in exceptions.items():
+            bonus[row, token] = value
+    return bonus.to(device)
+
+
+def finalize_context(hyps: HypothesisList, context_graph) -> HypothesisList:
+    """The beam at the end of an utterance: unfinished phrase bonuses taken back."""
+    return HypothesisList(
+        Hypothesis(h.ys, h.log_prob + context_graph.finalize(h.context_state), None)
+        for h in hyps)
 
 
 # --------------------------------------------------------- fast beam search

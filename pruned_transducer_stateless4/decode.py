@@ -68,12 +68,18 @@ from pruned_transducer_stateless4.beam_search import (
     greedy_search_batch,
     modified_beam_search,
 )
+from pruned_transducer_stateless4.context_graph import (
+    add_context_arguments,
+    context_graph_of,
+    context_key,
+)
 from pruned_transducer_stateless4.model_config import (
     MODEL_OPTION_NAMES,
     add_model_arguments,
     apply_checkpoint_model_options,
     get_transducer_model,
 )
+from pruned_transducer_stateless4.timestamps import batch_word_times
 from shared import run_record
 from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
 from shared.fsa_graph import (
@@ -141,6 +147,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="*_LG: weight of the LG graph's (n-gram LM) scores.")
     parser.add_argument("--max-sym-per-frame", type=int, default=1,
                         help="greedy_search: at most this many tokens per frame.")
+    add_context_arguments(parser)
     parser.add_argument("--simulate-streaming", type=str2bool, default=False,
                         help="Encode with chunk-wise attention masks, as the streaming model "
                         "sees the audio (needs a model trained with --causal-convolution true).")
@@ -216,7 +223,7 @@ def result_key(params: AttributeDict) -> str:
     if method == "greedy_search":
         return f"greedy_search_max_sym_per_frame_{params.max_sym_per_frame}"
     if method in ("beam_search", "modified_beam_search"):
-        return f"beam_size_{params.beam_size}"
+        return f"beam_size_{params.beam_size}" + context_key(params)
     key = f"beam_{params.beam}_max_contexts_{params.max_contexts}_max_states_{params.max_states}"
     if "nbest" in method:
         key += f"_num_paths_{params.num_paths}_nbest_scale_{params.nbest_scale}"
@@ -246,8 +253,11 @@ def decode_one_batch(
     decoding_graph: DecodingGraph | None,
     word_table: dict[int, str] | None,
     generator: torch.Generator,
+    word_times: list[list[float]] | None = None,
 ) -> list[str]:
-    """Hypothesis texts of one batch, in the order of its supervisions."""
+    """Hypothesis texts of one batch, in the order of its supervisions; with
+    word_times, the start second of each hypothesis word is appended to it
+    per utterance (timestamps.batch_word_times)."""
     device = next(model.parameters()).device
     features, feature_lens = batch_features(batch, device)
     if params.simulate_streaming:
@@ -270,7 +280,8 @@ def decode_one_batch(
                   for i in range(encoder_out.size(0))]
     elif method == "modified_beam_search":
         tokens = modified_beam_search(model, encoder_out, encoder_out_lens,
-                                      beam=params.beam_size)
+                                      beam=params.beam_size,
+                                      context_graph=params.get("context_graph"))
     elif method == "fast_beam_search":
         tokens = fast_beam_search_one_best(model, decoding_graph, encoder_out,
                                            encoder_out_lens, **fast_args)
@@ -282,16 +293,22 @@ def decode_one_batch(
     elif method == "fast_beam_search_LG":
         word_ids = fast_beam_search_LG(model, decoding_graph, encoder_out, encoder_out_lens,
                                        ngram_lm_scale=params.ngram_lm_scale, **fast_args)
-        return [" ".join(word_table[w] for w in ids) for ids in word_ids]
+        texts = [" ".join(word_table[w] for w in ids) for ids in word_ids]
+        tokens = sp.encode(texts)
     elif method == "fast_beam_search_nbest_LG":
         word_ids = fast_beam_search_nbest_LG(
             model, decoding_graph, encoder_out, encoder_out_lens, num_paths=params.num_paths,
             nbest_scale=params.nbest_scale, ngram_lm_scale=params.ngram_lm_scale,
             generator=generator, **fast_args)
-        return [" ".join(word_table[w] for w in ids) for ids in word_ids]
+        texts = [" ".join(word_table[w] for w in ids) for ids in word_ids]
+        tokens = sp.encode(texts)
     else:
         raise RecipeError(f"unknown decoding method {method}")
-    return sp.decode(tokens)
+    if word_times is not None:  # not part of the decoding time (speed-*.json)
+        started = time.time()
+        word_times.extend(batch_word_times(model, sp, encoder_out, encoder_out_lens, tokens))
+        params.alignment_seconds = params.get("alignment_seconds", 0.0) + time.time() - started
+    return texts if method.endswith("_LG") else sp.decode(tokens)
 
 
 def part_name(test_set: str) -> str:
@@ -313,20 +330,27 @@ def decode_dataset(
     audio_seconds = 0.0
     start = time.time()
     generator = torch.Generator().manual_seed(0)
+    # Word start times for the recogs file (save_results), by cut id.
+    params.word_times = {}
+    params.alignment_seconds = 0.0
     for batch in tqdm(dataloader, desc=f"{part} {params.decoding_method}", unit="batch",
                       disable=None):
-        hyps = decode_one_batch(params, model, sp, batch, decoding_graph, word_table, generator)
+        times: list[list[float]] = []
+        hyps = decode_one_batch(params, model, sp, batch, decoding_graph, word_table, generator,
+                                times)
         cuts = batch["supervisions"]["cut"]
-        for cut, ref, hyp in zip(cuts, batch_texts(batch), hyps):
+        for cut, ref, hyp, word_times in zip(cuts, batch_texts(batch), hyps, times):
             results.append((cut.id, ref, hyp))
+            params.word_times[cut.id] = word_times
             audio_seconds += cut.duration
-    return results, audio_seconds, time.time() - start
+    return results, audio_seconds, time.time() - start - params.alignment_seconds
 
 
 def save_results(params: AttributeDict, part: str, results: list[tuple[str, str, str]]) -> float:
     key, suffix = result_key(params), result_suffix(params)
     res_dir = params.res_dir
-    write_recogs(res_dir / f"recogs-{part}-{key}-{suffix}.txt", results)
+    write_recogs(res_dir / f"recogs-{part}-{key}-{suffix}.txt", results,
+                 params.get("word_times"))
     wer = write_error_stats(res_dir / f"errs-{part}-{key}-{suffix}.txt", f"{part}-{key}",
                             results)
     with open(res_dir / f"wer-summary-{part}-{key}-{suffix}.txt", "w") as out:
@@ -372,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
     params.blank_id = sp.piece_to_id("<blk>")
     params.vocab_size = sp.get_piece_size()
+    params.context_graph = context_graph_of(params, sp)
 
     decoding_graph, word_table = None, None
     if "LG" in params.decoding_method:

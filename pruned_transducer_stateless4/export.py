@@ -11,7 +11,7 @@ Usage (from the directory that holds exp/ and data/):
   ./pruned_transducer_stateless4/export.py ... --jit 1
 
   # ONNX for sherpa-onnx's online (streaming) Conformer transducer:
-  # encoder/decoder/joiner-epoch-30-avg-9{,.int8}.onnx and tokens.txt
+  # encoder/decoder/joiner-epoch-30-avg-9{,.int8}.onnx, tokens.txt and bpe.vocab
   ./pruned_transducer_stateless4/export.py ... --onnx 1 --decode-chunk-size 16 --left-context 64
 
 The weights are chosen as in decode.py: --epoch E --avg A averages epoch-(E-A+1)
@@ -55,6 +55,7 @@ computes the training features (shared/features.py) to within 3e-4.
 import argparse
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -391,9 +392,22 @@ def export_joiner_onnx(model: Transducer, params: dict[str, Any], path: Path) ->
 
 
 def quantize_int8(path: Path) -> Path:
-    """Dynamic int8 quantisation of the MatMul weights (onnxruntime), one scale per
-    output channel: on the default run's model per-tensor scales moved the
-    test-other WER by 0.87 from the float model's, per-channel ones by 0.46."""
+    """Dynamic int8 quantisation of the MatMul weights (onnxruntime), one scale
+    and zero point per output channel, weights as UNSIGNED 8-bit (QUInt8).
+
+    Why unsigned: the activations are quantised to uint8 at run time.  With
+    signed weights onnxruntime's x86 kernels multiply u8 x s8 with VPMADDUBSW
+    on CPUs without AVX-512 VNNI (e.g. AVX2-only AMD EPYC), which adds two
+    products into a SATURATING int16: 255 * (127 + 127) overflows it, and the
+    int8 model then computes different logits on those CPUs than on VNNI ones
+    (onnxruntime's quantisation FAQ names exactly this case).  u8 x u8 runs in
+    16-bit multiplies with 32-bit sums on every x86 kernel, so it cannot
+    saturate and every CPU computes the same integers.  reduce_range (7-bit
+    signed weights) would also avoid the overflow but halves the weight
+    resolution; per-channel scales keep the error low (on the default run's
+    model per-tensor scales moved the test-other WER by 0.87 from the float
+    model's, per-channel ones by 0.46).
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -403,8 +417,8 @@ def quantize_int8(path: Path) -> Path:
     root.setLevel(logging.ERROR)  # onnxruntime logs advice per tensor
     try:
         quantize_dynamic(model_input=str(path), model_output=str(int8_path),
-                         op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=True)
+                         op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8,
+                         per_channel=True, reduce_range=False)
     finally:
         root.setLevel(level)
     # Make sure the metadata sherpa-onnx reads survives.
@@ -418,8 +432,9 @@ def onnx_suffix(args: argparse.Namespace) -> str:
 
 
 def export_onnx(model: Transducer, params: AttributeDict, symbols: list[str], out_dir: Path,
-                suffix: str) -> list[Path]:
-    """Writes encoder/decoder/joiner-SUFFIX{,.int8}.onnx and tokens.txt."""
+                suffix: str, bpe_vocab: Path | None = None) -> list[Path]:
+    """Writes encoder/decoder/joiner-SUFFIX{,.int8}.onnx, tokens.txt and a copy
+    of bpe_vocab (if given) as bpe.vocab."""
     if not params.causal_convolution:
         raise RecipeError("--onnx exports sherpa-onnx's streaming Conformer, which needs a "
                           "model with causal convolution")
@@ -438,7 +453,31 @@ def export_onnx(model: Transducer, params: AttributeDict, symbols: list[str], ou
     tokens_path = out_dir / "tokens.txt"
     tokens_path.write_text("".join(f"{symbol} {i}\n" for i, symbol in enumerate(symbols)))
     written.append(tokens_path)
+    if bpe_vocab is not None:
+        written.append(copy_bpe_vocab(bpe_vocab, out_dir))
     return written
+
+
+def find_bpe_vocab(args: argparse.Namespace) -> Path | None:
+    """bpe.vocab of the vocabulary (sherpa-onnx's hotwords with modeling_unit
+    "bpe" need it next to tokens.txt): beside --bpe-model, else beside --tokens."""
+    candidates = [args.bpe_model.with_suffix(".vocab")]
+    if args.tokens is not None:
+        candidates.insert(0, args.tokens.with_name("bpe.vocab"))
+    for path in candidates:
+        if path.is_file():
+            return path
+    logging.warning(f"no bpe.vocab next to {args.tokens or args.bpe_model} (rerun prepare.sh "
+                    "stage 4 to write it); sherpa-onnx hotwords need it next to tokens.txt")
+    return None
+
+
+def copy_bpe_vocab(source: Path, out_dir: Path) -> Path:
+    target = out_dir / "bpe.vocab"
+    tmp_path = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.copyfile(source, tmp_path)
+    os.replace(tmp_path, target)
+    return target
 
 
 # ---------------------------------------------------------------- main ----
@@ -456,7 +495,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     if args.onnx:
         written = export_onnx(model, params, read_token_table(args), args.exp_dir,
-                              onnx_suffix(args))
+                              onnx_suffix(args), find_bpe_vocab(args))
     elif args.jit:
         path = args.exp_dir / "cpu_jit.pt"
         scripted = script_model(model, args.decode_chunk_size, args.left_context)

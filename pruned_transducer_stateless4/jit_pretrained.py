@@ -190,6 +190,12 @@ class TokenDecoder:
     def vocab_size(self) -> int:
         return self.sp.get_piece_size() if self.sp is not None else len(self.symbols)
 
+    def pieces(self, token_ids: list[int]) -> list[str]:
+        """The BPE piece of each token id."""
+        if self.sp is not None:
+            return [self.sp.id_to_piece(i) for i in token_ids]
+        return [self.symbols[i] for i in token_ids]
+
     def __call__(self, token_ids: list[int]) -> str:
         if self.sp is not None:
             return self.sp.decode(token_ids)

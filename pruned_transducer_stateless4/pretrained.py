@@ -38,12 +38,18 @@ from pruned_transducer_stateless4.beam_search import (
     greedy_search_batch,
     modified_beam_search,
 )
+from pruned_transducer_stateless4.context_graph import add_context_arguments, context_graph_of
 from pruned_transducer_stateless4.jit_pretrained import AudioError, TokenDecoder, read_audio
 from pruned_transducer_stateless4.model import Transducer
 from pruned_transducer_stateless4.model_config import (
     MODEL_OPTION_NAMES,
     apply_checkpoint_model_options,
     get_transducer_model,
+)
+from pruned_transducer_stateless4.timestamps import (
+    align_tokens,
+    format_word_times,
+    word_start_times,
 )
 from shared.checkpoint import load_checkpoint_file, load_model_state
 from shared.features import SAMPLE_RATE, make_fbank_extractor
@@ -84,6 +90,10 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Left context (frames after subsampling) of --simulate-streaming.")
     parser.add_argument("--num-threads", type=int, default=1,
                         help="Torch threads.")
+    add_context_arguments(parser)
+    parser.add_argument("--print-timestamps", type=str2bool, default=False,
+                        help="Print each word with its start time, WORD@SECONDS, from the "
+                        "encoder frames of the best alignment of the result (timestamps.py).")
     parser.add_argument("sound_files", type=Path, nargs="+",
                         help="Sound files (wav, flac, ...) at any sample rate.")
     return parser
@@ -113,21 +123,36 @@ def load_model(path: Path, vocab_size: int) -> Transducer:
 @torch.no_grad()
 def transcribe(model: Transducer, samples, args: argparse.Namespace, extractor) -> list[int]:
     """Token ids of one utterance (16 kHz mono samples)."""
+    return _transcribe(model, samples, args, extractor)[0]
+
+
+@torch.no_grad()
+def _transcribe(model: Transducer, samples, args: argparse.Namespace,
+                extractor) -> tuple[list[int], torch.Tensor]:
+    """(token ids, encoder output (T, encoder_dim)) of one utterance."""
+    tokens, encoder_out, encoder_out_lens = _search(model, samples, args, extractor)
+    return tokens, encoder_out[0, : int(encoder_out_lens[0])]
+
+
+def _search(model, samples, args, extractor):
     features = torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).unsqueeze(0)
     feature_lens = torch.tensor([features.size(1)])
     chunk_size = args.decode_chunk_size if args.simulate_streaming else -1
     encoder_out, encoder_out_lens = model.encoder(features, feature_lens, chunk_size=chunk_size,
                                                   left_context=args.left_context)
     if args.method == "greedy_search":
-        return greedy_search_batch(model, encoder_out, encoder_out_lens,
-                                   args.max_sym_per_frame)[0]
-    if args.method == "beam_search":
-        return beam_search(model, encoder_out[:, : int(encoder_out_lens[0])], args.beam_size)
-    if args.method == "modified_beam_search":
-        return modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size)[0]
-    graph = trivial_graph(model.decoder.vocab_size)
-    return fast_beam_search_one_best(model, graph, encoder_out, encoder_out_lens, args.beam,
-                                     args.max_states, args.max_contexts)[0]
+        tokens = greedy_search_batch(model, encoder_out, encoder_out_lens,
+                                     args.max_sym_per_frame)[0]
+    elif args.method == "beam_search":
+        tokens = beam_search(model, encoder_out[:, : int(encoder_out_lens[0])], args.beam_size)
+    elif args.method == "modified_beam_search":
+        tokens = modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size,
+                                      context_graph=args.context_graph)[0]
+    else:
+        graph = trivial_graph(model.decoder.vocab_size)
+        tokens = fast_beam_search_one_best(model, graph, encoder_out, encoder_out_lens,
+                                           args.beam, args.max_states, args.max_contexts)[0]
+    return tokens, encoder_out, encoder_out_lens
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                         "%(message)s", level=logging.INFO, force=True)
     torch.set_num_threads(args.num_threads)
     tokens = TokenDecoder(args.bpe_model, args.tokens)
+    if args.context_file is not None and tokens.sp is None:
+        raise RecipeError("--context-file needs --bpe-model (to encode the phrases)")
+    args.context_graph = context_graph_of(vars(args), tokens.sp)
     model = load_model(args.checkpoint, tokens.vocab_size)
     if args.simulate_streaming and not model.encoder.causal:
         raise RecipeError("--simulate-streaming needs a model with causal convolution")
@@ -155,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for note in notes:
             logging.info(f"{path}: {note}")
-        print(f"{path}: {tokens(transcribe(model, samples, args, extractor))}", flush=True)
+        token_ids, encoder_out = _transcribe(model, samples, args, extractor)
+        if args.print_timestamps:
+            frames = align_tokens(model, encoder_out, token_ids)
+            pieces = tokens.pieces(token_ids)
+            print(f"{path}: {format_word_times(word_start_times(pieces, frames))}", flush=True)
+        else:
+            print(f"{path}: {tokens(token_ids)}", flush=True)
     if failed:
         logging.error(f"{failed} of {len(args.sound_files)} files could not be decoded")
     return 1 if failed else 0

@@ -64,7 +64,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ from pruned_transducer_stateless4.streaming_decode import result_key as streamin
 from pruned_transducer_stateless4.streaming_decode import (
     result_suffix as streaming_result_suffix,
 )
+from pruned_transducer_stateless4.timestamps import FRAME_SHIFT_SECONDS, word_start_times
 from shared import run_record
 from shared.features import SAMPLE_RATE
 from shared.metrics import read_recogs, write_error_stats, write_recogs
@@ -108,6 +109,18 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Use the int8-quantised files (*.int8.onnx).")
     parser.add_argument("--num-threads", type=int, default=1,
                         help="onnxruntime threads of sherpa-onnx.")
+    parser.add_argument("--decoding-method", default="greedy_search",
+                        choices=["greedy_search", "modified_beam_search"],
+                        help="sherpa-onnx's search (the agreement with streaming_decode.py is "
+                        "computed for greedy_search only).")
+    parser.add_argument("--max-active-paths", type=int, default=4,
+                        help="modified_beam_search: hypotheses kept per frame.")
+    parser.add_argument("--hotwords-file", type=Path, default=None,
+                        help="modified_beam_search: hotwords, one phrase a line (words of the "
+                        "BPE model's case, optionally ' :SCORE'), encoded with EXP_DIR/bpe.vocab "
+                        "(modeling_unit bpe; export.py copies it there).")
+    parser.add_argument("--hotwords-score", type=float, default=1.5,
+                        help="Bonus per token of a hotword (sherpa-onnx's default).")
     parser.add_argument("--num-decode-streams", type=int, default=100,
                         help="Streams decoded together (one encoder batch per chunk step), as "
                         "streaming_decode.py --num-decode-streams.")
@@ -175,20 +188,36 @@ def export_streaming_config(encoder_path: Path) -> tuple[int, int]:
 
 
 def build_recognizer(exp_dir: Path, suffix: str = "epoch-30-avg-9", int8: bool = False,
-                     num_threads: int = 1, decoding_method: str = "greedy_search"):
+                     num_threads: int = 1, decoding_method: str = "greedy_search",
+                     max_active_paths: int = 4, hotwords_file: Path | None = None,
+                     hotwords_score: float = 1.5):
     """A sherpa_onnx.OnlineRecognizer on the ONNX export in exp_dir.
 
     The front end is sherpa-onnx's default (kaldi-native-fbank, 80 bins,
     16 kHz), which computes the training features (export.py's docstring).
+    Hotwords (modified_beam_search only) are encoded with exp_dir/bpe.vocab.
     """
     import sherpa_onnx
 
     paths = onnx_export_paths(exp_dir, suffix, int8)
     check_export(paths, suffix)
+    hotwords = {}
+    if hotwords_file is not None:
+        if decoding_method != "modified_beam_search":
+            raise RecipeError("--hotwords-file needs --decoding-method modified_beam_search")
+        bpe_vocab = Path(exp_dir) / "bpe.vocab"
+        for path in (hotwords_file, bpe_vocab):
+            if not Path(path).is_file():
+                raise RecipeError(f"{path} not found" + (
+                    " (export.py --onnx 1 copies it next to tokens.txt)"
+                    if path == bpe_vocab else ""))
+        hotwords = dict(hotwords_file=str(hotwords_file), hotwords_score=hotwords_score,
+                        modeling_unit="bpe", bpe_vocab=str(bpe_vocab))
     return sherpa_onnx.OnlineRecognizer.from_transducer(
         tokens=str(paths["tokens"]), encoder=str(paths["encoder"]),
         decoder=str(paths["decoder"]), joiner=str(paths["joiner"]), num_threads=num_threads,
         sample_rate=SAMPLE_RATE, feature_dim=80, decoding_method=decoding_method,
+        max_active_paths=max_active_paths, **hotwords,
     )
 
 
@@ -197,6 +226,7 @@ def build_recognizer(exp_dir: Path, suffix: str = "epoch-30-avg-9", int8: bool =
 class SherpaResult:
     tokens: list[str]  # token symbols as in tokens.txt (with the word-start mark)
     text: str
+    timestamps: list[float] = field(default_factory=list)  # seconds of each token
 
     @property
     def words(self) -> list[str]:
@@ -258,7 +288,8 @@ def decode_waves(
                 result = recognizer.get_result_all(stream)
                 # sherpa-onnx spells the word-start mark as a space.
                 tokens = [token.replace(" ", WORD_START) for token in result.tokens]
-                results[index] = SherpaResult(tokens, result.text.strip())
+                results[index] = SherpaResult(tokens, result.text.strip(),
+                                              list(result.timestamps))
         busy += clock() - started
         active = remaining
     return [results[i] for i in range(num_waves)], busy
@@ -350,14 +381,19 @@ def cut_waves(cuts: Iterable, durations: list[float]) -> Iterable[np.ndarray]:
         yield samples
 
 
-def result_key(int8: bool) -> str:
-    return f"greedy_search-{'int8' if int8 else 'float'}"
+def result_key(int8: bool, decoding_method: str = "greedy_search",
+               hotwords_score: float | None = None) -> str:
+    """greedy_search-float, modified_beam_search-int8-hotwords-1.5, ..."""
+    key = f"{decoding_method}-{'int8' if int8 else 'float'}"
+    return key if hotwords_score is None else f"{key}-hotwords-{hotwords_score}"
 
 
 def save_results(res_dir: Path, part: str, key: str,
-                 results: list[tuple[str, str, str]]) -> float:
-    """recogs/errs/wer-summary files as decode.py writes them; returns the WER."""
-    write_recogs(res_dir / f"recogs-{part}-{key}.txt", results)
+                 results: list[tuple[str, str, str]],
+                 word_times: dict[str, list[float]] | None = None) -> float:
+    """recogs/errs/wer-summary files as decode.py writes them (word_times:
+    {cut_id: start second of each word} for the recogs file); returns the WER."""
+    write_recogs(res_dir / f"recogs-{part}-{key}.txt", results, word_times)
     wer = write_error_stats(res_dir / f"errs-{part}-{key}.txt", f"{part}-{key}", results)
     with open(res_dir / f"wer-summary-{part}-{key}.txt", "w") as out:
         out.write("settings\tWER\n")
@@ -365,24 +401,36 @@ def save_results(res_dir: Path, part: str, key: str,
     return wer
 
 
-def save_record(res_dir: Path, args: argparse.Namespace, argv: list[str] | None, part: str,
-                streaming: tuple[int, int, float], results: list[tuple[str, str, str]],
-                speed: dict[str, Any], agreed: dict[str, Any] | None) -> Path:
+def save_record(res_dir: Path, key: str, args: argparse.Namespace, argv: list[str] | None,
+                part: str, streaming: tuple[int, int, float],
+                results: list[tuple[str, str, str]], speed: dict[str, Any],
+                agreed: dict[str, Any] | None) -> Path:
     """Writes RES_DIR/record-PART-KEY.json, the record make_results.py reads
     (shared/run_record.py).  streaming: the export's chunk size and left context
     and the tail padding in seconds."""
-    key = result_key(args.int8)
     path = res_dir / f"record-{part}-{key}.json"
     chunk_size, left_context, tail_padding = streaming
+    search: dict[str, Any] = {}
+    if args.decoding_method == "modified_beam_search":
+        search["max_active_paths"] = args.max_active_paths
+    if args.hotwords_file is not None:
+        search.update(hotwords_file=str(args.hotwords_file), hotwords_score=args.hotwords_score)
     settings = run_record.DecodeSettings(
-        method="greedy_search", model=run_record.model_selection(args.epoch, args.iter, args.avg),
+        method=args.decoding_method,
+        model=run_record.model_selection(args.epoch, args.iter, args.avg),
         use_averaged_model=args.use_averaged_model, streaming=run_record.SHERPA_ONNX,
         chunk_size=chunk_size, left_context=left_context, tail_padding_seconds=tail_padding,
-        model_format="onnx-int8" if args.int8 else "onnx-float")
+        search=search, model_format="onnx-int8" if args.int8 else "onnx-float")
     run_record.record_decode(path, "sherpa_onnx_decode.py", part, settings, results,
                              recogs=f"recogs-{part}-{key}.txt", args=vars(args), argv=argv,
                              speed=speed, agreement=agreed)
     return path
+
+
+def sherpa_word_times(result: SherpaResult) -> list[float]:
+    """Start second of each word of a sherpa-onnx result (its token times)."""
+    return [start for _, start in word_start_times(
+        result.tokens, [round(t / FRAME_SHIFT_SECONDS) for t in result.timestamps])]
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
@@ -405,7 +453,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     paths = onnx_export_paths(args.exp_dir, suffix, args.int8)
     # Before creating EXP_DIR/sherpa_onnx: a wrong --exp-dir leaves nothing behind.
     check_export(paths, suffix)
-    key = result_key(args.int8)
+    key = result_key(args.int8, args.decoding_method,
+                     None if args.hotwords_file is None else args.hotwords_score)
     res_dir = args.exp_dir / "sherpa_onnx"
     setup_logging(res_dir / f"log-decode-{key}")
     chunk_size, left_context = export_streaming_config(paths["encoder"])
@@ -415,7 +464,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                  f"{chunk_size} frames, {left_context} frames of left context, "
                  f"{tail_padding:.2f} s of tail padding, {args.num_threads} thread(s), "
                  f"{args.num_decode_streams} streams")
-    recognizer = build_recognizer(args.exp_dir, suffix, args.int8, args.num_threads)
+    recognizer = build_recognizer(args.exp_dir, suffix, args.int8, args.num_threads,
+                                  args.decoding_method, args.max_active_paths,
+                                  args.hotwords_file, args.hotwords_score)
 
     compare_dir = args.compare_dir or args.exp_dir / "streaming" / "greedy_search"
     # Preferably the streaming_decode.py run that got the same silence at the
@@ -426,6 +477,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         for padding in dict.fromkeys([tail_padding, 0.0])
     ]
     compare_required = args.compare_dir is not None or args.compare_recogs is not None
+    if args.decoding_method != "greedy_search":
+        if compare_required:
+            raise RecipeError("the agreement is with streaming_decode.py's greedy search: "
+                              "--compare-dir/--compare-recogs need --decoding-method "
+                              "greedy_search")
+        compare_settings = []
     data = LibriSpeechAsrDataModule(argparse.Namespace(manifest_dir=args.manifest_dir))
     summary: dict[str, dict[str, Any]] = {}
     for test_set in args.parts:
@@ -433,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         cuts = list(data.cuts_by_name_or_path(test_set))
         if not cuts:
             raise RecipeError(f"cut set {test_set} is empty")
-        compare_file = find_compare_file(
+        compare_file = None if not compare_settings else find_compare_file(
             compare_dir, args.compare_recogs,
             [streaming_recogs_name(part, settings) for settings in compare_settings],
             part, compare_required)
@@ -445,7 +502,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         results = [(cut.id, " ".join(s.text for s in cut.supervisions if s.text), r.text)
                    for cut, r in zip(cuts, sherpa)]
         res_dir.mkdir(parents=True, exist_ok=True)
-        wer = save_results(res_dir, part, key, results)
+        word_times = {cut.id: sherpa_word_times(r) for cut, r in zip(cuts, sherpa)}
+        wer = save_results(res_dir, part, key, results, word_times)
         rtf = processing_seconds / audio_seconds if audio_seconds > 0 else float("nan")
         speed = {
             "rtf": rtf, "audio_seconds": audio_seconds,
@@ -474,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             logging.info(f"{part} {key}: agreement with {compare_file.name}: "
                          f"{agreed['num_equal']}/{agreed['num_utts']} = "
                          f"{agreed['agreement'] * 100:.2f}% of the utterances{missing}")
-        save_record(res_dir, args, argv, part, (chunk_size, left_context, tail_padding),
+        save_record(res_dir, key, args, argv, part, (chunk_size, left_context, tail_padding),
                     results, speed, agreed)
         summary[part] = {"wer": wer, "rtf": rtf,
                          "agreement": None if agreed is None else agreed["agreement"]}

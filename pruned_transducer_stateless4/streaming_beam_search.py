@@ -19,6 +19,7 @@ the hypotheses from one frame to the next.
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -41,6 +42,8 @@ class StreamingSearchConfig:
       beam_size: modified_beam_search: hypotheses kept per frame.
       temperature: modified_beam_search: logits are divided by it.
       fast: fast_beam_search pruning (beam, max_states, max_contexts).
+      context_graph: modified_beam_search: contextual biasing
+        (context_graph.ContextGraph of --context-file), or None.
     """
 
     decoding_method: str = "greedy_search"
@@ -48,6 +51,7 @@ class StreamingSearchConfig:
     beam_size: int = 4
     temperature: float = 1.0
     fast: FastBeamSearchConfig = field(default_factory=FastBeamSearchConfig)
+    context_graph: Any = None
 
     def __post_init__(self) -> None:
         if self.decoding_method not in DECODING_METHODS:
@@ -112,6 +116,7 @@ def modified_beam_search(
     batch: StreamBatch,
     beam: int = 4,
     temperature: float = 1.0,
+    context_graph: Any = None,
 ) -> None:
     """Modified beam search (at most one token per frame) over one chunk.
 
@@ -120,6 +125,7 @@ def modified_beam_search(
       batch: updated in place: beams and beam_timestamps.
       beam: beam size.
       temperature: logits are divided by it before the softmax.
+      context_graph: contextual biasing (context_graph.py), or None.
     """
     assert encoder_out.ndim == 3 and encoder_out.size(0) == len(batch.beams)
     encoder_proj = model.joiner.encoder_proj(encoder_out)
@@ -130,7 +136,8 @@ def modified_beam_search(
         if not active:
             break
         new_beams = modified_beam_search_step(
-            model, encoder_proj[active, t], [batch.beams[n] for n in active], beam, temperature
+            model, encoder_proj[active, t], [batch.beams[n] for n in active], beam, temperature,
+            context_graph
         )
         for n, new_beam in zip(active, new_beams):
             old_times = batch.beam_timestamps[n]
@@ -172,6 +179,6 @@ def search_chunk(
         greedy_search(model, encoder_out, encoder_out_lens, batch, config.max_sym_per_frame)
     elif config.decoding_method == "modified_beam_search":
         modified_beam_search(model, encoder_out, encoder_out_lens, batch, config.beam_size,
-                             config.temperature)
+                             config.temperature, config.context_graph)
     else:
         fast_beam_search(model, encoder_out, encoder_out_lens, batch, config.fast)

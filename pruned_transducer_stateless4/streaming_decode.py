@@ -74,6 +74,11 @@ import torch
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.beam_search import FastBeamSearchConfig
+from pruned_transducer_stateless4.context_graph import (
+    add_context_arguments,
+    context_graph_of,
+    context_key,
+)
 from pruned_transducer_stateless4.decode_stream import (
     DECODING_METHODS,
     DecodeStream,
@@ -92,6 +97,7 @@ from pruned_transducer_stateless4.streaming_beam_search import (
     StreamingSearchConfig,
     search_chunk,
 )
+from pruned_transducer_stateless4.timestamps import word_start_times
 from shared import run_record
 from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
 from shared.features import SAMPLE_RATE
@@ -131,6 +137,7 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fast_beam_search: states kept per frame.")
     parser.add_argument("--max-sym-per-frame", type=int, default=1,
                         help="greedy_search: at most this many tokens per frame.")
+    add_context_arguments(parser)
     parser.add_argument("--decode-chunk-size", type=int, default=16,
                         help="Chunk size in encoder frames (after subsampling, 40 ms each).")
     parser.add_argument("--left-context", type=int, default=64,
@@ -180,6 +187,7 @@ def load_tokenizer_and_model(params: AttributeDict) -> tuple[spm.SentencePiecePr
     sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
     params.blank_id = sp.piece_to_id("<blk>")
     params.vocab_size = sp.get_piece_size()
+    params.context_graph = context_graph_of(params, sp)
     model = load_model(params, device)
     setup = StreamingSetup(model, params.decode_chunk_size, params.left_context,
                            make_search_config(params), device)
@@ -226,6 +234,7 @@ def make_search_config(params: Any) -> StreamingSearchConfig:
         beam_size=params.beam_size,
         fast=FastBeamSearchConfig(beam=params.beam, max_states=params.max_states,
                                   max_contexts=params.max_contexts),
+        context_graph=params.get("context_graph"),
     )
 
 
@@ -289,6 +298,7 @@ class UtteranceResult:
     token_latencies: list[float]  # seconds, see the module docstring
     frame_latencies: list[float]
     final_delay: float
+    token_frames: list[int] = field(default_factory=list)  # encoder frame of each token
 
 
 @dataclass
@@ -421,6 +431,7 @@ def _finish(slot: _Slot, now: float, realtime: bool) -> UtteranceResult:
         duration=slot.audio.size / SAMPLE_RATE,
         token_latencies=chunk_latencies, frame_latencies=frame_latencies,
         final_delay=now - slot.end_time(realtime),
+        token_frames=stream.token_frames(),
     )
 
 
@@ -475,7 +486,7 @@ def result_key(params: Any) -> str:
     if params.decoding_method == "greedy_search":
         return "greedy_search"
     if params.decoding_method == "modified_beam_search":
-        return f"num_active_paths_{params.beam_size}"
+        return f"num_active_paths_{params.beam_size}" + context_key(params)
     return f"beam_{params.beam}_max_contexts_{params.max_contexts}_max_states_{params.max_states}"
 
 
@@ -510,11 +521,13 @@ def tail_padding_seconds(params: Any) -> float:
 
 
 def save_results(res_dir: Path, test_set: str, key: str, suffix: str,
-                 results: list[tuple[str, str, str]], summary: dict[str, Any]) -> float:
+                 results: list[tuple[str, str, str]], summary: dict[str, Any],
+                 word_times: dict[str, list[float]] | None = None) -> float:
     """Writes recogs/errs/wer-summary (as decode.py) and latency files;
-    returns the WER (a fraction)."""
+    returns the WER (a fraction).  word_times: {cut_id: start second of each
+    hypothesis word} for the recogs file."""
     res_dir.mkdir(parents=True, exist_ok=True)
-    write_recogs(res_dir / f"recogs-{test_set}-{key}-{suffix}.txt", results)
+    write_recogs(res_dir / f"recogs-{test_set}-{key}-{suffix}.txt", results, word_times)
     wer = write_error_stats(res_dir / f"errs-{test_set}-{key}-{suffix}.txt",
                             f"{test_set}-{key}", results)
     with open(res_dir / f"wer-summary-{test_set}-{key}-{suffix}.txt", "w") as out:
@@ -560,7 +573,9 @@ def main(argv: list[str] | None = None) -> None:
             tail_padding_samples=round(tail_padding_seconds(params) * SAMPLE_RATE))
         summary = summarize(results, busy)
         texts = [(r.cut_id, r.ref, sp.decode(r.tokens)) for r in results]
-        wer = save_results(res_dir, name, key, suffix, texts, summary)
+        word_times = {r.cut_id: [start for _, start in word_start_times(
+            [sp.id_to_piece(t) for t in r.tokens], r.token_frames)] for r in results}
+        wer = save_results(res_dir, name, key, suffix, texts, summary, word_times)
         save_record(res_dir, params, vars(args), argv, name, texts, summary)
         logging.info(f"{name} {key}: WER {wer * 100:.2f}% ({len(results)} utterances)")
         logging.info(f"{name} {key}: {format_summary(summary)}")

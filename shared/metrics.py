@@ -2,7 +2,7 @@
 
 import ast
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -47,19 +47,23 @@ def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return counts.errors / counts.words if counts.words else 0.0
 
 
-def write_recogs(path: Path, results: Sequence[tuple[str, str, str]]) -> None:
+def write_recogs(path: Path, results: Sequence[tuple[str, str, str]],
+                 word_times: Mapping[str, Sequence[float]] | None = None) -> None:
     """recogs file: for each (cut_id, ref, hyp), sorted by id, two lines
-    `id:\tref=[...]` and `id:\thyp=[...]` as icefall writes them."""
+    `id:\tref=[...]` and `id:\thyp=[...]` as icefall writes them, and with
+    word_times ({cut_id: start second of each hyp word}) a third line
+    `id:\ttimestamp_hyp=[0.12, 0.56, ...]` (icefall's name for it)."""
     with open(path, "w") as out:
         for cut_id, ref, hyp in sorted(results):
             out.write(f"{cut_id}:\tref={ref.split()}\n")
             out.write(f"{cut_id}:\thyp={hyp.split()}\n")
+            if word_times is not None and cut_id in word_times:
+                times = [round(float(t), 2) for t in word_times[cut_id]]
+                out.write(f"{cut_id}:\ttimestamp_hyp={times}\n")
 
 
-def read_recogs(path: Path) -> dict[str, tuple[list[str], list[str]]]:
-    """Reads a file of write_recogs: {cut_id: (ref words, hyp words)}."""
-    recogs: dict[str, tuple[list[str], list[str]]] = {}
-    refs: dict[str, list[str]] = {}
+def _read_recogs_lines(path: Path):
+    """(cut_id, kind, parsed list) of every line of a recogs file."""
     with open(path) as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
@@ -70,13 +74,27 @@ def read_recogs(path: Path) -> dict[str, tuple[list[str], list[str]]]:
                 parsed = ast.literal_eval(words)
             except (SyntaxError, ValueError):
                 parsed = None
-            if kind not in ("ref", "hyp") or not isinstance(parsed, list):
+            if kind not in ("ref", "hyp", "timestamp_hyp") or not isinstance(parsed, list):
                 raise ValueError(f"{path}:{line_number}: not a recogs line: {line.strip()!r}")
-            if kind == "ref":
-                refs[cut_id] = parsed
-            else:
-                recogs[cut_id] = (refs.pop(cut_id, []), parsed)
+            yield cut_id, kind, parsed
+
+
+def read_recogs(path: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """Reads a file of write_recogs: {cut_id: (ref words, hyp words)}."""
+    recogs: dict[str, tuple[list[str], list[str]]] = {}
+    refs: dict[str, list[str]] = {}
+    for cut_id, kind, parsed in _read_recogs_lines(path):
+        if kind == "ref":
+            refs[cut_id] = parsed
+        elif kind == "hyp":
+            recogs[cut_id] = (refs.pop(cut_id, []), parsed)
     return recogs
+
+
+def read_recogs_word_times(path: Path) -> dict[str, list[float]]:
+    """The timestamp_hyp lines of a recogs file: {cut_id: word start seconds}."""
+    return {cut_id: [float(t) for t in parsed]
+            for cut_id, kind, parsed in _read_recogs_lines(path) if kind == "timestamp_hyp"}
 
 
 def write_error_stats(path: Path, test_set_name: str,

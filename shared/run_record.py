@@ -190,7 +190,12 @@ def search_options(options: Any) -> dict[str, Any]:
             names += ["ngram_lm_scale"]
     else:
         names = []
-    return {name: getattr(options, name) for name in names if hasattr(options, name)}
+    found = {name: getattr(options, name) for name in names if hasattr(options, name)}
+    if method == "modified_beam_search" and getattr(options, "context_file", None):
+        # Hotwords change the search; the result files say so too.
+        found.update(context_file=str(options.context_file),
+                     context_score=getattr(options, "context_score", None))
+    return found
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ log() { echo "[setup $(date +%H:%M:%S)] $*"; }
 # ---------------------------------------------------------------- Debian ----
 debian_packages=(sox libsox-fmt-all flite espeak-ng festival festvox-kallpc16k
   festvox-kdlpc16k festvox-us-slt-hts wordnet-base fortunes bible-kjv-text
-  cmake g++)
+  cmake g++ chromium chromium-driver)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

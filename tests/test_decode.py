@@ -46,7 +46,7 @@ def output_files(res_dir: Path, part: str) -> dict[str, list[Path]]:
 
 
 def read_recogs(path: Path) -> dict[str, tuple[str, str]]:
-    lines = path.read_text().splitlines()
+    lines = [line for line in path.read_text().splitlines() if ":\ttimestamp_hyp=" not in line]
     pairs = {}
     for ref_line, hyp_line in zip(lines[::2], lines[1::2]):
         cut_id, ref = ref_line.split(":\tref=")

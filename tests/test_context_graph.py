@@ -1,0 +1,104 @@
+"""Tests of context_graph.py (hotwords): the automaton's scores against a
+brute-force scan, and contextual biasing in modified_beam_search."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from pruned_transducer_stateless4.beam_search import modified_beam_search
+from pruned_transducer_stateless4.context_graph import ContextGraph
+from tests.test_timestamps import TinyDecoder, TinyJoiner
+
+
+def reference_total(phrases: list[list[int]], tokens: list[int], score: float) -> float:
+    """The bonus a hypothesis keeps: scanning left to right, at the first
+    position where a phrase ends (starting after the last completed one), the
+    longest such phrase earns len * score and the scan restarts after it;
+    an unfinished match earns nothing."""
+    total, start = 0.0, 0
+    for i in range(len(tokens)):
+        ending = [p for p in phrases
+                  if len(p) <= i + 1 - start and tokens[i + 1 - len(p) : i + 1] == p]
+        if ending:
+            total += score * max(map(len, ending))
+            start = i + 1
+    return total
+
+
+def walk(graph: ContextGraph, tokens: list[int]) -> tuple[float, list[float]]:
+    """(total after finalize, running score after each token)."""
+    state, total, running = None, 0.0, []
+    for token in tokens:
+        delta, state = graph.forward_one_step(state, token)
+        total += delta
+        running.append(total)
+    return total + graph.finalize(state), running
+
+
+def test_context_graph_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        phrases = [list(rng.integers(1, 5, int(rng.integers(1, 4))))
+                   for _phrase in range(int(rng.integers(1, 5)))]
+        phrases = [[int(t) for t in p] for p in phrases]
+        tokens = [int(t) for t in rng.integers(1, 5, int(rng.integers(0, 12)))]
+        graph = ContextGraph(phrases, 1.5)
+        total, running = walk(graph, tokens)
+        assert total == pytest.approx(reference_total(phrases, tokens, 1.5)), (phrases, tokens)
+        # While matching, the score never exceeds what full matches would give.
+        assert all(r <= 1.5 * len(tokens) + 1e-9 for r in running)
+
+
+def test_bonus_row_equals_forward_one_step():
+    graph = ContextGraph([[1, 2, 3], [2, 4], [3]], 2.0)
+    states = [None]
+    for tokens in itertools.product([1, 2, 4], repeat=2):
+        state = None
+        for token in tokens:
+            state = graph.forward_one_step(state, token)[1]
+        states.append(state)
+    for state in states:
+        default, exceptions = graph.bonus_row(state, 6, blank_id=0)
+        for token in range(1, 6):
+            expected = graph.forward_one_step(state, token)[0]
+            assert exceptions.get(token, default) == pytest.approx(expected)
+        assert exceptions[0] == 0.0
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.decoder = TinyDecoder()
+    model.joiner = TinyJoiner()
+    with torch.no_grad():
+        model.joiner.output_linear.bias[0] += 1.0  # blank on about half of the frames
+    return model.eval()
+
+
+def test_biasing_in_modified_beam_search():
+    """A phrase the unbiased search does not output comes out with a bonus;
+    a bonus of 0 or phrases over tokens never proposed change nothing."""
+    model = tiny_model()
+    encoder_out = torch.randn(6, 30, 16)
+    lens = torch.full((6,), 30)
+    plain = modified_beam_search(model, encoder_out, lens, beam=4)
+    assert sum(map(len, plain)) >= 6 * 5, plain
+
+    def count(results, phrase):
+        """How many results contain the phrase."""
+        return sum(any(r[i : i + len(phrase)] == phrase for i in range(len(r)))
+                   for r in results)
+
+    # The phrase: a two-token sequence none of the unbiased results holds.
+    phrase = next([a, b] for a in range(1, 20) for b in range(1, 20)
+                  if a != b and count(plain, [a, b]) == 0)
+    biased = modified_beam_search(model, encoder_out, lens, beam=4,
+                                  context_graph=ContextGraph([phrase], 1.0))
+    print(f"phrase {phrase} in {count(biased, phrase)} of 6 biased results")
+    assert count(biased, phrase) >= 3
+
+    zero = modified_beam_search(model, encoder_out, lens, beam=4,
+                                context_graph=ContextGraph([phrase], 0.0))
+    assert zero == plain
