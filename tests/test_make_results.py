@@ -107,7 +107,7 @@ def write_sherpa_results(exp_dir: Path, hyps: dict[str, str], int8: bool) -> Non
              "processing_seconds": 0.369, "num_threads": 1}
     agreed = {"num_utts": 3, "num_equal": 2, "agreement": 2 / 3,
               "compare_file": str(exp_dir / "streaming/greedy_search/recogs-test-clean-x.txt")}
-    sherpa_onnx_decode.save_record(res_dir, args, argv, "test-clean", (16, 64, 0.72),
+    sherpa_onnx_decode.save_record(res_dir, key, args, argv, "test-clean", (16, 64, 0.72),
                                    triples(hyps), speed, agreed)
 
 
