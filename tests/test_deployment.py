@@ -463,8 +463,9 @@ def test_web_page_in_headless_chromium(exports, prepared_dir: Path, wavs, tmp_pa
     (The expected text cannot be the wav's own transcript: the test model
     sits on a knife edge between blank and a token on many frames, and the
     page starts sending at an arbitrary point of the fake device's audio, which
-    shifts the chunk boundaries.)  Saves a screenshot to
-    docs/streaming_server_page.png."""
+    shifts the chunk boundaries.)  Saves a screenshot into the test's tmp_path,
+    or to $SCREENSHOT_DIR/streaming_server_page.png when set (how the one in
+    docs/ was made: SCREENSHOT_DIR=docs), so a test run never rewrites docs/."""
     chromium = shutil.which("chromium")
     driver_path = shutil.which("chromedriver")
     assert chromium and driver_path, ("Debian chromium and chromium-driver are missing: "
@@ -500,8 +501,9 @@ def test_web_page_in_headless_chromium(exports, prepared_dir: Path, wavs, tmp_pa
             WebDriverWait(browser, 60).until(
                 lambda b: b.find_element(By.ID, "status").text == "done")
             texts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#segments .text")]
-            (PROJECT_DIR / "docs").mkdir(exist_ok=True)
-            browser.save_screenshot(str(PROJECT_DIR / "docs/streaming_server_page.png"))
+            shot_dir = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
+            shot_dir.mkdir(parents=True, exist_ok=True)
+            assert browser.save_screenshot(str(shot_dir / "streaming_server_page.png"))
         finally:
             browser.quit()
         deadline = time.monotonic() + 30
