@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,7 @@ def python_script_options(script: Path) -> set[str]:
     spec = importlib.util.spec_from_file_location(f"readme_check_{script.stem}", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     parser: argparse.ArgumentParser = module.get_parser()
     return {option for action in parser._actions for option in action.option_strings}
