@@ -48,7 +48,14 @@ from pruned_transducer_stateless4.model_config import (
 from shared.checkpoint import load_checkpoint_file, load_model_state
 from shared.features import SAMPLE_RATE, make_fbank_extractor
 from shared.fsa_graph import trivial_graph
-from shared.utils import AttributeDict, RecipeError, run_main, str2bool
+from shared.utils import (
+    AttributeDict,
+    RecipeError,
+    add_device_argument,
+    get_device,
+    run_main,
+    str2bool,
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -84,6 +91,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Left context (frames after subsampling) of --simulate-streaming.")
     parser.add_argument("--num-threads", type=int, default=1,
                         help="Torch threads.")
+    add_device_argument(parser)
     parser.add_argument("sound_files", type=Path, nargs="+",
                         help="Sound files (wav, flac, ...) at any sample rate.")
     return parser
@@ -112,9 +120,11 @@ def load_model(path: Path, vocab_size: int) -> Transducer:
 
 @torch.no_grad()
 def transcribe(model: Transducer, samples, args: argparse.Namespace, extractor) -> list[int]:
-    """Token ids of one utterance (16 kHz mono samples)."""
-    features = torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).unsqueeze(0)
-    feature_lens = torch.tensor([features.size(1)])
+    """Token ids of one utterance (16 kHz mono samples), decoded on the
+    model's device."""
+    device = next(model.parameters()).device
+    features = torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).unsqueeze(0).to(device)
+    feature_lens = torch.tensor([features.size(1)], device=device)
     chunk_size = args.decode_chunk_size if args.simulate_streaming else -1
     encoder_out, encoder_out_lens = model.encoder(features, feature_lens, chunk_size=chunk_size,
                                                   left_context=args.left_context)
@@ -125,7 +135,7 @@ def transcribe(model: Transducer, samples, args: argparse.Namespace, extractor) 
         return beam_search(model, encoder_out[:, : int(encoder_out_lens[0])], args.beam_size)
     if args.method == "modified_beam_search":
         return modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size)[0]
-    graph = trivial_graph(model.decoder.vocab_size)
+    graph = trivial_graph(model.decoder.vocab_size, device)
     return fast_beam_search_one_best(model, graph, encoder_out, encoder_out_lens, args.beam,
                                      args.max_states, args.max_contexts)[0]
 
@@ -136,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                         "%(message)s", level=logging.INFO, force=True)
     torch.set_num_threads(args.num_threads)
     tokens = TokenDecoder(args.bpe_model, args.tokens)
-    model = load_model(args.checkpoint, tokens.vocab_size)
+    device = get_device(requested=args.device)
+    model = load_model(args.checkpoint, tokens.vocab_size).to(device)
     if args.simulate_streaming and not model.encoder.causal:
         raise RecipeError("--simulate-streaming needs a model with causal convolution")
     mode = (f"simulated streaming (chunks of {args.decode_chunk_size} frames, "
             f"{args.left_context} frames of left context)" if args.simulate_streaming
             else "full attention")
-    logging.info(f"{args.checkpoint}: {args.method}, {mode}")
+    logging.info(f"{args.checkpoint}: {args.method}, {mode}, on {device}")
     extractor = make_fbank_extractor()
 
     failed = 0
