@@ -1,4 +1,5 @@
-"""A device-mismatch guard that CPU tests can run the CUDA code paths under.
+"""A device-mismatch guard to run the CUDA code paths under on a CPU-only machine
+(tests/test_device.py, tools/gpu_check.sh --device cpu --guard true).
 
 On a CPU-only machine every tensor is on the CPU, so a tensor that a CUDA run
 would leave behind on the CPU (created without `device=`, e.g.

@@ -1,18 +1,13 @@
 """Device placement: the one device function for every launch mode, and every
-decoding path run under the device-mismatch guard (tests/device_guard.py) so
-that a tensor a CUDA run would leave on the CPU fails here on CPU."""
-
-from pathlib import Path
+lattice operation run under the device-mismatch guard (shared/device_guard.py)
+so that a tensor a CUDA run would leave on the CPU fails here on CPU."""
 
 import pytest
 import torch
 
-from pruned_transducer_stateless4 import decode, pretrained, streaming_decode
 from pruned_transducer_stateless4.beam_search import Lattice
+from shared.device_guard import DeviceMismatch, device_guard
 from shared.utils import RecipeError, get_device
-from tests.device_guard import DeviceMismatch, device_guard, guarded
-
-BPE = "data/lang_bpe_100/bpe.model"
 
 
 # ------------------------------------------------------- get_device ----
@@ -98,73 +93,5 @@ def test_lattice_operations_follow_the_lattice_device():
     assert totals == pytest.approx([-2.0, float("-inf"), -3.0])
 
 
-# ------------------------------------------- decoding under the guard ----
-@pytest.fixture(scope="module")
-def chatty_exp_dir(trained_exp_dir: Path, tmp_path_factory) -> Path:
-    """epoch-2.pt of the tiny model with the blank logit lowered, so that every
-    search emits tokens and the lattices hold token arcs."""
-    exp_dir = tmp_path_factory.mktemp("device_exp")
-    checkpoint = torch.load(trained_exp_dir / "epoch-2.pt", weights_only=False)
-    checkpoint["model"]["joiner.output_linear.bias"][0] -= 4.0
-    torch.save(checkpoint, exp_dir / "epoch-2.pt")
-    return exp_dir
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", decode.DECODING_METHODS)
-def test_decode_methods_run_under_the_device_guard(method, chatty_exp_dir, prepared_dir,
-                                                   monkeypatch):
-    """decode.py's per-batch work (features to the device, encoder, search,
-    graphs, lattices, n-best sampling) creates every tensor on the model's
-    device.  The data loader runs outside the guard (lhotse's batches are
-    host-side by design)."""
-    monkeypatch.chdir(prepared_dir)
-    monkeypatch.setattr(decode, "decode_one_batch", guarded(decode.decode_one_batch))
-    wers = decode.main([
-        "--exp-dir", str(chatty_exp_dir), "--epoch", "2", "--avg", "1",
-        "--use-averaged-model", "false", "--decoding-method", method, "--device", "cpu",
-        "--test-sets", "test-clean", "--bpe-model", BPE, "--lang-dir", "data/lang_bpe_100",
-        "--max-duration", "60", "--beam-size", "2", "--beam", "8", "--max-states", "16",
-        "--max-contexts", "4", "--num-paths", "6", "--ngram-lm-scale", "0.3",
-        "--simulate-streaming", "true",
-    ])
-    assert 0.0 <= wers["test-clean"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["greedy_search", "modified_beam_search",
-                                    "fast_beam_search"])
-def test_real_streaming_runs_under_the_device_guard(method, chatty_exp_dir, prepared_dir,
-                                                    monkeypatch):
-    """Initial streaming states, stacked batches, the streaming searches and
-    the states kept between chunks all follow the model's device."""
-    monkeypatch.chdir(prepared_dir)
-    setup_class = streaming_decode.StreamingSetup
-    monkeypatch.setattr(setup_class, "new_stream", guarded(setup_class.new_stream))
-    monkeypatch.setattr(streaming_decode, "decode_one_chunk",
-                        guarded(streaming_decode.decode_one_chunk))
-    streaming_decode.main([
-        "--exp-dir", str(chatty_exp_dir), "--epoch", "2", "--avg", "1", "--bpe-model", BPE,
-        "--decoding-method", method, "--device", "cpu", "--test-sets", "test-clean",
-        "--num-decode-streams", "4", "--simulate-realtime", "false", "--beam-size", "2",
-        "--max-states", "16", "--max-contexts", "4",
-    ])
-    recogs = list((chatty_exp_dir / "streaming" / method).glob("recogs-test-clean-*.txt"))
-    assert len(recogs) == 1
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["greedy_search", "modified_beam_search",
-                                    "fast_beam_search"])
-def test_pretrained_runs_under_the_device_guard(method, chatty_exp_dir, prepared_dir,
-                                                monkeypatch, capsys):
-    monkeypatch.chdir(prepared_dir)
-    checkpoint = torch.load(chatty_exp_dir / "epoch-2.pt", weights_only=False)
-    path = chatty_exp_dir / "pretrained-device.pt"
-    torch.save({"model": checkpoint["model"], "params": checkpoint["params"]}, path)
-    monkeypatch.setattr(pretrained, "transcribe", guarded(pretrained.transcribe))
-    wav = sorted((prepared_dir / "download/LibriSpeech/test-clean").rglob("*.flac"))[0]
-    status = pretrained.main(["--checkpoint", str(path), "--bpe-model", BPE, "--method", method,
-                              "--device", "cpu", "--beam-size", "2", "--max-states", "16",
-                              "--max-contexts", "4", str(wav)])
-    assert status == 0 and str(wav) in capsys.readouterr().out
+# Every decoding method of decode.py, real streaming and pretrained.py run
+# under the guard in the GPU check's CPU dry-run (tests/test_gpu_check.py).
