@@ -54,6 +54,7 @@ def runs(labels: list[str]) -> int:
     return sum(1 for _ in itertools.groupby(labels))
 
 
+@pytest.mark.slow
 def test_train_all_shuf_interleaves_parts_and_perturbation_factors(all_parts_dir: Path,
                                                                     monkeypatch):
     monkeypatch.chdir(all_parts_dir)  # manifests hold paths relative to it
@@ -80,6 +81,7 @@ def test_train_all_shuf_interleaves_parts_and_perturbation_factors(all_parts_dir
     assert features.shape[1] == 80
 
 
+@pytest.mark.slow
 def test_full_libri_reads_the_shuffled_cut_set(all_parts_dir: Path, monkeypatch):
     monkeypatch.chdir(all_parts_dir)
     args = argparse.Namespace(manifest_dir=Path("data/fbank"))
@@ -88,6 +90,7 @@ def test_full_libri_reads_the_shuffled_cut_set(all_parts_dir: Path, monkeypatch)
     assert [c.id for c in cuts] == [c.id for c in expected]
 
 
+@pytest.mark.slow
 def test_stage_3_rerun_keeps_train_all_shuf(all_parts_dir: Path):
     path = all_parts_dir / "data/fbank/librispeech_cuts_train-all-shuf.jsonl.gz"
     before = path.stat().st_mtime_ns

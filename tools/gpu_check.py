@@ -108,7 +108,7 @@ def train(args: argparse.Namespace) -> str:
         "--nproc-per-node", "1", str(PROJECT_DIR / "pruned_transducer_stateless4/train.py"),
         "--exp-dir", str(args.exp_dir), "--bpe-model", str(args.lang_dir / "bpe.model"),
         "--num-epochs", str(args.num_epochs), "--max-duration", str(args.max_duration),
-        "--num-buckets", "10", "--num-workers", "0", "--use-fp16", "1",
+        "--num-buckets", "5", "--num-workers", "0", "--use-fp16", "1",
         "--average-period", str(args.average_period), "--save-every-n", "0",
         "--valid-interval", "100000", "--valid-wer-utts", "4", "--model-warm-step", "5",
         "--log-interval", "5", "--enable-musan", "false", "--tensorboard", "false",

@@ -78,8 +78,9 @@ mkdir -p "$out/recipe"
 if [ -z "$corpus_from" ]; then
   corpus_from=$out/.prepare
   mkdir -p "$corpus_from"
-  (cd "$corpus_from" && "$project_dir/prepare.sh" --synth-hours 0.03 --dev-utts 8 \
-    --test-utts 8 --vocab-sizes 100 --nj 2 --perturb-speed false)
+  # 0.1 h and its speed-perturbed copies: about 50 batches of 20 s per epoch.
+  (cd "$corpus_from" && "$project_dir/prepare.sh" --synth-hours 0.1 --dev-utts 8 \
+    --test-utts 8 --vocab-sizes 100 --nj 2)
 fi
 mkdir -p "$out/recipe/data/fbank" "$out/recipe/download/LibriSpeech"
 cp -a "$corpus_from/data/lang_bpe_100" "$out/recipe/data/"
