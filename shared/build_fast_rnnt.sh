@@ -62,6 +62,13 @@ if ! ls "$wheel_dir"/fast_rnnt-1.3-*.whl >/dev/null 2>&1; then
   src="$work/fast_rnnt-1.3"
   cmake_args="-DCMAKE_BUILD_TYPE=Release -DFT_BUILD_TESTS=OFF -DFT_WITH_CUDA=$with_cuda"
   if [ "$with_cuda" = ON ]; then
+    # fast_rnnt's CMake enables CUDA only if it finds nvcc on PATH (or CUDACXX).
+    nvcc=$(command -v nvcc || true)
+    for candidate in "${CUDACXX:-}" "${CUDA_HOME:-/nonexistent}/bin/nvcc" /usr/local/cuda/bin/nvcc; do
+      if [ -z "$nvcc" ] && [ -n "$candidate" ] && [ -x "$candidate" ]; then nvcc=$candidate; fi
+    done
+    [ -n "$nvcc" ] || { echo "build_fast_rnnt: torch is a CUDA build but no nvcc was found (set CUDACXX)" >&2; exit 1; }
+    export CUDACXX=$nvcc PATH="$(dirname "$nvcc"):$PATH"
     # Replace fast_rnnt's fixed candidate list (35 ... 86) by ours.
     "$python_bin" - "$src/CMakeLists.txt" <<'PY'
 import re, sys
@@ -113,6 +120,9 @@ symbols = torch.tensor([[1, 2]], device=device)
 boundary = torch.tensor([[0, 0, 2, 4]], device=device)
 loss = fast_rnnt.rnnt_loss(logits, symbols, termination_symbol=0, boundary=boundary)
 assert torch.isfinite(loss).all(), loss
+import _fast_rnnt
+assert _fast_rnnt.with_cuda() == bool(torch.version.cuda), (
+    f"fast_rnnt built with CUDA: {_fast_rnnt.with_cuda()}, torch CUDA: {torch.version.cuda}")
 print(f"fast_rnnt loads with torch {torch.__version__} and computes its loss on {device}")
 PY
 echo "$key" > "$wheel_dir/.installed-key"

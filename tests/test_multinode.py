@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_MODEL_ARGS
-from tests.helpers import PROJECT_DIR, run_script
+from tests.helpers import PROJECT_DIR, run_script, small_manifest_dir
 
 TRAIN = "pruned_transducer_stateless4/train.py"
 
@@ -24,8 +24,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def train_args(exp_dir: Path) -> list[str]:
+def train_args(exp_dir: Path, manifest_dir: Path) -> list[str]:
     return ["--exp-dir", str(exp_dir), "--bpe-model", "data/lang_bpe_100/bpe.model",
+            "--manifest-dir", str(manifest_dir),
             "--num-epochs", "1", "--max-duration", "8", "--num-buckets", "10",
             "--num-workers", "0", "--enable-musan", "false", "--valid-interval", "1000",
             "--valid-wer-utts", "4", "--model-warm-step", "5", "--average-period", "3",
@@ -41,6 +42,8 @@ def checksums(exp_dir: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_torchrun_two_nodes_equals_world_size_2(prepared_dir: Path):
     port = free_port()
+    # 40 cuts (about 2 minutes of audio): a dozen batches per epoch
+    manifests = small_manifest_dir(prepared_dir, prepared_dir / "exp/multinode_fbank", 40)
     exp_dir = prepared_dir / "exp/torchrun_2_nodes"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("LOCAL_RANK", None)
@@ -48,7 +51,7 @@ def test_torchrun_two_nodes_equals_world_size_2(prepared_dir: Path):
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
              "--nproc-per-node", "1", "--node-rank", str(node), "--master-addr", "127.0.0.1",
-             "--master-port", str(port), str(PROJECT_DIR / TRAIN), *train_args(exp_dir)],
+             "--master-port", str(port), str(PROJECT_DIR / TRAIN), *train_args(exp_dir, manifests)],
             cwd=prepared_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         for node in (0, 1)
@@ -64,7 +67,7 @@ def test_torchrun_two_nodes_equals_world_size_2(prepared_dir: Path):
     assert set(node_sums) == {"0", "1"} and node_sums["0"] == node_sums["1"], node_sums
 
     spawn_dir = prepared_dir / "exp/world_size_2"
-    result = run_script([TRAIN, *train_args(spawn_dir), "--world-size", "2",
+    result = run_script([TRAIN, *train_args(spawn_dir, manifests), "--world-size", "2",
                          "--master-port", str(free_port())], prepared_dir, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert checksums(spawn_dir) == node_sums

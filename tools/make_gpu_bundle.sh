@@ -23,6 +23,7 @@ out=gpu_bundle
 python_version=3.12
 corpus_from=""
 wheels=true
+max_train_cuts=0
 python_bin=${PYTHON:-python3}
 [ -x "$project_dir/.venv/bin/python" ] && python_bin=$project_dir/.venv/bin/python
 
@@ -33,13 +34,16 @@ usage="Usage: $0 [--out DIR] [--python-version X.Y] [--corpus-from DIR] [--wheel
   --corpus-from     a directory prepared by prepare.sh to copy instead of running
                     prepare.sh on a new tiny corpus (about 2 minutes)
   --wheels          download wheels and the fast_rnnt sdist (false: corpus only,
-                    for the CPU dry-run on a machine that has the packages) [$wheels]"
+                    for the CPU dry-run on a machine that has the packages) [$wheels]
+  --max-train-cuts  keep only the first N training cuts (0: all; the CPU dry-run
+                    in the tests keeps 40) [$max_train_cuts]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2;;
     --python-version) python_version=$2; shift 2;;
     --corpus-from) corpus_from=$2; shift 2;;
     --wheels) wheels=$2; shift 2;;
+    --max-train-cuts) max_train_cuts=$2; shift 2;;
     -h|--help) echo "$usage"; exit 0;;
     *) echo "make_gpu_bundle.sh: error: unknown option '$1'" >&2; echo "$usage" >&2; exit 1;;
   esac
@@ -88,6 +92,14 @@ for part in train-clean-100 dev-clean test-clean test-other; do
   cp -a "$corpus_from/data/fbank/librispeech_cuts_$part.jsonl.gz" \
     "$corpus_from/data/fbank/librispeech_feats_$part"* "$out/recipe/data/fbank/"
 done
+if [ "$max_train_cuts" -gt 0 ]; then
+  "$python_bin" -c "
+import sys
+from lhotse import load_manifest
+path = sys.argv[1]
+load_manifest(path).subset(first=int(sys.argv[2])).to_file(path)" \
+    "$out/recipe/data/fbank/librispeech_cuts_train-clean-100.jsonl.gz" "$max_train_cuts"
+fi
 # Audio of the evaluation parts only: training reads features.
 for part in dev-clean test-clean test-other; do
   cp -a "$corpus_from/download/LibriSpeech/$part" "$out/recipe/download/LibriSpeech/"
