@@ -32,7 +32,9 @@ Stages:
      check \$dl_dir/LibriSpeech (--corpus librispeech)
   1  lhotse manifests -> data/manifests/
   2  noise manifests: \$dl_dir/musan if present, else a generated noise set
-  3  fbank features -> data/fbank/librispeech_cuts_{part}.jsonl.gz, musan_cuts.jsonl.gz
+  3  fbank features -> data/fbank/librispeech_cuts_{part}.jsonl.gz (training parts
+     shuffled), librispeech_cuts_train-all-shuf.jsonl.gz (the 960 h parts
+     shuffled together, when all three exist), musan_cuts.jsonl.gz
   4  sentencepiece BPE -> data/lang_bpe_N/{bpe.model,tokens.txt,transcript_words.txt}
   5  word n-gram LM and LG graph -> data/lang_bpe_N/{G_${lm_order}_gram.arpa,LG.fst,...}
 
@@ -98,7 +100,7 @@ fi
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: fbank features"
   "$recipe_dir"/local/compute_fbank.py --manifest-dir data/manifests --output-dir data/fbank \
-    --num-jobs "$nj" --perturb-speed "$perturb_speed"
+    --num-jobs "$nj" --perturb-speed "$perturb_speed" --seed "$seed"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then

@@ -27,11 +27,17 @@ absolute peak and the peak minus the RSS after building inputs and modules
 time per iteration (all threads); when other jobs share the cores, wall time
 inflates much more than CPU time, so compare both.
 
+With ``--device cuda`` the tensors and modules live on the GPU, times are
+taken after ``torch.cuda.synchronize()``, and the memory columns are CUDA
+memory instead of RSS: the peak of ``torch.cuda.max_memory_allocated`` and
+that peak minus what was allocated after building inputs and modules.
+
 Usage::
 
     python benchmarks/loss_benchmark.py                    # fast_rnnt, defaults
     python benchmarks/loss_benchmark.py --backend reference
     python benchmarks/loss_benchmark.py --rounds 3   # best of 3 on a busy machine
+    python benchmarks/loss_benchmark.py --device cuda --batch-size 32   # on a GPU
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ def get_parser() -> argparse.ArgumentParser:
         help="RNNT_LOSS_BACKEND for shared.rnnt_loss",
     )
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or cuda:N (memory columns: CUDA memory on a GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     return parser
@@ -97,23 +105,30 @@ def run_worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     from shared import rnnt_loss
 
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+
     assert rnnt_loss.BACKEND == args.backend, (rnnt_loss.BACKEND, args.backend)
     B, T, S, V = args.batch_size, args.num_frames, args.num_symbols, args.vocab_size
     D, J = args.encoder_dim, args.joiner_dim
 
-    simple_am_proj = torch.nn.Linear(D, V)
-    simple_lm_proj = torch.nn.Linear(D, V)
-    encoder_proj = torch.nn.Linear(D, J)
-    decoder_proj = torch.nn.Linear(D, J)
-    output_linear = torch.nn.Linear(J, V)
+    # Drawn on the CPU (the same numbers on every device), then moved.
+    simple_am_proj = torch.nn.Linear(D, V).to(device)
+    simple_lm_proj = torch.nn.Linear(D, V).to(device)
+    encoder_proj = torch.nn.Linear(D, J).to(device)
+    decoder_proj = torch.nn.Linear(D, J).to(device)
+    output_linear = torch.nn.Linear(J, V).to(device)
 
-    encoder_out = torch.randn(B, T, D, requires_grad=True)
-    decoder_out = torch.randn(B, S + 1, D, requires_grad=True)
-    symbols = torch.randint(1, V, (B, S))
+    encoder_out = torch.randn(B, T, D).to(device).requires_grad_()
+    decoder_out = torch.randn(B, S + 1, D).to(device).requires_grad_()
+    symbols = torch.randint(1, V, (B, S)).to(device)
     boundary = torch.zeros(B, 4, dtype=torch.int64)
     boundary[:, 2] = torch.randint(int(args.min_length_ratio * S), S + 1, (B,))
     boundary[:, 3] = torch.randint(int(args.min_length_ratio * T), T + 1, (B,))
     boundary[0, 2:] = torch.tensor([S, T])
+    boundary = boundary.to(device)
     parameters = [
         p
         for m in (simple_am_proj, simple_lm_proj, encoder_proj, decoder_proj, output_linear)
@@ -152,16 +167,23 @@ def run_worker(args: argparse.Namespace) -> dict:
         am = encoder_proj(encoder_out).unsqueeze(2)  # [B, T, 1, J]
         lm = decoder_proj(decoder_out).unsqueeze(1)  # [B, 1, S+1, J]
         logits = output_linear(torch.tanh(am + lm))  # [B, T, S+1, V]
-        every_node = torch.arange(S + 1).expand(B, T, S + 1)
+        every_node = torch.arange(S + 1, device=device).expand(B, T, S + 1)
         return rnnt_loss.rnnt_loss_pruned(logits, symbols, every_node, 0, boundary, reduction="sum")
 
     step = {"recipe": recipe_step, "full": full_step, "full_fused": full_fused_step}[args.worker]
-    rss_before_mb = _max_rss_mb()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        rss_before_mb = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        rss_before_mb = _max_rss_mb()
     times_ms, cpu_times_ms = [], []
     for i in range(args.num_warmup + args.num_iters):
         start, cpu_start = time.perf_counter(), time.process_time()
         loss = step()
         loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
         elapsed_ms = (time.perf_counter() - start) * 1000
         cpu_ms = (time.process_time() - cpu_start) * 1000
         for tensor in [encoder_out, decoder_out, *parameters]:
@@ -169,7 +191,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         if i >= args.num_warmup:
             times_ms.append(elapsed_ms)
             cpu_times_ms.append(cpu_ms)
-    peak_mb = _max_rss_mb()
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _max_rss_mb()
     return {
         "path": args.worker,
         "median_ms": statistics.median(times_ms),
@@ -195,7 +217,7 @@ def run_in_subprocess(args: argparse.Namespace, path: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def format_table(results: list[dict]) -> str:
+def format_table(results: list[dict], memory: str = "RSS") -> str:
     by_path = {r["path"]: r for r in results}
     full, full_fused = by_path.get("full"), by_path.get("full_fused")
 
@@ -203,8 +225,9 @@ def format_table(results: list[dict]) -> str:
         return "-" if baseline is None else f"{baseline[key] / max(r[key], 1e-9):.{digits}f}x"
 
     lines = [
-        "| path | median ms | CPU ms | peak RSS MB | RSS added MB | speed-up vs full "
-        "| speed-up vs full_fused | peak RSS ratio (full/this) | RSS-added ratio (full/this) |",
+        f"| path | median ms | CPU ms | peak {memory} MB | {memory} added MB | speed-up vs full "
+        f"| speed-up vs full_fused | peak {memory} ratio (full/this) "
+        f"| {memory}-added ratio (full/this) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -236,7 +259,8 @@ def main() -> None:
         f"backend={args.backend} B={args.batch_size} T={args.num_frames} S={args.num_symbols} "
         f"V={args.vocab_size} D={args.encoder_dim} J={args.joiner_dim} "
         f"s_range={args.prune_range} lm_scale={args.lm_scale} am_scale={args.am_scale} "
-        f"threads={args.threads} median of {args.num_iters} (+{args.num_warmup} warm-up), "
+        f"device={args.device} threads={args.threads} "
+        f"median of {args.num_iters} (+{args.num_warmup} warm-up), "
         f"forward+backward, one subprocess per path, best of {args.rounds} round(s)"
     )
     best: dict[str, dict] = {}
@@ -245,7 +269,8 @@ def main() -> None:
             result = run_in_subprocess(args, path)
             if path not in best or result["median_ms"] < best[path]["median_ms"]:
                 best[path] = result
-    print(format_table([best[path] for path in paths]))
+    memory = "CUDA" if args.device.startswith("cuda") else "RSS"
+    print(format_table([best[path] for path in paths], memory))
     print(f"load average after the run: {os.getloadavg()[0]:.2f} (the machine has "
           f"{os.cpu_count()} cores)")
 

@@ -7,10 +7,19 @@ LibriSpeech recipe find them:
   data/fbank/librispeech_cuts_{part}.jsonl.gz   (+ librispeech_feats_{part}/)
   data/fbank/musan_cuts.jsonl.gz                (when noise manifests exist)
 
-Training parts (train-*) are speed-perturbed with factors 0.9 and 1.1 and the
-perturbed copies are stored next to the originals, as icefall does
-(--perturb-speed false: originals only).  A part is skipped when its cut set
-is newer than its manifests and was made with the same --perturb-speed.
+Training parts (train-*) are speed-perturbed with factors 0.9 and 1.1, as
+icefall does (--perturb-speed false: originals only), and, beyond icefall,
+each training part's cut set is written shuffled (seed --seed): icefall
+writes a copy right after its original, so lhotse's shuffle buffer (20k
+cuts) would see a long run of one factor.  A part is skipped when its cut set
+is newer than its manifests and was made with the same options.
+
+When all three 960 h training parts exist, their cut sets are shuffled
+together into
+
+  data/fbank/librispeech_cuts_train-all-shuf.jsonl.gz
+
+as icefall's prepare.sh does (`cat ... | shuf`), for train.py --full-libri.
 
 The extractor settings are those of lhotse's `Fbank(FbankConfig(num_mel_bins=80))`
 (povey window, dither 0, snip_edges False, high_freq -400, samples in [-1, 1]);
@@ -18,13 +27,17 @@ The extractor settings are those of lhotse's `Fbank(FbankConfig(num_mel_bins=80)
 """
 
 import argparse
+import gzip
 import json
 import logging
+import random
 import sys
 from pathlib import Path
 
 from shared.features import make_fbank_extractor
 from shared.utils import outputs_are_up_to_date, setup_logging, str2bool
+
+TRAIN_960_PARTS = ("train-clean-100", "train-clean-360", "train-other-500")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -41,6 +54,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Add 0.9x and 1.1x speed-perturbed copies of train-* parts "
                         "(true/false).")
     parser.add_argument("--num-jobs", type=int, default=2, help="Parallel processes.")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="Seed of the shuffles of the training cut sets.")
     return parser
 
 
@@ -58,7 +73,8 @@ def compute_part(part: str, args: argparse.Namespace) -> None:
     # other options, or older than its manifests (stage 1 reran), is made again.
     options_path = cuts_path.with_name(f".{cuts_path.name}.options.json")
     perturb = part.startswith("train") and str2bool(args.perturb_speed)
-    options = {"perturb_speed": perturb}
+    shuffle = part.startswith("train")
+    options = {"perturb_speed": perturb, "shuffle_seed": args.seed if shuffle else None}
     manifests = [args.manifest_dir / f"librispeech_{kind}_{part}.jsonl.gz"
                  for kind in ("recordings", "supervisions")]
     if (outputs_are_up_to_date([cuts_path, options_path], manifests)
@@ -72,8 +88,36 @@ def compute_part(part: str, args: argparse.Namespace) -> None:
         cuts = cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)
     logging.info(f"stage 3: computing fbank for {part} ({len(cuts)} cuts)")
     cuts = compute_features(cuts, args.output_dir / f"librispeech_feats_{part}", args.num_jobs)
+    if shuffle:
+        cuts = cuts.to_eager().shuffle(random.Random(args.seed))
     write_atomically(cuts, cuts_path)
     options_path.write_text(json.dumps(options))
+
+
+def make_train_all_shuf(args: argparse.Namespace) -> None:
+    """librispeech_cuts_train-all-shuf.jsonl.gz: the lines of the three 960 h
+    training cut sets in one random order (icefall's `cat | shuf`).  Lines are
+    shuffled as text, so the 960 h cut set (about 843k cuts with the perturbed
+    copies) costs its text in memory, not lhotse objects."""
+    inputs = [args.output_dir / f"librispeech_cuts_{part}.jsonl.gz" for part in TRAIN_960_PARTS]
+    output = args.output_dir / "librispeech_cuts_train-all-shuf.jsonl.gz"
+    if not all(path.is_file() for path in inputs):
+        missing = [path.name for path in inputs if not path.is_file()]
+        logging.info(f"stage 3: no train-all-shuf (missing {', '.join(missing)})")
+        return
+    if outputs_are_up_to_date([output], inputs):
+        logging.info(f"stage 3: {output} is up to date; skipping")
+        return
+    lines = []
+    for path in inputs:
+        with gzip.open(path, "rt") as f:
+            lines.extend(line if line.endswith("\n") else line + "\n" for line in f if line.strip())
+    random.Random(args.seed).shuffle(lines)
+    tmp_path = output.with_name(f"tmp.{output.name}")
+    with gzip.open(tmp_path, "wt") as f:
+        f.writelines(lines)
+    tmp_path.rename(output)
+    logging.info(f"stage 3: wrote {output} ({len(lines)} cuts of {len(inputs)} parts, shuffled)")
 
 
 def compute_features(cuts, storage_path: Path, num_jobs: int):
@@ -143,6 +187,7 @@ def main() -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for part in parts:
         compute_part(part, args)
+    make_train_all_shuf(args)
     compute_musan(args)
     return 0
 

@@ -9,6 +9,8 @@ A batch from the dataloaders is lhotse's K2SpeechRecognitionDataset dict:
 
 import argparse
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +43,10 @@ class LibriSpeechAsrDataModule:
                            "train-clean-100 only.")
         group.add_argument("--manifest-dir", type=Path, default=Path("data/fbank"),
                            help="Directory with the cut sets of prepare.sh stage 3.")
-        group.add_argument("--max-duration", type=float, default=30.0,
-                           help="Seconds of audio per batch (summed over its cuts). Small "
-                           "batches give more updates per minute, which a CPU run needs.")
+        group.add_argument("--max-duration", type=float, default=200.0,
+                           help="Seconds of audio per batch (summed over its cuts); icefall's "
+                           "default for a GPU (its RESULTS commands use 300 on 32 GB GPUs). "
+                           "A CPU run wants small batches (run.sh passes 30).")
         group.add_argument("--bucketing-sampler", type=str2bool, default=True,
                            help="Group cuts of similar duration (DynamicBucketingSampler).")
         group.add_argument("--num-buckets", type=int, default=30,
@@ -52,14 +55,18 @@ class LibriSpeechAsrDataModule:
                            help="Shuffle the training cuts every epoch.")
         group.add_argument("--drop-last", type=str2bool, default=True,
                            help="Drop the last incomplete training batch.")
-        group.add_argument("--num-workers", type=int, default=0,
-                           help="DataLoader worker processes. 0 loads in the training process; "
-                           "on 2 cores a worker competes with the training threads.")
+        group.add_argument("--num-workers", type=int, default=2,
+                           help="DataLoader worker processes (icefall's default). 0 loads in "
+                           "the training process, which 2 CPU cores want (run.sh passes 0).")
         group.add_argument("--enable-spec-aug", type=str2bool, default=True,
                            help="Apply SpecAugment to training features.")
-        group.add_argument("--spec-aug-time-warp-factor", type=int, default=20,
-                           help="SpecAugment time warp factor; < 1 disables time warping "
-                           "(icefall uses 80 for ~15 s LibriSpeech utterances; ours are ~3 s).")
+        group.add_argument("--spec-aug-time-warp-factor", type=int, default=80,
+                           help="SpecAugment time warp factor; < 1 disables time warping.")
+        group.add_argument("--spec-aug-num-frame-masks", type=int, default=10,
+                           help="SpecAugment: time masks per utterance (icefall's 10).")
+        group.add_argument("--spec-aug-frames-mask-size", type=int, default=100,
+                           help="SpecAugment: the longest time mask, in frames (icefall's "
+                           "100); all masks together cover at most 15%% of the frames.")
         group.add_argument("--enable-musan", type=str2bool, default=True,
                            help="Mix noise (MUSAN, or the generated noise set) into training cuts.")
         group.add_argument("--input-strategy", type=str, default="PrecomputedFeatures",
@@ -86,13 +93,14 @@ class LibriSpeechAsrDataModule:
             )
         input_transforms = []
         if args.enable_spec_aug:
-            # Mask sizes scaled down from icefall's 100-frame masks: our
-            # utterances are ~3 s, LibriSpeech's ~12 s.
+            # icefall's LibriSpeech settings: 2 feature masks of up to 27
+            # bins, --spec-aug-num-frame-masks time masks of up to
+            # --spec-aug-frames-mask-size frames (15% of the frames at most).
             input_transforms.append(
                 SpecAugment(
                     time_warp_factor=args.spec_aug_time_warp_factor,
-                    num_frame_masks=2,
-                    frames_mask_size=40,
+                    num_frame_masks=args.spec_aug_num_frame_masks,
+                    frames_mask_size=args.spec_aug_frames_mask_size,
                     features_mask_size=27,
                     num_feature_masks=2,
                     max_frames_mask_fraction=0.15,
@@ -157,11 +165,12 @@ class LibriSpeechAsrDataModule:
         return self._cuts("train-clean-100")
 
     def train_all_shuf_cuts(self) -> CutSet:
-        """All 960 h (icefall's --full-libri); here the concatenation of the parts."""
-        from lhotse import combine
-
-        return combine(self._cuts(part) for part in
-                       ("train-clean-100", "train-clean-360", "train-other-500"))
+        """All 960 h (icefall's --full-libri): the three training parts with their
+        speed-perturbed copies, shuffled together by prepare.sh stage 3 into
+        librispeech_cuts_train-all-shuf.jsonl.gz (as icefall's prepare.sh
+        does), so that the sampler's shuffle buffer sees every part and
+        perturbation factor from the start."""
+        return self._cuts("train-all-shuf")
 
     def dev_clean_cuts(self) -> CutSet:
         return self._cuts("dev-clean")
@@ -197,3 +206,72 @@ def batch_features(
 
 def batch_texts(batch: dict[str, Any]) -> list[str]:
     return list(batch["supervisions"]["text"])
+
+
+@dataclass
+class CutFilterCounts:
+    """What `TrainingCutFilter` kept and dropped (one pass over a cut set)."""
+
+    kept: int = 0
+    kept_seconds: float = 0.0
+    too_short: int = 0
+    too_long: int = 0
+    fewer_frames_than_tokens: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.too_short + self.too_long + self.fewer_frames_than_tokens
+
+    def summary(self, min_duration: float, max_duration: float) -> str:
+        return (f"kept {self.kept} training cuts ({self.kept_seconds / 3600:.2f} h), dropped "
+                f"{self.dropped}: {self.too_short} shorter than {min_duration:g} s, "
+                f"{self.too_long} longer than {max_duration:g} s, "
+                f"{self.fewer_frames_than_tokens} with fewer encoder frames than BPE tokens")
+
+
+class TrainingCutFilter:
+    """icefall's filter of training cuts (remove_short_and_long_utt): keeps a
+    cut if min_duration <= duration <= max_duration and the encoder gives at
+    least as many frames as its text has tokens (the transducer loss is
+    infinite otherwise).
+
+    Args:
+      encode: text -> token ids (the BPE model's encode).
+      encoder_frames: feature frames -> encoder frames (the subsampling).
+      min_duration, max_duration: seconds (icefall's 1 and 20).
+    """
+
+    def __init__(self, encode: Callable[[str], list[int]], encoder_frames: Callable[[int], int],
+                 min_duration: float = 1.0, max_duration: float = 20.0) -> None:
+        self.encode = encode
+        self.encoder_frames = encoder_frames
+        self.min_duration = min_duration
+        self.max_duration = max_duration
+
+    def reason(self, cut: Any) -> str | None:
+        """Why `cut` is dropped (a CutFilterCounts field name), None if kept."""
+        if cut.duration < self.min_duration:
+            return "too_short"
+        if cut.duration > self.max_duration:
+            return "too_long"
+        num_frames = cut.num_frames if cut.num_frames is not None \
+            else round(cut.duration * 100)
+        num_tokens = sum(len(self.encode(s.text)) for s in cut.supervisions)
+        if self.encoder_frames(num_frames) < num_tokens:
+            return "fewer_frames_than_tokens"
+        return None
+
+    def __call__(self, cut: Any) -> bool:
+        return self.reason(cut) is None
+
+    def count(self, cuts: CutSet) -> CutFilterCounts:
+        """One pass over `cuts`: how many this filter keeps and drops, and why."""
+        counts = CutFilterCounts()
+        for cut in cuts:
+            reason = self.reason(cut)
+            if reason is None:
+                counts.kept += 1
+                counts.kept_seconds += cut.duration
+            else:
+                setattr(counts, reason, getattr(counts, reason) + 1)
+        return counts

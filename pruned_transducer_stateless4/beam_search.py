@@ -633,8 +633,10 @@ class Lattice:
     def _path(self, arcs: list[int], score: float) -> LatticePath:
         labels = self.arc_label[arcs].tolist() if arcs else []
         words = self.arc_word[arcs].tolist() if arcs else []
-        frames = torch.searchsorted(self.arc_offsets, torch.tensor(arcs, dtype=torch.int64),
-                                    right=True).sub(1).tolist() if arcs else []
+        frames = torch.searchsorted(
+            self.arc_offsets,
+            torch.tensor(arcs, dtype=torch.int64, device=self.arc_offsets.device),
+            right=True).sub(1).tolist() if arcs else []
         return LatticePath(
             tokens=[label for label in labels if label != 0],
             words=[word for word in words if word != 0],
@@ -695,6 +697,9 @@ class Lattice:
         Returns:
           num_paths lists of arc indices (one per frame); [] if the lattice
           has no complete path.
+
+        The uniform noise is drawn on `generator`'s device (default: the
+        lattice's) and moved to the lattice's device.
         """
         if num_paths <= 0:
             return []
@@ -702,15 +707,19 @@ class Lattice:
         if float(beta[0]) == NEG_INF:
             return []
         scores = self.arc_score.double() * scale
-        current = torch.zeros(num_paths, dtype=torch.int64)
+        device = scores.device
+        noise_device = generator.device if generator is not None else device
+        current = torch.zeros(num_paths, dtype=torch.int64, device=device)
+        neg_inf = torch.tensor(NEG_INF, dtype=torch.float64, device=device)
         chosen = []
         for t in range(self.num_frames):
             a0, a1 = int(self.arc_offsets[t]), int(self.arc_offsets[t + 1])
             src, dst = self.arc_src[a0:a1], self.arc_dst[a0:a1]
             weight = scores[a0:a1] + beta[dst]  # (A_t,)
             logits = torch.where(src.unsqueeze(0) == current.unsqueeze(1), weight.unsqueeze(0),
-                                 torch.tensor(NEG_INF, dtype=torch.float64))
-            uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64)
+                                 neg_inf)
+            uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64,
+                                 device=noise_device).to(device)
             gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-300)))
             choice = torch.argmax(logits + gumbel, dim=1)  # Gumbel-max sampling
             chosen.append(choice + a0)
@@ -727,25 +736,26 @@ class Lattice:
         Returns:
           (K,) float64, -inf for sequences the lattice does not hold.
         """
+        device = self.arc_score.device
         num_seqs = len(sequences)
         if num_seqs == 0:
-            return torch.zeros(0, dtype=torch.float64)
+            return torch.zeros(0, dtype=torch.float64, device=device)
         max_len = max(len(seq) for seq in sequences)
-        # Position len(seq) and beyond hold -1, which no arc outputs.
-        padded = torch.full((num_seqs, max_len + 1), -1, dtype=torch.int64)
-        for k, seq in enumerate(sequences):
-            padded[k, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
-        lengths = torch.tensor([len(seq) for seq in sequences])
+        # Position len(seq) and beyond hold -1, which no arc outputs (built
+        # in Python: one copy to the device, not one per sequence).
+        padded = torch.tensor([list(seq) + [-1] * (max_len + 1 - len(seq)) for seq in sequences],
+                              dtype=torch.int64, device=device)
+        lengths = torch.tensor([len(seq) for seq in sequences], device=device)
         outputs = self.arc_word if use_words else self.arc_label
         scores = self.arc_score.double()
 
         # Sparse forward pass over the reachable triples (k, state, p): alpha
         # is the log-sum of the paths to `state` that output the first p
         # symbols of sequence k (states local to their frame).
-        seq_id = torch.arange(num_seqs)
-        state = torch.zeros(num_seqs, dtype=torch.int64)
-        position = torch.zeros(num_seqs, dtype=torch.int64)
-        alpha = torch.zeros(num_seqs, dtype=torch.float64)
+        seq_id = torch.arange(num_seqs, device=device)
+        state = torch.zeros(num_seqs, dtype=torch.int64, device=device)
+        position = torch.zeros(num_seqs, dtype=torch.int64, device=device)
+        alpha = torch.zeros(num_seqs, dtype=torch.float64, device=device)
         for t in range(self.num_frames):
             a0, a1 = int(self.arc_offsets[t]), int(self.arc_offsets[t + 1])
             s0, s1 = int(self.state_offsets[t]), int(self.state_offsets[t + 1])
@@ -756,8 +766,9 @@ class Lattice:
             first_arc = torch.cumsum(out_degree, 0) - out_degree
             # every triple followed along every arc leaving its state
             degree = out_degree[state]
-            which = torch.repeat_interleave(torch.arange(state.numel()), degree)
-            offset = torch.arange(which.numel()) - (torch.cumsum(degree, 0) - degree)[which]
+            which = torch.repeat_interleave(torch.arange(state.numel(), device=device), degree)
+            offset = (torch.arange(which.numel(), device=device)
+                      - (torch.cumsum(degree, 0) - degree)[which])
             arc = by_src[first_arc[state[which]] + offset] + a0
             k, p = seq_id[which], position[which]
             out = outputs[arc]
@@ -772,7 +783,7 @@ class Lattice:
         first = int(self.state_offsets[self.num_frames])
         done = position == lengths[seq_id]
         ends = alpha[done] + self.final_score[first + state[done]].double()
-        totals = torch.full((num_seqs,), NEG_INF, dtype=torch.float64)
+        totals = torch.full((num_seqs,), NEG_INF, dtype=torch.float64, device=device)
         if ends.numel():
             totals = _segment_logsumexp(ends, seq_id[done], num_seqs)
         return totals

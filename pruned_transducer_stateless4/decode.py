@@ -89,7 +89,15 @@ from shared.fsa_graph import (
     trivial_graph,
 )
 from shared.metrics import write_error_stats, write_recogs
-from shared.utils import AttributeDict, RecipeError, get_device, run_main, setup_logging, str2bool
+from shared.utils import (
+    AttributeDict,
+    RecipeError,
+    add_device_argument,
+    get_device,
+    run_main,
+    setup_logging,
+    str2bool,
+)
 
 DECODING_METHODS = (
     "greedy_search",
@@ -162,6 +170,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Torch threads on CPU; 0 keeps torch's default. The searches run "
                         "many small tensor operations, which extra threads slow down (by 10x "
                         "and more when the cores are shared), hence 1.")
+    add_device_argument(parser)
     add_model_arguments(parser)
     LibriSpeechAsrDataModule.add_arguments(parser)
     return parser
@@ -386,7 +395,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                   f"{time.strftime('%Y-%m-%d-%H-%M-%S')}")
     logging.info(f"decoding with {params.decoding_method}: {result_key(params)}, "
                  f"{result_suffix(params)}")
-    device = get_device()
+    device = get_device(requested=params.device)
+    logging.info(f"decoding on {device}")
     if device.type == "cpu" and params.num_threads > 0:
         torch.set_num_threads(params.num_threads)
 

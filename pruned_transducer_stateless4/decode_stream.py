@@ -130,7 +130,8 @@ class OnlineFeatures:
         """(end - start, 80) float32 frames; start >= the discarded frames."""
         assert self._num_popped <= start <= end <= self.num_frames_ready, (start, end)
         if end == start:
-            return torch.zeros(0, NUM_MEL_BINS)
+            # Host-side like every feature frame (decode_one_chunk moves them).
+            return torch.zeros(0, NUM_MEL_BINS, device="cpu")
         rows = [self._fbank.get_frame(i) for i in range(start, end)]
         return torch.from_numpy(np.asarray(rows, dtype=np.float32))
 
@@ -323,7 +324,8 @@ class DecodeStream:
         frames = self.features.get_frames(start, end)
         num_real = end - start
         if num_real < self.chunk_length:
-            pad = torch.full((self.chunk_length - num_real, NUM_MEL_BINS), LOG_EPS)
+            pad = torch.full((self.chunk_length - num_real, NUM_MEL_BINS), LOG_EPS,
+                             device="cpu")  # host-side, like the frames it pads
             frames = torch.cat([frames, pad])
         # A full chunk is complete when its last frame arrived; a partial
         # (last) one only when the end of the audio did.
@@ -486,8 +488,9 @@ def unstack_streams(batch: StreamBatch, streams: list[DecodeStream]) -> None:
     cnn = batch.states[1].split(1, dim=2)
     lens = batch.processed_lens.tolist()
     for n, stream in enumerate(streams):
-        # Own copies: views would keep the whole batch tensor alive.
-        stream.states = [attn[n].cpu().clone(), cnn[n].cpu().clone()]
+        # Own copies (views would keep the whole batch tensor alive), left on
+        # the model's device: no round trip through the CPU per chunk.
+        stream.states = [attn[n].clone(), cnn[n].clone()]
         stream.processed_lens = int(lens[n])
         stream.hyp = list(batch.hyps[n])
         stream.timestamps = list(batch.timestamps[n])

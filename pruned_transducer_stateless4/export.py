@@ -77,7 +77,9 @@ from shared.checkpoint import load_averaged_model, read_checkpoint_params, selec
 from shared.utils import (
     AttributeDict,
     RecipeError,
+    add_device_argument,
     atomic_torch_save,
+    get_device,
     run_main,
     setup_logging,
     str2bool,
@@ -122,6 +124,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", type=str2bool, default=False,
                         help="Write the ONNX files for sherpa-onnx (and int8 versions) and "
                         "tokens.txt instead of pretrained.pt.")
+    add_device_argument(parser)
     add_model_arguments(parser)
     return parser
 
@@ -211,7 +214,10 @@ def model_options(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_pretrained(model: Transducer, params: AttributeDict, path: Path) -> None:
-    atomic_torch_save({"model": model.state_dict(), "params": model_options(params)}, path)
+    """pretrained.pt with CPU tensors, loadable on any machine whatever the
+    device the model was averaged on."""
+    state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    atomic_torch_save({"model": state, "params": model_options(params)}, path)
 
 
 # --------------------------------------------------------- TorchScript ----
@@ -346,9 +352,11 @@ def export_encoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -
     wrapper = OnnxEncoder(encoder, model.joiner.encoder_proj, params["left_context"]).eval()
     num_frames = params["decode_chunk_size"] * encoder.subsampling_factor + encoder.pad_length
     batch_size = 2
-    x = torch.zeros(batch_size, num_frames, encoder.num_features)
-    cached_attn, cached_conv = encoder.get_init_state(params["left_context"], batch_size)
-    processed_lens = torch.zeros(batch_size, dtype=torch.int64)
+    device = next(model.parameters()).device  # the example inputs follow the model
+    x = torch.zeros(batch_size, num_frames, encoder.num_features, device=device)
+    cached_attn, cached_conv = encoder.get_init_state(params["left_context"], batch_size,
+                                                      device=device)
+    processed_lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
     torch.onnx.export(
         wrapper, (x, cached_attn, cached_conv, processed_lens), str(path),
         input_names=["x", "cached_attn", "cached_conv", "processed_lens"],
@@ -367,7 +375,8 @@ def export_decoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -
         raise RecipeError("the decoder's blank embedding is not zero; sherpa-onnx's start "
                           "context [-1, blank] would not equal [blank, blank]")
     wrapper = OnnxDecoder(model).eval()
-    y = torch.zeros(2, model.decoder.context_size, dtype=torch.int64)
+    y = torch.zeros(2, model.decoder.context_size, dtype=torch.int64,
+                    device=blank_row.device)
     torch.onnx.export(
         wrapper, (y,), str(path), input_names=["y"], output_names=["decoder_out"],
         dynamic_axes={"y": {0: "N"}, "decoder_out": {0: "N"}},
@@ -380,8 +389,9 @@ def export_decoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -
 def export_joiner_onnx(model: Transducer, params: dict[str, Any], path: Path) -> None:
     wrapper = OnnxJoiner(model).eval()
     joiner_dim = model.joiner.output_linear.in_features
-    encoder_out = torch.zeros(2, joiner_dim)
-    decoder_out = torch.zeros(2, joiner_dim)
+    device = model.joiner.output_linear.weight.device
+    encoder_out = torch.zeros(2, joiner_dim, device=device)
+    decoder_out = torch.zeros(2, joiner_dim, device=device)
     torch.onnx.export(
         wrapper, (encoder_out, decoder_out), str(path),
         input_names=["encoder_out", "decoder_out"], output_names=["logit"],
@@ -489,7 +499,9 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise RecipeError("--onnx is for streaming models (sherpa-onnx's online Conformer "
                           "transducer); drop --streaming-model false")
     model, params, description = load_model(args)
-    logging.info(f"loaded the {description}")
+    device = get_device(requested=args.device)
+    model.to(device)
+    logging.info(f"loaded the {description}; exporting on {device}")
     num_params = sum(p.numel() for p in model.parameters())
     logging.info(f"{num_params / 1e6:.2f} M parameters; options: {model_options(params)}")
 
@@ -498,7 +510,8 @@ def run(args: argparse.Namespace) -> list[Path]:
                               onnx_suffix(args), find_bpe_vocab(args))
     elif args.jit:
         path = args.exp_dir / "cpu_jit.pt"
-        scripted = script_model(model, args.decode_chunk_size, args.left_context)
+        # Its name promises CPU tensors: script the model once it is there.
+        scripted = script_model(model.cpu(), args.decode_chunk_size, args.left_context)
         tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         scripted.save(str(tmp_path))
         os.replace(tmp_path, path)

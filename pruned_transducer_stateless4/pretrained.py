@@ -54,7 +54,14 @@ from pruned_transducer_stateless4.timestamps import (
 from shared.checkpoint import load_checkpoint_file, load_model_state
 from shared.features import SAMPLE_RATE, make_fbank_extractor
 from shared.fsa_graph import trivial_graph
-from shared.utils import AttributeDict, RecipeError, run_main, str2bool
+from shared.utils import (
+    AttributeDict,
+    RecipeError,
+    add_device_argument,
+    get_device,
+    run_main,
+    str2bool,
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -94,6 +101,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-timestamps", type=str2bool, default=False,
                         help="Print each word with its start time, WORD@SECONDS, from the "
                         "encoder frames of the best alignment of the result (timestamps.py).")
+    add_device_argument(parser)
     parser.add_argument("sound_files", type=Path, nargs="+",
                         help="Sound files (wav, flac, ...) at any sample rate.")
     return parser
@@ -122,7 +130,8 @@ def load_model(path: Path, vocab_size: int) -> Transducer:
 
 @torch.no_grad()
 def transcribe(model: Transducer, samples, args: argparse.Namespace, extractor) -> list[int]:
-    """Token ids of one utterance (16 kHz mono samples)."""
+    """Token ids of one utterance (16 kHz mono samples), decoded on the
+    model's device."""
     return _transcribe(model, samples, args, extractor)[0]
 
 
@@ -135,8 +144,9 @@ def _transcribe(model: Transducer, samples, args: argparse.Namespace,
 
 
 def _search(model, samples, args, extractor):
-    features = torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).unsqueeze(0)
-    feature_lens = torch.tensor([features.size(1)])
+    device = next(model.parameters()).device
+    features = torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).unsqueeze(0).to(device)
+    feature_lens = torch.tensor([features.size(1)], device=device)
     chunk_size = args.decode_chunk_size if args.simulate_streaming else -1
     encoder_out, encoder_out_lens = model.encoder(features, feature_lens, chunk_size=chunk_size,
                                                   left_context=args.left_context)
@@ -149,7 +159,7 @@ def _search(model, samples, args, extractor):
         tokens = modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size,
                                       context_graph=args.context_graph)[0]
     else:
-        graph = trivial_graph(model.decoder.vocab_size)
+        graph = trivial_graph(model.decoder.vocab_size, device)
         tokens = fast_beam_search_one_best(model, graph, encoder_out, encoder_out_lens,
                                            args.beam, args.max_states, args.max_contexts)[0]
     return tokens, encoder_out, encoder_out_lens
@@ -164,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.context_file is not None and tokens.sp is None:
         raise RecipeError("--context-file needs --bpe-model (to encode the phrases)")
     args.context_graph = context_graph_of(vars(args), tokens.sp)
-    model = load_model(args.checkpoint, tokens.vocab_size)
+    device = get_device(requested=args.device)
+    model = load_model(args.checkpoint, tokens.vocab_size).to(device)
     if args.simulate_streaming and not model.encoder.causal:
         raise RecipeError("--simulate-streaming needs a model with causal convolution")
     mode = (f"simulated streaming (chunks of {args.decode_chunk_size} frames, "
             f"{args.left_context} frames of left context)" if args.simulate_streaming
             else "full attention")
-    logging.info(f"{args.checkpoint}: {args.method}, {mode}")
+    logging.info(f"{args.checkpoint}: {args.method}, {mode}, on {device}")
     extractor = make_fbank_extractor()
 
     failed = 0

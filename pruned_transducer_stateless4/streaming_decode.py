@@ -103,7 +103,15 @@ from shared.checkpoint import load_averaged_model, read_checkpoint_params, selec
 from shared.features import SAMPLE_RATE
 from shared.fsa_graph import trivial_graph
 from shared.metrics import write_error_stats, write_recogs
-from shared.utils import AttributeDict, RecipeError, get_device, run_main, setup_logging, str2bool
+from shared.utils import (
+    AttributeDict,
+    RecipeError,
+    add_device_argument,
+    get_device,
+    run_main,
+    setup_logging,
+    str2bool,
+)
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +154,7 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Encoder frames of right context; this encoder supports only 0.")
     parser.add_argument("--num-threads", type=int, default=0,
                         help="torch.set_num_threads on CPU; 0 keeps torch's default.")
+    add_device_argument(parser)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -178,7 +187,8 @@ def load_tokenizer_and_model(params: AttributeDict) -> tuple[spm.SentencePiecePr
     """BPE model, model and StreamingSetup from parsed options (with
     add_checkpoint_arguments, add_streaming_arguments, add_model_arguments)."""
     check_streaming_options(params)
-    device = get_device()
+    device = get_device(requested=params.get("device"))
+    logging.info(f"streaming on {device}")
     if params.num_threads > 0:
         torch.set_num_threads(params.num_threads)
     if not params.bpe_model.is_file():
@@ -253,7 +263,8 @@ class StreamingSetup:
 
     def new_stream(self, utt_id: str = "") -> DecodeStream:
         if self._initial_states is None:
-            self._initial_states = self.model.encoder.get_init_state(self.left_context, 1)
+            self._initial_states = self.model.encoder.get_init_state(self.left_context, 1,
+                                                                     device=self.device)
         if self.search.decoding_method == "fast_beam_search" and self.graph is None:
             self.graph = trivial_graph(self.model.joiner.output_linear.out_features,
                                        self.device)

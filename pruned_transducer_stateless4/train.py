@@ -6,11 +6,14 @@ Usage (from the project root, after ./prepare.sh):
   # one process
   ./pruned_transducer_stateless4/train.py --num-epochs 10 --exp-dir exp/pruned_transducer_stateless4
 
-  # two processes on one machine (gloo on CPU, nccl on CUDA)
-  ./pruned_transducer_stateless4/train.py --world-size 2 ...
+  # 4 processes on one machine: rank r on cuda:r (nccl), or gloo on CPU
+  ./pruned_transducer_stateless4/train.py --world-size 4 ...
 
-  # several machines: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR
-  torchrun --nnodes 2 --nproc-per-node 1 ... ./pruned_transducer_stateless4/train.py ...
+  # 2 machines x 4 GPUs: the same command on both, --node-rank 0 and 1;
+  # torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, and each
+  # process uses cuda:LOCAL_RANK (docs/gpu.md)
+  torchrun --nnodes 2 --nproc-per-node 4 --node-rank 0 --master-addr 10.0.0.1 \
+    --master-port 29500 ./pruned_transducer_stateless4/train.py --full-libri true ...
 
   # resume: from epoch-3.pt, or from checkpoint-2000.pt (same data order)
   ./pruned_transducer_stateless4/train.py --start-epoch 4 ...
@@ -28,6 +31,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,10 +45,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pruned_transducer_stateless4.asr_datamodule import (
     LibriSpeechAsrDataModule,
+    TrainingCutFilter,
     batch_features,
     batch_texts,
 )
 from pruned_transducer_stateless4.beam_search import greedy_search_batch
+from pruned_transducer_stateless4.conformer import Conv2dSubsampling
 from pruned_transducer_stateless4.model_config import add_model_arguments, get_transducer_model
 from shared import run_record
 from shared.checkpoint import (
@@ -122,9 +128,9 @@ def get_parser() -> argparse.ArgumentParser:
                         "phased in over as many batches again.")
     parser.add_argument("--seed", type=int, default=42,
                         help="Seed of every random generator.")
-    parser.add_argument("--save-every-n", type=int, default=1000,
+    parser.add_argument("--save-every-n", type=int, default=8000,
                         help="Save checkpoint-B.pt every this many batches.")
-    parser.add_argument("--keep-last-k", type=int, default=5,
+    parser.add_argument("--keep-last-k", type=int, default=20,
                         help="Keep only the newest k checkpoint-B.pt files (0 keeps all).")
     parser.add_argument("--average-period", type=int, default=100,
                         help="Update the running average of the weights every this many batches.")
@@ -139,8 +145,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Chunks of left context in dynamic chunk training; -1 = unlimited.")
     parser.add_argument("--log-interval", type=int, default=50,
                         help="Log training progress every this many batches.")
-    parser.add_argument("--valid-interval", type=int, default=500,
-                        help="Validate (loss and greedy WER) every this many batches.")
+    parser.add_argument("--valid-interval", type=int, default=None,
+                        help="Validate (loss and greedy WER) every this many batches; "
+                        "default as icefall: 3000 with --full-libri, else 1600.")
     parser.add_argument("--valid-wer-utts", type=int, default=100,
                         help="Size of the fixed dev-clean subset decoded for the validation WER.")
     parser.add_argument("--valid-chunk-size", type=int, default=16,
@@ -150,6 +157,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-train-minutes", type=float, default=0.0,
                         help="If > 0, stop after this many minutes of training (after "
                         "validating and saving a checkpoint).")
+    parser.add_argument("--min-utt-duration", type=float, default=1.0,
+                        help="Drop training cuts shorter than this (seconds; icefall's 1).")
+    parser.add_argument("--max-utt-duration", type=float, default=20.0,
+                        help="Drop training cuts longer than this (seconds; icefall's 20).")
     parser.add_argument("--num-threads", type=int, default=0,
                         help="Torch threads per process on CPU; 0 = cores / world size.")
     add_model_arguments(parser)
@@ -176,15 +187,36 @@ def get_params() -> AttributeDict:
 
 
 # ------------------------------------------------------------------ setup ----
-def setup_distributed(rank: int, world_size: int, master_port: int) -> None:
-    """Joins the process group.  torchrun provides MASTER_ADDR/PORT itself;
-    with --world-size the processes rendezvous on localhost."""
-    os.environ.setdefault("MASTER_ADDR", "localhost")
-    os.environ.setdefault("MASTER_PORT", str(master_port))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+def launched_by_torchrun() -> bool:
+    """torchrun (and torch.distributed.launch --use-env) sets these for every
+    process it starts, on every node."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def setup_distributed(rank: int, world_size: int, master_port: int,
+                      device: torch.device) -> None:
+    """Joins the process group, on `device`'s GPU (nccl) or with gloo on CPU.
+
+    Under torchrun the rendezvous comes from the standard environment
+    (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE of the elastic agent), the
+    same on one node or many; with --world-size the spawned processes meet on
+    localhost:--master-port.
+    """
+    if not launched_by_torchrun():
+        os.environ.setdefault("MASTER_ADDR", "localhost")
+        os.environ.setdefault("MASTER_PORT", str(master_port))
+    if device.type == "cuda":
+        # Before init: nccl binds each process to its current device.
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=rank, world_size=world_size)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+
+
+def encoder_frames(num_feature_frames: int) -> int:
+    """Encoder frames of an utterance of this many feature frames (the
+    filter of training cuts; a module-level function, unlike a lambda, can
+    be pickled into DataLoader workers)."""
+    return int(Conv2dSubsampling.output_lengths(torch.tensor(num_feature_frames)))
 
 
 def fix_random_seed(seed: int) -> None:
@@ -353,8 +385,15 @@ def train_one_epoch(
     world_size: int,
     epoch_audio_seconds: float,
     rng_state: dict[str, Any] | None,
-) -> bool:
-    """Trains one epoch.  Returns False when --max-train-minutes ran out."""
+) -> tuple[bool, int, float]:
+    """Trains one epoch.
+
+    Returns:
+      (finished, num_batches, audio_seconds): finished is False when
+      --max-train-minutes ran out; num_batches counts the batches this rank's
+      loader yielded (trained or skipped), audio_seconds their audio summed
+      over all ranks.
+    """
     model.train()
     tracker = Tracker()
     interval_tracker = Tracker()
@@ -367,7 +406,22 @@ def train_one_epoch(
     if rng_state is not None:
         set_rng_state(rng_state)
 
-    for batch in batches:
+    num_batches = 0
+    audio_seconds_local = 0.0
+    while True:
+        batch = next(batches, None)
+        if world_size > 1:
+            # lhotse deals batches to ranks round robin, so one rank may run
+            # out a batch before the others.  All stop at the first rank's end:
+            # a rank still training would wait forever in DDP's all-reduce.
+            has_batch = torch.tensor([0.0 if batch is None else 1.0], device=device)
+            dist.all_reduce(has_batch, op=dist.ReduceOp.MIN)
+            if has_batch.item() == 0.0:
+                break
+        elif batch is None:
+            break
+        num_batches += 1
+        audio_seconds_local += float(batch["supervisions"]["num_frames"].sum()) / 100.0
         step_start = time.time()
         params.batch_idx_train += 1
         scheduler.step_batch(params.batch_idx_train)
@@ -453,11 +507,45 @@ def train_one_epoch(
         if out_of_time:
             logging.info(f"--max-train-minutes {params.max_train_minutes} reached at batch "
                          f"{params.batch_idx_train}")
-            return False
+            return False, num_batches, audio_seconds_local * world_size
 
+    audio_seconds = torch.tensor([audio_seconds_local], dtype=torch.float64, device=device)
+    if world_size > 1:
+        dist.all_reduce(audio_seconds)
     if rank == 0:
-        logging.info(f"epoch {params.cur_epoch} done: {tracker.summary()}")
-    return True
+        logging.info(f"epoch {params.cur_epoch} done after {num_batches} batches per rank: "
+                     f"{tracker.summary()}")
+    return True, num_batches, float(audio_seconds.item())
+
+
+def check_epoch_size(
+    params: AttributeDict, num_batches: int, audio_seconds: float, epoch_audio_seconds: float,
+    world_size: int, resumed: bool,
+) -> None:
+    """Raises RecipeError if a finished epoch trained on nothing, or (when it
+    started from its beginning) on less than half of its training audio.
+
+    The sampler's drop_last drops each duration bucket's last incomplete batch:
+    with little data per bucket (few hours, many buckets, large
+    --max-duration, several ranks) that can be all of it, and the epoch would
+    otherwise end with "loss 0.0000" and save a checkpoint as if it had
+    trained.
+    """
+    fraction = audio_seconds / max(epoch_audio_seconds, 1e-9)
+    if num_batches > 0 and (resumed or fraction >= 0.5):
+        return
+    per_bucket = epoch_audio_seconds / max(1, params.num_buckets if params.bucketing_sampler
+                                           else 1)
+    raise RecipeError(
+        f"epoch {params.cur_epoch} yielded {num_batches} batches per rank, "
+        f"{audio_seconds:.0f} s of its {epoch_audio_seconds:.0f} s of training audio "
+        f"({fraction * 100:.0f}%): with --max-duration {params.max_duration:g} s per batch, "
+        f"{world_size} rank(s), --num-buckets {params.num_buckets} (about "
+        f"{per_bucket:.0f} s of audio per bucket) and --drop-last "
+        f"{str(params.drop_last).lower()}, "
+        "the incomplete batches the sampler drops are most of the data; lower "
+        "--max-duration or --num-buckets, or pass --drop-last false"
+    )
 
 
 def run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank, world_size):
@@ -496,15 +584,22 @@ def run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank,
 def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     params = get_params()
     params.update(vars(args))
+    if params.valid_interval is None:
+        params.valid_interval = 3000 if params.full_libri else 1600
     distributed = world_size > 1
+    # Spawned ranks use cuda:rank; torchrun's use cuda:LOCAL_RANK (get_device).
+    device = get_device(rank if distributed else None)
     if distributed:
-        setup_distributed(rank, world_size, params.master_port)
+        setup_distributed(rank, world_size, params.master_port, device)
     params.exp_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(params.exp_dir / "log" / f"log-train-{time.strftime('%Y-%m-%d-%H-%M-%S')}"
                   f"-rank{rank}", rank=rank)
-    device = get_device()
     if device.type == "cpu":
-        torch.set_num_threads(params.num_threads or max(1, (os.cpu_count() or 1) // world_size))
+        # Processes on this machine share its cores (under torchrun the global
+        # world size counts other nodes too).
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(params.num_threads
+                              or max(1, (os.cpu_count() or 1) // local_processes))
     if params.use_fp16 and device.type == "cpu":
         logging.info("--use-fp16 on CPU: using bfloat16 autocast (no grad scaling needed)")
     fix_random_seed(params.seed + rank)
@@ -535,9 +630,20 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     datamodule = LibriSpeechAsrDataModule(args)
     train_cuts = (datamodule.train_all_shuf_cuts() if params.full_libri
                   else datamodule.train_clean_100_cuts())
-    # Cuts the feature extractor cannot handle (or the loss: more tokens than
-    # frames) would make the loss infinite; drop them up front.
-    train_cuts = train_cuts.filter(lambda cut: 0.5 <= cut.duration <= 30.0)
+    # icefall's filter: 1-20 s, and no cut with more BPE tokens than encoder
+    # frames (its transducer loss would be infinite).  One counting pass here;
+    # the sampler applies the same filter lazily every epoch.
+    cut_filter = TrainingCutFilter(
+        encode=sp.encode,
+        encoder_frames=encoder_frames,
+        min_duration=params.min_utt_duration, max_duration=params.max_utt_duration)
+    filter_counts = cut_filter.count(train_cuts)
+    logging.info(f"training cut filter: "
+                 f"{filter_counts.summary(params.min_utt_duration, params.max_utt_duration)}")
+    if filter_counts.kept == 0:
+        raise RecipeError("every training cut was filtered out (see the line above); check "
+                          "--min-utt-duration/--max-utt-duration and the manifests")
+    train_cuts = train_cuts.filter(cut_filter)
 
     model = get_transducer_model(params)
     num_params = sum(p.numel() for p in model.parameters())
@@ -550,14 +656,16 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         model.encoder.set_feature_stats(mean, std)
         logging.info(f"feature normalisation: mean {mean.mean():.2f}, std {std.mean():.2f} "
                      "(averaged over dimensions)")
+    model.to(device)
     model_avg = None
     if params.average_period > 0:
+        # On the model's device (update_averaged_model then moves nothing),
+        # in float64 so that adding p/b of the weights loses nothing.
         model_avg = copy.deepcopy(model).to(torch.float64)
         if checkpoint is not None and checkpoint.get("model_avg") is not None:
             model_avg.load_state_dict(checkpoint["model_avg"])
-    model.to(device)
     if distributed:
-        model = DDP(model, device_ids=[rank] if device.type == "cuda" else None)
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr,
                                   weight_decay=params.weight_decay, betas=(0.9, 0.98))
@@ -575,7 +683,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         if checkpoint.get("grad_scaler") is not None:
             grad_scaler.load_state_dict(checkpoint["grad_scaler"])
 
-    epoch_audio_seconds = sum(cut.duration for cut in train_cuts)
+    epoch_audio_seconds = filter_counts.kept_seconds
     dev_cuts = datamodule.dev_clean_cuts()
     valid_dl = datamodule.valid_dataloaders(dev_cuts)
     wer_dl = datamodule.valid_dataloaders(dev_cuts.subset(first=params.valid_wer_utts))
@@ -607,11 +715,16 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
             train_dl.sampler.set_epoch(epoch - 1)
         if rng_state is None:
             fix_random_seed(params.seed + epoch - 1 + rank * 1000)
-        finished = train_one_epoch(
+        resumed = sampler_state is not None
+        finished, num_batches, trained_seconds = train_one_epoch(
             params, model, model_avg, optimizer, scheduler, grad_scaler, sp, train_dl, valid_dl,
             wer_dl, device, tb_writer, rank, world_size if distributed else 1,
             epoch_audio_seconds, rng_state,
         )
+        if finished:
+            # Every rank raises alike (the trained audio is summed over ranks).
+            check_epoch_size(params, num_batches, trained_seconds, epoch_audio_seconds,
+                             world_size, resumed)
         sampler_state = None
         rng_state = None
         if not finished:
@@ -644,7 +757,23 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
-def main() -> None:
+def run_spawned(rank: int, world_size: int, args: argparse.Namespace) -> None:
+    """mp.spawn's target.  A user error (RecipeError, FileNotFoundError) ends
+    the rank with exit status 1 and rank 0 prints it as one line, as run_main
+    does for one process (mp.spawn would otherwise show every rank's
+    traceback)."""
+    try:
+        run(rank, world_size, args)
+    except (RecipeError, FileNotFoundError) as error:
+        if os.environ.get("RECIPE_DEBUG"):
+            raise
+        if rank == 0:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def main() -> int:
     parser = get_parser()
     args = parser.parse_args()
     if not 0.0 <= args.lr_decay_fraction <= 1.0:
@@ -652,13 +781,20 @@ def main() -> None:
     if args.lr_decay_fraction > 0 and args.max_train_minutes <= 0:
         parser.error("--lr-decay-fraction needs --max-train-minutes > 0 "
                      "(the budget it decays over)")
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        # Started by torchrun (possibly on several nodes).
+    if launched_by_torchrun():
+        # Started by torchrun (possibly on several nodes): it decides the ranks.
         run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)
     elif args.world_size > 1:
-        mp.spawn(run, args=(args.world_size, args), nprocs=args.world_size, join=True)
+        try:
+            mp.spawn(run_spawned, args=(args.world_size, args), nprocs=args.world_size,
+                     join=True)
+        except mp.ProcessExitedException as error:
+            if error.exit_code != 1:
+                raise
+            return 1  # a rank stopped on a user error, which rank 0 printed
     else:
         run(0, 1, args)
+    return 0
 
 
 if __name__ == "__main__":

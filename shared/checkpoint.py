@@ -140,6 +140,12 @@ def update_averaged_model(
     Called every `average_period` batches:
       model_avg = model_avg * (1 - p/b) + model * p/b,  p = average_period, b = batch_idx_train
     so model_avg equals the mean of the models seen at each call.
+
+    model_avg keeps its own device and dtype (float64 in train.py): each
+    weight of `model`, whatever its dtype (float32, float16, bfloat16) or
+    device, is moved to model_avg's device and widened to its dtype before
+    the update, so the sum is computed in model_avg's precision and no CUDA
+    tensor is added into a CPU one (or the reverse).
     """
     weight_cur = average_period / batch_idx_train
     weight_avg = 1.0 - weight_cur
@@ -147,7 +153,8 @@ def update_averaged_model(
     cur_params = unwrap(model).state_dict()
     for name, avg_tensor in avg_params.items():
         if avg_tensor.is_floating_point():
-            current = cur_params[name].to(avg_tensor.dtype)
+            current = cur_params[name].detach().to(device=avg_tensor.device,
+                                                   dtype=avg_tensor.dtype)
             avg_tensor.mul_(weight_avg).add_(current, alpha=weight_cur)
 
 

@@ -207,9 +207,10 @@ class DecodingGraph:
             raise ValueError("an epsilon arc outputs a word; only back-off epsilons are supported")
         if eps_src.numel() != eps_src.unique().numel():
             raise ValueError("a state has more than one epsilon arc")
-        backoff_state = torch.full((num_states,), -1, dtype=torch.int64)
+        device = arc_src.device
+        backoff_state = torch.full((num_states,), -1, dtype=torch.int64, device=device)
         backoff_state[eps_src] = arc_dst[is_epsilon]
-        backoff_score = torch.full((num_states,), -math.inf, dtype=torch.float32)
+        backoff_score = torch.full((num_states,), -math.inf, dtype=torch.float32, device=device)
         backoff_score[eps_src] = arc_score[is_epsilon]
         max_backoff_depth = _fold_backoff_into_final(backoff_state, backoff_score, final_score)
 
@@ -218,7 +219,7 @@ class DecodingGraph:
             t[keep] for t in (arc_src, arc_dst, arc_label, arc_word, arc_score)
         )
         # One stable sort per key, least significant first, gives (src, label, dst).
-        order = torch.arange(arc_src.numel())
+        order = torch.arange(arc_src.numel(), device=device)
         for key in (arc_dst, arc_label, arc_src):
             order = order[torch.sort(key[order], stable=True).indices]
         arc_src, arc_dst, arc_label, arc_word, arc_score = (
@@ -403,18 +404,18 @@ def trivial_graph(vocab_size: int, device: torch.device | str = "cpu") -> Decodi
     """
     if vocab_size < 2:
         raise ValueError(f"vocab_size must be >= 2 (blank plus a token), not {vocab_size}")
-    labels = torch.arange(1, vocab_size, dtype=torch.int64)
+    # Built on `device` directly: streams make it on demand, mid-decoding.
+    labels = torch.arange(1, vocab_size, dtype=torch.int64, device=device)
     zeros = torch.zeros_like(labels)
-    graph = DecodingGraph.from_arcs(
+    return DecodingGraph.from_arcs(
         arc_src=zeros,
         arc_dst=zeros,
         arc_label=labels,
         arc_word=zeros,
-        arc_score=torch.zeros(vocab_size - 1),
-        final_score=torch.zeros(1),
+        arc_score=torch.zeros_like(labels, dtype=torch.float32),
+        final_score=torch.zeros(1, device=device),
         start_state=0,
     )
-    return graph.to(device)
 
 
 # -------------------------------------------------------------------- words

@@ -2,7 +2,7 @@
 # Creates (or reuses) the project's virtual environment in .venv and installs
 # everything the recipe needs: Debian packages (TTS engines, sox, text corpora,
 # build tools), the pinned Python requirements, and fast_rnnt built from its
-# PyPI sdist.  Running it twice does no work twice: each step checks first.
+# PyPI sdist (with CUDA when torch is a CUDA build: docs/gpu.md).  Running it twice does no work twice: each step checks first.
 #
 # Usage: shared/setup.sh        (from the project root; CI and run.sh call it)
 set -euo pipefail
@@ -40,6 +40,16 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 
+# A GPU machine: PyPI's Linux torch wheels are CUDA builds; TORCH_INDEX_URL
+# (e.g. https://download.pytorch.org/whl/cu128) installs the pinned torch from
+# another index first, and the requirements keep it (2.13.0+cu128 satisfies
+# torch==2.13.0).  See docs/gpu.md.
+if [ -n "${TORCH_INDEX_URL:-}" ] && ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  torch_pin=$(grep -E '^torch==' "$project_dir/requirements.txt")
+  log "installing $torch_pin from $TORCH_INDEX_URL"
+  "${pip[@]}" install "$torch_pin" --index-url "$TORCH_INDEX_URL"
+fi
+
 requirements_stamp="$venv/.requirements.sha256"
 requirements_hash=$(sha256sum "$project_dir/requirements.txt" "$project_dir/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]; then
@@ -53,29 +63,19 @@ if [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]; then
 fi
 
 # ---------------------------------------------------------------- fast_rnnt -
-# fast_rnnt 1.3 ships only as an sdist.  Its CMake fetches pybind11 from
-# GitHub (unreachable here), so we point FetchContent at a directory whose
-# CMakeLists.txt finds the pybind11 that pip installed.
-if ! "$venv/bin/python" -c "import fast_rnnt" 2>/dev/null; then
-  wheel_dir="$cache_dir/wheels"
-  mkdir -p "$wheel_dir"
-  if ! ls "$wheel_dir"/fast_rnnt-1.3-*.whl >/dev/null 2>&1; then
-    log "building fast_rnnt 1.3 from source (about a minute)"
-    shim="$cache_dir/pybind11-shim"
-    mkdir -p "$shim"
-    pybind11_cmake_dir=$("$venv/bin/python" -m pybind11 --cmakedir)
-    cat > "$shim/CMakeLists.txt" <<CMAKE
-cmake_minimum_required(VERSION 3.24)
-project(pybind11_shim)
-set(CMAKE_FIND_PACKAGE_TARGETS_GLOBAL ON)
-find_package(pybind11 CONFIG REQUIRED PATHS "$pybind11_cmake_dir" NO_DEFAULT_PATH)
-CMAKE
-    with_cuda=$("$venv/bin/python" -c "import torch; print('ON' if torch.version.cuda else 'OFF')")
-    export FT_CMAKE_ARGS="-DCMAKE_BUILD_TYPE=Release -DFT_BUILD_TESTS=OFF -DFT_WITH_CUDA=$with_cuda -DCMAKE_CXX_STANDARD=17 -DFETCHCONTENT_SOURCE_DIR_PYBIND11=$shim -DFETCHCONTENT_FULLY_DISCONNECTED=ON -DPYTHON_EXECUTABLE=$venv/bin/python"
-    export FT_MAKE_ARGS="-j$(nproc)"
-    "${pip[@]}" wheel --no-build-isolation --no-deps -w "$wheel_dir" fast_rnnt==1.3
-  fi
-  "${pip[@]}" install --no-deps "$wheel_dir"/fast_rnnt-1.3-*.whl
-  "$venv/bin/python" -c "import fast_rnnt" || { echo "setup: fast_rnnt was built but does not import" >&2; exit 1; }
+# fast_rnnt 1.3 ships only as an sdist: shared/build_fast_rnnt.sh builds a wheel
+# against the installed torch, with CUDA kernels when torch is a CUDA build,
+# caches it under .cache/wheels keyed by torch version, CUDA version and GPU
+# architectures (a CPU wheel is never reused for a CUDA torch), and checks that
+# it computes its loss (on the GPU when there is one).  The key of the
+# installed build is stamped in the venv: a torch upgrade triggers a rebuild.
+fast_rnnt_key=$("$venv/bin/python" -c "
+import torch
+print(f'{torch.__version__}/{torch.version.cuda}/{torch.cuda.device_count()}')")
+fast_rnnt_stamp="$venv/.fast_rnnt-built-for"
+if [ "$(cat "$fast_rnnt_stamp" 2>/dev/null)" != "$fast_rnnt_key" ] \
+    || ! "$venv/bin/python" -c "import fast_rnnt" 2>/dev/null; then
+  "$project_dir/shared/build_fast_rnnt.sh" "$venv/bin/python" "$cache_dir"
+  echo "$fast_rnnt_key" > "$fast_rnnt_stamp"
 fi
 log "environment ready: $venv"

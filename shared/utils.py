@@ -4,7 +4,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -92,9 +92,57 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp_path, path)
 
 
-def get_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+def get_device(
+    rank: int | None = None,
+    requested: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cuda_available: bool | None = None,
+) -> torch.device:
+    """The device of this process: the one place that decides it.
+
+    - `requested` (a script's --device: "cpu", "cuda", "cuda:1") wins; asking
+      for CUDA without CUDA is a RecipeError;
+    - without CUDA: the CPU;
+    - started by torchrun (LOCAL_RANK in the environment, on one node or
+      several): cuda:LOCAL_RANK, the GPU of this process on its own node (the
+      global RANK would point past the node's GPUs on node 2 and beyond);
+    - a rank spawned by --world-size on one machine: cuda:rank;
+    - otherwise (one plain process): cuda:0.
+
+    Args:
+      rank: the rank of a process spawned by train.py --world-size, None for a
+        plain process.
+      requested: an explicit device string, None for automatic.
+      environ: the environment to read LOCAL_RANK from (default os.environ);
+        tests pass torchrun's environments.
+      cuda_available: default torch.cuda.is_available(); tests pass True to
+        check the CUDA choice on a machine without a GPU.
+    """
+    environ = os.environ if environ is None else environ
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if requested is not None and requested != "auto":
+        try:
+            device = torch.device(requested)
+        except RuntimeError as error:
+            raise RecipeError(f"bad --device '{requested}': {error}") from None
+        if device.type == "cuda" and not cuda:
+            raise RecipeError(f"--device {requested}: this torch sees no CUDA GPU "
+                              "(use --device cpu or install a CUDA build of torch, docs/gpu.md)")
+        return device
+    if not cuda:
+        return torch.device("cpu")
+    if "LOCAL_RANK" in environ:
+        return torch.device("cuda", int(environ["LOCAL_RANK"]))
+    if rank is not None:
+        return torch.device("cuda", rank)
+    return torch.device("cuda", 0)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device for the decoding and export scripts (see get_device)."""
+    parser.add_argument("--device", type=str, default="auto",
+                        help="Where the model and every search state live: auto (cuda:0 when "
+                        "torch sees a GPU, else cpu), cpu, cuda or cuda:N.")
 
 
 def outputs_are_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:

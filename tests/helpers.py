@@ -57,3 +57,20 @@ def run_script(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.C
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env)
+
+
+def small_manifest_dir(prepared_dir: Path, out_dir: Path, num_train_cuts: int) -> Path:
+    """A --manifest-dir with the prepared cut sets, the training part cut to its
+    first `num_train_cuts` cuts (features stay where they are: the cut sets
+    refer to them by paths relative to prepared_dir), for tests that train a
+    whole epoch but need only a few batches."""
+    from lhotse import load_manifest
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fbank = prepared_dir / "data/fbank"
+    for path in fbank.glob("librispeech_cuts_*.jsonl.gz"):
+        cuts = load_manifest(path)
+        if "train" in path.name:
+            cuts = cuts.subset(first=num_train_cuts)
+        cuts.to_file(out_dir / path.name)
+    return out_dir

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL_ARGS
+from tests.conftest import CPU_TRAIN_ARGS, TINY_MODEL_ARGS
 from tests.helpers import run_script
 
 BATCH_LINE = re.compile(r"epoch (\d+), batch (\d+), loss ([\d.]+), simple_loss ([\d.]+), "
@@ -18,7 +18,7 @@ def train_args(exp_dir: Path, *extra: str) -> list[str]:
     return ["pruned_transducer_stateless4/train.py", "--exp-dir", str(exp_dir),
             "--bpe-model", "data/lang_bpe_100/bpe.model", "--max-duration", "6",
             "--enable-musan", "false", "--valid-interval", "1000", "--valid-wer-utts", "4",
-            "--model-warm-step", "5", *TINY_MODEL_ARGS, *extra]
+            "--model-warm-step", "5", *CPU_TRAIN_ARGS, *TINY_MODEL_ARGS, *extra]
 
 
 def batch_losses(log_text: str) -> dict[int, tuple[str, ...]]:
