@@ -2,7 +2,7 @@
 """Training throughput of train.py's step, as a markdown table.
 
 Runs the real training step (``train.compute_loss`` on batches from the real
-training DataLoader, backward, gradient clipping, AdamW) for each thread count
+training DataLoader, backward, Eve) for each thread count
 and reports batches/s, seconds of audio per second, encoder frames per second
 and the process's peak resident memory.  The first ``--warmup-steps`` batches
 are not timed.  Every train.py option is accepted, so the model size, batch
@@ -27,6 +27,7 @@ import torch
 from pruned_transducer_stateless4 import train
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.model_config import get_transducer_model
+from shared.optim import Eve
 
 
 def get_parser():
@@ -44,7 +45,7 @@ def measure(params, sp, train_cuts, threads: int) -> dict[str, float]:
     torch.set_num_threads(threads)
     train.fix_random_seed(params.seed)
     model = get_transducer_model(params)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr)
+    optimizer = Eve(model.parameters(), lr=params.initial_lr)
     datamodule = LibriSpeechAsrDataModule(params)
     loader = iter(datamodule.train_dataloaders(train_cuts, seed=params.seed))
     device = torch.device("cpu")
@@ -59,7 +60,8 @@ def measure(params, sp, train_cuts, threads: int) -> dict[str, float]:
         loss, stats = train.compute_loss(params, model, sp, next(loader), device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+        if params.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         optimizer.step()
         totals["audio_seconds"] += stats["audio_seconds"]
         totals["frames"] += stats["frames"]

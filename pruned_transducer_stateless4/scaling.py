@@ -289,7 +289,13 @@ class ActivationBalancer(nn.Module):
         self.max_abs = max_abs
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or not x.requires_grad:
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            return x
+        return self._balance(x)
+
+    @torch.jit.unused
+    def _balance(self, x: Tensor) -> Tensor:
+        if not x.requires_grad:
             return x
         return ActivationBalancerFunction.apply(x, self.channel_dim, self.min_positive,
                                                 self.max_positive, self.max_factor,
@@ -317,6 +323,12 @@ class DoubleSwish(nn.Module):
     """``x * sigmoid(x - 1)``, close to swish(swish(x))."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or not x.requires_grad:
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            return x * torch.sigmoid(x - 1.0)
+        return self._double_swish(x)
+
+    @torch.jit.unused
+    def _double_swish(self, x: Tensor) -> Tensor:
+        if not x.requires_grad:
             return x * torch.sigmoid(x - 1.0)
         return DoubleSwishFunction.apply(x)
