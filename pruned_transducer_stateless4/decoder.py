@@ -35,6 +35,10 @@ class Decoder(nn.Module):
         if context_size > 1:
             self.conv = ScaledConv1d(decoder_dim, decoder_dim, kernel_size=context_size,
                                      padding=0, groups=decoder_dim, bias=False)
+        else:
+            # No parameters (the state dict stays icefall's); TorchScript needs
+            # the attribute even where forward does not use it.
+            self.conv = nn.Identity()
 
     def forward(self, y: torch.Tensor, need_pad: bool = True) -> torch.Tensor:
         """

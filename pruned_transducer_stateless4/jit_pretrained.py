@@ -12,7 +12,7 @@ Usage:
 No checkpoint and no model code is needed: the network comes from the
 TorchScript file.  Audio is fed to an online kaldi-native-fbank front end in
 pieces of --feed-seconds, and the encoder runs chunk by chunk with its cached
-state as soon as enough feature frames are ready (4 * chunk + 7 frames per
+state as soon as enough feature frames are ready (4 * chunk + 11 frames per
 step, advancing by 4 * chunk); the search consumes each chunk's frames right
 away (greedy_search, modified_beam_search, fast_beam_search; beam_search
 searches after the last chunk).  At the end of a file the last partial chunk

@@ -908,7 +908,7 @@ def training_section(info: TrainingInfo, exp_dir: Path, max_valid_rows: int) -> 
     out += table(["", "value"], items)
     model = {name: params[name] for name in MODEL_OPTION_NAMES if name in params}
     training = {name: params[name] for name in
-                ("world_size", "max_duration", "base_lr", "num_epochs", "max_train_minutes",
+                ("world_size", "max_duration", "initial_lr", "num_epochs", "max_train_minutes",
                  "dynamic_chunk_training", "short_chunk_size", "num_left_chunks", "use_fp16",
                  "valid_wer_utts", "valid_chunk_size", "valid_left_context") if name in params}
     for title, options in (("Model", model), ("Training options", training)):

@@ -1,10 +1,20 @@
 #!/usr/bin/env python3
-"""Train a streaming Conformer transducer with the pruned RNN-T loss.
+"""Train icefall's reworked Conformer transducer (pruned_transducer_stateless4)
+with the pruned RNN-T loss, Eve and Eden.
+
+The defaults are icefall's LibriSpeech ones (12 x 512 non-streaming encoder,
+--initial-lr 0.003, --model-warm-step 3000); a streaming model needs
+--causal-convolution true --dynamic-chunk-training true (run.sh passes its
+small CPU configuration).
 
 Usage (from the project root, after ./prepare.sh):
 
   # one process
   ./pruned_transducer_stateless4/train.py --num-epochs 10 --exp-dir exp/pruned_transducer_stateless4
+
+  # a streaming model
+  ./pruned_transducer_stateless4/train.py ... --causal-convolution true \\
+      --dynamic-chunk-training true --short-chunk-size 25 --num-left-chunks 4
 
   # two processes on one machine (gloo on CPU, nccl on CUDA)
   ./pruned_transducer_stateless4/train.py --world-size 2 ...
@@ -600,6 +610,9 @@ def main() -> None:
     args = parser.parse_args()
     if not 0.0 <= args.lr_decay_fraction <= 1.0:
         parser.error(f"--lr-decay-fraction must be in [0, 1], not {args.lr_decay_fraction}")
+    if args.dynamic_chunk_training and not args.causal_convolution:
+        parser.error("--dynamic-chunk-training true needs --causal-convolution true "
+                     "(a streaming model)")
     if args.lr_decay_fraction > 0 and args.max_train_minutes <= 0:
         parser.error("--lr-decay-fraction needs --max-train-minutes > 0 "
                      "(the budget it decays over)")

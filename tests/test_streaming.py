@@ -452,8 +452,8 @@ def test_latency_is_measured_on_the_simulated_clock(active_model, test_cuts, aud
     assert all(x in (pytest.approx(0.01), pytest.approx(0.02)) for x in result.token_latencies)
     assert result.final_delay in (pytest.approx(0.01), pytest.approx(0.02))
     # The frame latency adds the wait for the rest of the chunk and the
-    # look-ahead (4c + 7 feature frames of 10 ms) plus one 100 ms piece.
-    assert all(0.01 - 1e-9 <= x <= (4 * CHUNK + 7) * 0.01 + 0.1 + 0.02 + 1e-9
+    # look-ahead (4c + 11 feature frames of 10 ms) plus one 100 ms piece.
+    assert all(0.01 - 1e-9 <= x <= (4 * CHUNK + PAD_LENGTH) * 0.01 + 0.1 + 0.02 + 1e-9
                for x in result.frame_latencies)
     assert busy > 0
 
