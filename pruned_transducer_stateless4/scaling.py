@@ -242,27 +242,33 @@ class ActivationBalancerFunction(torch.autograd.Function):
         mean_abs = torch.linalg.vector_norm(x, ord=1, dim=sum_dims, keepdim=True) / count
         below_threshold = mean_abs < min_abs
         above_threshold = mean_abs > max_abs
-        # When no channel is out of range the backward pass is the identity:
-        # skip it.  The test costs a device sync, so on GPUs the full backward
-        # runs instead (same gradients either way).
-        if x.is_cuda or bool(
-            (factor != 0).any() | below_threshold.any() | above_threshold.any()
-        ):
-            ctx.active = True
-            ctx.max_factor = max_factor
-            ctx.save_for_backward(factor, x_positive, below_threshold, above_threshold)
+        # Which parts of the backward pass can change the gradient; parts
+        # that cannot are skipped (no channel out of range is the common
+        # case).  The tests cost a device sync, so on GPUs everything runs
+        # instead (same gradients either way).
+        if x.is_cuda:
+            ctx.factor_active = ctx.abs_active = True
+        else:
+            ctx.factor_active = bool((factor != 0).any())
+            ctx.abs_active = bool((below_threshold | above_threshold).any())
+        ctx.active = ctx.factor_active or ctx.abs_active
+        if ctx.active:
+            # scale_factor = 2 * max_factor * (below - above) * ([x > 0] - 0.5)
+            #              = where(x > 0, d, -d), d = max_factor * (below - above)
+            direction = (below_threshold.to(x.dtype) - above_threshold.to(x.dtype)) * max_factor
+            ctx.save_for_backward(factor, x_positive if ctx.abs_active else None, direction)
         return x
 
     @staticmethod
     def backward(ctx, x_grad: Tensor):
         if not ctx.active:
             return x_grad, None, None, None, None, None, None
-        factor, x_positive, below_threshold, above_threshold = ctx.saved_tensors
-        dtype = x_grad.dtype
-        scale_factor = ((below_threshold.to(dtype) - above_threshold.to(dtype))
-                        * (x_positive.to(dtype) - 0.5) * (ctx.max_factor * 2.0))
-        return (x_grad - x_grad.abs() * (factor + scale_factor),
-                None, None, None, None, None, None)
+        factor, x_positive, direction = ctx.saved_tensors
+        total = factor.to(x_grad.dtype)
+        if ctx.abs_active:
+            direction = direction.to(x_grad.dtype)
+            total = total + torch.where(x_positive, direction, -direction)
+        return x_grad - x_grad.abs() * total, None, None, None, None, None, None
 
 
 class ActivationBalancer(nn.Module):

@@ -321,6 +321,14 @@ def test_activation_balancer_keeps_forward_and_alters_only_gradients(channel_dim
     assert torch.allclose(x_grad, expected, atol=1e-12)
     assert not torch.allclose(x_grad, grad)
 
+    # Only the sign statistics out of range (the magnitudes in range).
+    v = torch.randn(3, 6, 10, dtype=torch.float64)
+    v.movedim(channel_dim, 0)[1] += 3.0
+    v.requires_grad_(True)
+    (v_grad,) = torch.autograd.grad(balancer(v), v, grad)
+    expected = slow_balancer_gradient(v.detach(), grad, channel_dim, **options)
+    assert torch.allclose(v_grad, expected, atol=1e-12) and not torch.allclose(v_grad, grad)
+
     # All channels in range: the gradient passes unchanged.
     z = (torch.randn(3, 6, 10, dtype=torch.float64)).requires_grad_(True)
     (z_grad,) = torch.autograd.grad(balancer(z), z, grad)

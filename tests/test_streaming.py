@@ -416,12 +416,20 @@ def test_stream_shorter_than_one_chunk_finalises(active_model, test_cuts, audio)
     decode_one_chunk(setup, [stream])
     assert stream.done and not stream.chunk_ready()
     assert stream.partial_tokens() == _simulated(active_model, short, "greedy_search")
-    # Too short for a single encoder frame (< 7 feature frames), or empty.
-    for size in (0, 50, 800):
+    # Empty, or too short for a feature frame: done at once.
+    for size in (0, 50):
         tiny = setup.new_stream()
         tiny.accept_waveform(samples[:size], 0.0)
         tiny.input_finished(0.0)
         assert tiny.done and not tiny.chunk_ready() and tiny.partial_tokens() == []
+    # 5 feature frames: with the final LOG_EPS padding icefall's window still
+    # yields one encoder frame, then the stream is done.
+    tiny = setup.new_stream()
+    tiny.accept_waveform(samples[:800], 0.0)
+    tiny.input_finished(0.0)
+    assert tiny.chunk_ready()
+    decode_one_chunk(setup, [tiny])
+    assert tiny.done and not tiny.chunk_ready()
     # Through the driver, mixed with a normal utterance.
     cut = next(iter(test_cuts))
     cuts = [cut.truncate(duration=0.3, offset=0.5), cut.truncate(duration=0.03), cut]
