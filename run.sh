@@ -40,9 +40,11 @@ chunk_size=16
 left_context=64
 # The CPU demo's model, given in full because train.py's defaults are icefall's
 # LibriSpeech model (12 layers of 512, 78.6 M parameters, non-streaming).
-# 4 layers of d=144: on 2 CPU cores the small model does ~145 s of audio per
-# second against ~70 for 6 x 192, and in this budget it learns as much per
-# batch as the large one (see README, "What limits accuracy").
+# 4 layers of d=144 (2.7 M parameters), the size this demo used before the
+# encoder became icefall's: on 2 CPU cores it trained about twice as fast as
+# 6 x 192 and learned as much per batch in this budget (README, "What limits
+# accuracy").  icefall's encoder costs ~1.3x the CPU time per batch of the
+# earlier one at this size (benchmarks/train_benchmark.py).
 # The last two options make it a streaming model (causal convolution, chunked
 # attention in training), as icefall's streaming stateless4 recipe does.
 model_args="--num-encoder-layers 4 --encoder-dim 144 --nhead 4 --dim-feedforward 576 \

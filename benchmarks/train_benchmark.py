@@ -60,7 +60,12 @@ def measure(params, sp, train_cuts, threads: int) -> dict[str, float]:
     else:  # an older checkout
         optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr)
     datamodule = LibriSpeechAsrDataModule(params)
-    loader = iter(datamodule.train_dataloaders(train_cuts, seed=params.seed))
+    def endless_batches():
+        """Batches of as many epochs as needed (a small corpus runs out)."""
+        while True:
+            yield from datamodule.train_dataloaders(train_cuts, seed=params.seed)
+
+    loader = endless_batches()
     device = torch.device("cpu")
     model.train()
     totals = {"audio_seconds": 0.0, "frames": 0.0}
