@@ -421,10 +421,12 @@ def test_streaming_decode_with_tail_padding_decodes_like_sherpa_onnx(
     instead of silence), so the two need not agree.
 
     sherpa-onnx stops after its last full window, which the padding places after
-    all the speech; streaming_decode.py also runs the partial chunk of silence
-    that remains. The trained model emits nothing there, so its tokens must be
-    equal; the emitting one (random joiner) may add tokens there, so sherpa-onnx's
-    tokens must be a prefix of ours, and most utterances must still be equal."""
+    all the speech; streaming_decode.py also runs the windows that remain, with
+    icefall's final LOG_EPS padding counted as real frames. The trained model
+    emits nothing there, so its tokens must be equal; the emitting one (random
+    joiner) may add tokens there (on these cuts it does on every one: frames
+    that see the LOG_EPS padding look like no speech frame), so sherpa-onnx's
+    tokens must be a prefix of ours."""
     exp_dir = exports[variant]
     model = load_torch_model(exp_dir)
     symbols = read_symbols(exp_dir)
@@ -451,7 +453,7 @@ def test_streaming_decode_with_tail_padding_decodes_like_sherpa_onnx(
         assert ours == theirs
     else:
         assert [a[: len(b)] for a, b in zip(ours, theirs)] == theirs
-        assert equal >= len(cuts) // 2, equal
+        assert sum(map(len, theirs)) >= 2 * len(cuts)  # not a trivial prefix
 
 
 def words_of(tokens: list[str]) -> list[str]:

@@ -98,7 +98,8 @@ def audio(prepared_dir: Path, test_cuts: CutSet) -> dict[str, np.ndarray]:
 
 def _params(exp_dir: Path, *extra: str) -> AttributeDict:
     args = streaming_decode.get_parser().parse_args(
-        ["--exp-dir", str(exp_dir), "--epoch", "2", "--avg", "1", "--bpe-model", BPE, *extra])
+        ["--exp-dir", str(exp_dir), "--epoch", "2", "--avg", "1", "--use-averaged-model",
+         "false", "--bpe-model", BPE, *extra])
     params = AttributeDict(vars(args))
     params.vocab_size, params.blank_id = 100, 0
     return params
@@ -372,7 +373,8 @@ def test_results_do_not_depend_on_num_decode_streams(active_exp_dir):
     recogs = {}
     for num_streams in ("1", "100"):
         _run_main(["--exp-dir", str(active_exp_dir), "--epoch", "2", "--avg", "1",
-                   "--bpe-model", BPE, "--test-sets", "test-clean", "test-other",
+                   "--use-averaged-model", "false", "--bpe-model", BPE,
+                   "--test-sets", "test-clean", "test-other",
                    "--decoding-method", "modified_beam_search",
                    "--num-decode-streams", num_streams])
         for part in ("test-clean", "test-other"):
@@ -490,7 +492,8 @@ def test_tail_padding_arrives_with_the_end_of_the_audio(active_model, test_cuts,
 ])
 def test_bad_options_and_checkpoints_are_one_line_errors(active_exp_dir, bad_option, message):
     result = run_script(["pruned_transducer_stateless4/streaming_decode.py",
-                         "--exp-dir", str(active_exp_dir), "--epoch", "2", "--bpe-model", BPE,
+                         "--exp-dir", str(active_exp_dir), "--epoch", "2", "--avg", "1",
+                         "--use-averaged-model", "false", "--bpe-model", BPE,
                          *bad_option], Path.cwd())
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -503,7 +506,8 @@ def test_demo_prints_growing_partial_results(active_exp_dir, test_cuts, audio, c
     wav = Path(cut.recording.sources[0].source)
     args = streaming_demo.get_parser().parse_args(
         [str(wav), "--no-realtime", "--exp-dir", str(active_exp_dir), "--epoch", "2",
-         "--bpe-model", BPE, "--decode-chunk-size", "8"])
+         "--avg", "1", "--use-averaged-model", "false", "--bpe-model", BPE,
+         "--decode-chunk-size", "8"])
     final = streaming_demo.run_demo(AttributeDict(vars(args)))
     lines = capsys.readouterr().out.splitlines()
     partial = [line.split("] ", 1)[1] for line in lines if line.startswith("[")]
