@@ -2,17 +2,23 @@
 """Training throughput of train.py's step, as a markdown table.
 
 Runs the real training step (``train.compute_loss`` on batches from the real
-training DataLoader, backward, gradient clipping, AdamW) for each thread count
-and reports batches/s, seconds of audio per second, encoder frames per second
-and the process's peak resident memory.  The first ``--warmup-steps`` batches
-are not timed.  Every train.py option is accepted, so the model size, batch
-size and augmentation can be varied as in training.
+training DataLoader, backward, Eve) for each thread count
+and reports batches/s, seconds of audio per second, encoder frames per second,
+the process's CPU seconds per batch (all threads; less sensitive than wall
+time to other processes on a shared machine) and its peak resident memory.
+The first ``--warmup-steps`` batches are not timed.  Every train.py option
+is accepted, so the model size, batch size and augmentation can be varied as
+in training.
 
 Usage (a quiet machine gives meaningful numbers)::
 
   python benchmarks/train_benchmark.py --bpe-model data/lang_bpe_256/bpe.model \\
       --threads 1,2 --steps 40
   python benchmarks/train_benchmark.py --encoder-dim 256 --dim-feedforward 1024 --threads 2
+
+The script also runs against an older checkout (PYTHONPATH=that checkout):
+one without shared.optim.Eve trains with AdamW at --base-lr, as its train.py
+did.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ import torch
 from pruned_transducer_stateless4 import train
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.model_config import get_transducer_model
+
+try:
+    from shared.optim import Eve
+except ImportError:  # checkouts before icefall's optimizer
+    Eve = None
 
 
 def get_parser():
@@ -44,27 +55,40 @@ def measure(params, sp, train_cuts, threads: int) -> dict[str, float]:
     torch.set_num_threads(threads)
     train.fix_random_seed(params.seed)
     model = get_transducer_model(params)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr)
+    if Eve is not None:
+        optimizer = Eve(model.parameters(), lr=params.initial_lr)
+    else:  # an older checkout
+        optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr)
     datamodule = LibriSpeechAsrDataModule(params)
-    loader = iter(datamodule.train_dataloaders(train_cuts, seed=params.seed))
+    def endless_batches():
+        """Batches of as many epochs as needed (a small corpus runs out)."""
+        while True:
+            yield from datamodule.train_dataloaders(train_cuts, seed=params.seed)
+
+    loader = endless_batches()
     device = torch.device("cpu")
     model.train()
     totals = {"audio_seconds": 0.0, "frames": 0.0}
-    start = 0.0
+    start = cpu_start = 0.0
     for step in range(params.warmup_steps + params.steps):
         if step == params.warmup_steps:
             start = time.time()
+            cpu_start = time.process_time()
             totals = {"audio_seconds": 0.0, "frames": 0.0}
         params.batch_idx_train = 10**6  # past the warm-up: simple + pruned loss
         loss, stats = train.compute_loss(params, model, sp, next(loader), device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+        if params.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         optimizer.step()
         totals["audio_seconds"] += stats["audio_seconds"]
         totals["frames"] += stats["frames"]
     seconds = time.time() - start
+    cpu_seconds = time.process_time() - cpu_start
     return {"threads": threads, "batches_per_s": params.steps / seconds,
+            "cpu_s_per_batch": cpu_seconds / params.steps,
+            "audio_s_per_cpu_s": totals["audio_seconds"] / cpu_seconds,
             "audio_s_per_s": totals["audio_seconds"] / seconds,
             "frames_per_s": totals["frames"] / seconds,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
@@ -84,11 +108,13 @@ def main() -> None:
     print(f"\nmodel {rows[0]['num_params_m']:.2f} M parameters, --max-duration "
           f"{params.max_duration}, {params.steps} timed batches; peak RSS is the process's "
           "maximum so far\n", file=sys.stderr)
-    print("| threads | batches/s | audio s/s | encoder frames/s | peak RSS (GB) |")
-    print("|---|---|---|---|---|")
+    print("| threads | batches/s | audio s/s | encoder frames/s | CPU s/batch "
+          "| audio s/CPU s | peak RSS (GB) |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['threads']} | {row['batches_per_s']:.2f} | {row['audio_s_per_s']:.1f} "
-              f"| {row['frames_per_s']:.0f} | {row['peak_rss_gb']:.2f} |")
+              f"| {row['frames_per_s']:.0f} | {row['cpu_s_per_batch']:.3f} "
+              f"| {row['audio_s_per_cpu_s']:.1f} | {row['peak_rss_gb']:.2f} |")
 
 
 if __name__ == "__main__":

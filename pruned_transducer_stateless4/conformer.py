@@ -1,52 +1,48 @@
-# A streaming Conformer encoder for a pruned RNN-T recipe that trains on a
-# small CPU.  It follows the design of icefall's streaming Conformer
-# (chunk-wise attention masks, dynamic chunk training, cached attention and
-# causal convolution for real streaming) but uses plain pre-LayerNorm blocks,
-# which start training stably with AdamW and a short warm-up.
-"""Streaming Conformer encoder.
+"""The reworked Conformer encoder of icefall's pruned_transducer_stateless2,
+which pruned_transducer_stateless4 uses (Daniel Povey's version).
 
-Shapes use N for the batch size, T for the number of input feature frames,
-T' = ((T - 1) // 2 - 1) // 2 for the number of frames after the x4
-subsampling, and d for ``d_model``.
+Written from icefall's definitions; module and parameter names are icefall's
+(``encoder_embed``, ``encoder.layers.<i>.self_attn.in_proj`` ...), so an
+icefall ``{"model": state_dict}`` loads into the recipe's Transducer with
+``strict=True`` (tests/test_icefall_compat.py checks it against outputs of
+icefall's own code).
 
-Two ways to run the same causal model:
+Differences from the standard Conformer: no LayerNorm or BatchNorm (a
+``BasicNorm`` at the end of each layer), scaled layers (learned log-scales on
+weights and biases), ``DoubleSwish`` activations, ``ActivationBalancer``s that
+shape gradients only, and a layer bypass: while ``warmup`` < 1 (the first
+``model_warm_step`` batches of training) each layer's output is mixed with
+its input, ``alpha * out + (1 - alpha) * in`` with alpha = min(0.1 + warmup,
+1), and at any time a layer is bypassed to alpha = 0.1 with probability
+``layer_dropout`` (0.075).
 
-* :meth:`Conformer.forward` on whole utterances; with ``chunk_size > 0`` the
-  attention is masked chunk-wise ("simulated streaming"), which is what
-  training with ``dynamic_chunk_training`` and offline evaluation use.
-* :meth:`Conformer.streaming_forward` on one chunk at a time with cached
-  states.  For the same ``chunk_size``/``left_context`` it gives the same
-  outputs as the simulated streaming (up to float rounding).
+Shapes: N batch size, T input frames, T' = ((T - 1) // 2 - 1) // 2 frames
+after subsampling, d = ``d_model``.  Tensors are batch-first inside this
+file; the streaming states have icefall's layout.
 
-Streaming state (the layout of sherpa-onnx's online Conformer transducer,
-``online-conformer-transducer-model.cc``, which stacks streams on dim 2 of both
-tensors):
+Two ways to run a causal model on chunks:
 
-* ``attn_cache``: (num_encoder_layers, left_context, N, d). For each layer the
-  (layer-normalised) attention input of the last ``left_context`` frames,
-  oldest first.
-* ``cnn_cache``: (num_encoder_layers, cnn_module_kernel - 1, N, d). For each
-  layer the depthwise-convolution input of the last ``cnn_module_kernel - 1``
-  frames, oldest first.
-* ``processed_lens``: (N,) int64, kept by the caller: the number of frames
-  (after subsampling) already output for each stream.  Cache slots that do not
-  hold a real frame yet are masked out of the attention.  (sherpa-onnx passes
-  its count of FEATURE frames consumed, a multiple of ``chunk_size * 4``, so
-  an ONNX wrapper for it divides by the subsampling factor.)
+* simulated streaming, :meth:`Conformer.streaming_forward` with
+  ``simulate_streaming=True``: whole utterances, attention masked chunk-wise
+  (chunk ``chunk_size``, ``left_context // chunk_size`` chunks of left
+  context), as training with ``dynamic_chunk_training`` sees them;
+* real streaming, ``simulate_streaming=False``: one chunk per call with the
+  states of :meth:`Conformer.get_init_state` (icefall's layout:
+  ``[attn_cache (num_layers, left_context, N, d), cnn_cache (num_layers,
+  cnn_module_kernel - 1, N, d)]``, streams on dim 2 once stacked) and
+  ``processed_lens`` (N,), the frames after subsampling already output per
+  stream.
 
-Feeding chunks: for ``chunk_size`` output frames, pass
-``chunk_size * 4 + pad_length`` feature frames (``pad_length = 7``) and then
-advance by ``chunk_size * 4`` feature frames, so consecutive inputs overlap by
-``pad_length`` frames (the look-ahead of the subsampling convolutions:
-subsampled frame j sees feature frames 4j .. 4j + 6, so 3 extra frames would
-do; with 7 the subsampling yields one more frame, which belongs to the next
-chunk and is dropped).
-The last, partial chunk of an utterance is padded up to the same size with a
-very small log-energy such as ``log(1e-10) = -23.03`` (lhotse's ``LOG_EPS``);
-``x_lens`` gives the number of real frames, and only the first
-``encoder_out_lens`` output frames are valid.  (sherpa-onnx runs full
-windows only, so its clients append tail-padding audio before
-``input_finished()`` to get the last frames out.)
+The real streaming chunk protocol (icefall's): feed ``chunk_size * 4 +
+pad_length`` feature frames with ``pad_length = (2 + right_context) * 4 + 3``
+and advance by ``chunk_size * 4``.  The subsampling then gives
+``chunk_size + 2 + right_context`` frames; the first and the last are cut
+off because they see the edges of the window (the zero padding of the first
+convolution), and the ``right_context`` look-ahead frames are attended to but
+not output.  Input window k (starting at feature frame 64k for chunk 16)
+therefore yields what the whole-utterance subsampling calls frames
+16k + 1 .. 16k + 16.  The last window of an utterance is padded with a
+small log-energy (``LOG_EPS``); ``x_lens`` counts its real frames.
 """
 
 import math
@@ -56,30 +52,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from pruned_transducer_stateless4.scaling import (
+    ActivationBalancer,
+    BasicNorm,
+    DoubleSwish,
+    ScaledConv1d,
+    ScaledConv2d,
+    ScaledLinear,
+)
+
 
 def make_pad_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """Mask of padding frames.
-
-    Args:
-      lengths: (N,) number of valid frames of each sequence.
-      max_len: number of frames T of the padded batch.
-    Returns:
-      (N, T) bool tensor, True at padding frames.
-    """
+    """(N, max_len) bool mask, True at padding frames (index >= lengths)."""
     frame_index = torch.arange(max_len, device=lengths.device)
     return frame_index.unsqueeze(0) >= lengths.unsqueeze(1)
 
 
-def make_chunk_mask(
-    num_frames: int, chunk_size: int, left_context: int, device: torch.device
-) -> Tensor:
-    """Block-causal attention mask used to simulate streaming.
+def make_chunk_mask(num_frames: int, chunk_size: int, num_left_chunks: int,
+                    device: torch.device) -> Tensor:
+    """Block-causal attention mask (icefall's ``~subsequent_chunk_mask``).
 
-    Frame i lies in chunk ``i // chunk_size``; it may attend to every frame of
-    its own chunk and to the ``left_context`` frames before the chunk starts
-    (all earlier frames if ``left_context < 0``).  This is exactly what
-    :meth:`Conformer.streaming_forward` sees with a cache of ``left_context``
-    frames.
+    Frame i lies in chunk ``i // chunk_size`` and may attend to its own chunk
+    and the ``num_left_chunks`` chunks before it (all earlier frames if
+    ``num_left_chunks < 0``).
 
     Returns:
       (T, T) bool tensor, True where query i must NOT attend to key j.
@@ -89,114 +84,107 @@ def make_chunk_mask(
     query_chunk_start = chunk_start.unsqueeze(1)
     key_index = frame_index.unsqueeze(0)
     masked = key_index >= query_chunk_start + chunk_size
-    if left_context >= 0:
-        masked = masked | (key_index < query_chunk_start - left_context)
+    if num_left_chunks >= 0:
+        masked = masked | (key_index < query_chunk_start - num_left_chunks * chunk_size)
     return masked
 
 
-class Conv2dSubsampling(nn.Module):
-    """Subsample features by 4 in time, project them to d_model, normalise.
+def subsampled_lengths(x_lens: Tensor) -> Tensor:
+    """T' = ((T - 1) // 2 - 1) // 2 for each T in x_lens."""
+    return (((x_lens - 1) >> 1) - 1) >> 1
 
-    Two Conv2d layers with kernel 3 and stride 2 and no padding, so
-    T' = ((T - 1) // 2 - 1) // 2.  Output frame j depends on input frames
-    4j .. 4j + 6 only.  The LayerNorm at the end matters: the raw projection
-    has a large scale (std ~20 for log-mel input), which made a prototype's
-    encoder collapse early in training.
+
+class Conv2dSubsampling(nn.Module):
+    """Subsample by 4 in time and project to d_model.
+
+    Three convolutions (kernel 3; 8 channels with padding 1, then 32 and 128
+    channels with stride 2), each followed by an ActivationBalancer and a
+    DoubleSwish, then ``out`` (ScaledLinear), ``out_norm`` (BasicNorm with a
+    fixed eps) and ``out_balancer``.  Output frame j sees input frames
+    4j - 1 .. 4j + 7 (frame -1 being the first convolution's zero padding).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        layer1_channels: int = 32,
-        layer2_channels: int = 64,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, layer1_channels: int = 8,
+                 layer2_channels: int = 32, layer3_channels: int = 128) -> None:
         """
         Args:
-          in_channels: feature dimension of the input, e.g. 80.
-          out_channels: output dimension (d_model).
-          layer1_channels, layer2_channels: channels of the two convolutions;
-            kept small because on a CPU they cost more than they help.
+          in_channels: feature dimension F (>= 7).
+          out_channels: d_model.
         """
-        super().__init__()
         assert in_channels >= 7, in_channels
+        super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, layer1_channels, kernel_size=3, stride=2),
-            nn.SiLU(),
-            nn.Conv2d(layer1_channels, layer2_channels, kernel_size=3, stride=2),
-            nn.SiLU(),
+            ScaledConv2d(1, layer1_channels, kernel_size=3, padding=1),
+            ActivationBalancer(channel_dim=1),
+            DoubleSwish(),
+            ScaledConv2d(layer1_channels, layer2_channels, kernel_size=3, stride=2),
+            ActivationBalancer(channel_dim=1),
+            DoubleSwish(),
+            ScaledConv2d(layer2_channels, layer3_channels, kernel_size=3, stride=2),
+            ActivationBalancer(channel_dim=1),
+            DoubleSwish(),
         )
-        subsampled_features = ((in_channels - 1) // 2 - 1) // 2
-        self.out = nn.Linear(layer2_channels * subsampled_features, out_channels)
-        self.out_norm = nn.LayerNorm(out_channels)
+        self.out = ScaledLinear(layer3_channels * (((in_channels - 1) // 2 - 1) // 2),
+                                out_channels)
+        # `out` has a learned scale already, so the norm's eps is not learned.
+        self.out_norm = BasicNorm(out_channels, learn_eps=False)
+        # Keeps the median of each output channel near zero.
+        self.out_balancer = ActivationBalancer(channel_dim=-1, min_positive=0.45,
+                                               max_positive=0.55)
 
     def forward(self, x: Tensor) -> Tensor:
-        """
-        Args:
-          x: (N, T, in_channels) features, T >= 7.
-        Returns:
-          (N, T', out_channels).
-        """
+        """(N, T, F) -> (N, T', d_model)."""
         x = self.conv(x.unsqueeze(1))  # (N, C, T', F')
         batch_size, channels, num_frames, num_freqs = x.size()
-        x = x.transpose(1, 2).reshape(batch_size, num_frames, channels * num_freqs)
-        return self.out_norm(self.out(x))
-
-    @staticmethod
-    def output_lengths(x_lens: Tensor) -> Tensor:
-        """Number of output frames for inputs of ``x_lens`` frames, (N,)."""
-        return torch.clamp(((x_lens - 1) // 2 - 1) // 2, min=0)
+        x = self.out(x.transpose(1, 2).reshape(batch_size, num_frames, channels * num_freqs))
+        return self.out_balancer(self.out_norm(x))
 
 
 class RelPositionalEncoding(nn.Module):
-    """Sinusoidal encoding of relative distances (Transformer-XL style).
+    """Sinusoidal encodings of relative distances (Transformer-XL).
 
-    The encoding is a function of the distance between a query and a key only
-    (never of absolute positions), so attention over a cache plus a chunk sees
-    the same encodings as attention over the whole utterance.
+    The encoding of distance r (query position minus key position) is
+    ``[sin(r w_0), cos(r w_0), sin(r w_1), ...]`` with
+    ``w_k = 10000^(-2k / d)``.
     """
 
-    def __init__(self, d_model: int, dropout: float) -> None:
+    def __init__(self, d_model: int, dropout_rate: float) -> None:
         super().__init__()
-        assert d_model % 2 == 0, d_model
         self.d_model = d_model
-        self.dropout = nn.Dropout(dropout)
-        inv_freq = torch.exp(
-            torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
-        )
+        self.dropout = nn.Dropout(dropout_rate)
+        inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32)
+                             * -(math.log(10000.0) / d_model))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, x: Tensor, left_context: int = 0) -> tuple[Tensor, Tensor]:
         """
         Args:
-          x: (N, T, d) input frames (the queries).
-          left_context: number of cached frames in front of ``x`` that are
-            keys too.
+          x: (N, Tq, d), the queries.
+          left_context: cached frames in front of x that are keys too.
         Returns:
-          - x after dropout, (N, T, d);
-          - pos_emb, (1, 2T + left_context - 1, d): the encodings of the
-            distances T + left_context - 1, ..., 1, 0, -1, ..., -(T - 1)
-            (query position minus key position), in that order.
+          (dropout(x), dropout(pos_emb)); pos_emb is (1, Tq + Tk - 1, d) with
+          Tk = Tq + left_context, the encodings of the distances
+          Tk - 1, Tk - 2, ..., -(Tq - 1) in that order.
         """
         num_queries = x.size(1)
         num_keys = num_queries + left_context
-        distances = torch.arange(
-            num_keys - 1, -num_queries, -1, device=x.device, dtype=torch.float32
-        )
-        angles = distances.unsqueeze(1) * self.inv_freq.unsqueeze(0)
-        # Interleave: channel 2k is sin, channel 2k + 1 is cos.
-        pos_emb = torch.stack([angles.sin(), angles.cos()], dim=-1)
+        # Positive distances are computed from |r| and negated through sin's
+        # symmetry, as icefall's table does, so the values match bit for bit.
+        distances = torch.arange(num_keys - 1, -num_queries, -1, device=x.device)
+        angles = distances.abs().to(torch.float32).unsqueeze(1) * self.inv_freq.unsqueeze(0)
+        sign = torch.where(distances < 0, -1.0, 1.0).to(angles.dtype).unsqueeze(1)
+        pos_emb = torch.stack([angles.sin() * sign, angles.cos()], dim=-1)
         pos_emb = pos_emb.reshape(1, distances.size(0), self.d_model).to(x.dtype)
         return self.dropout(x), self.dropout(pos_emb)
 
 
 class RelPositionMultiheadAttention(nn.Module):
-    """Multi-head attention with relative positions (Transformer-XL).
+    """Multi-head self-attention with relative positions (Transformer-XL).
 
-    score(i, j) = (q_i + u) . k_j + (q_i + v) . p_{i-j}, with learnable biases
-    u, v per head and p the projected encoding of the distance i - j.
-    The queries are the LAST ``Tq`` of the ``Tk`` key frames (Tq == Tk for a
-    whole utterance, Tk = left_context + Tq when streaming with a cache).
+    score(i, j) = (q_i / sqrt(D) + u) . k_j + (q_i / sqrt(D) + v) . p_{i-j}
+    with learned per-head biases u = pos_bias_u * exp(pos_bias_u_scale),
+    v likewise, and p the ``linear_pos`` projection of the encoding of the
+    distance i - j.  ``in_proj`` packs the q, k, v projections (3d x d).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
@@ -204,564 +192,483 @@ class RelPositionMultiheadAttention(nn.Module):
         assert embed_dim % num_heads == 0, (embed_dim, num_heads)
         self.embed_dim = embed_dim
         self.num_heads = num_heads
+        self.dropout = dropout
         self.head_dim = embed_dim // num_heads
-        self.scale = self.head_dim**-0.5
-
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.kv_proj = nn.Linear(embed_dim, 2 * embed_dim)
-        self.pos_proj = nn.Linear(embed_dim, embed_dim, bias=False)
-        self.pos_bias_u = nn.Parameter(torch.zeros(num_heads, self.head_dim))
-        self.pos_bias_v = nn.Parameter(torch.zeros(num_heads, self.head_dim))
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.in_proj = ScaledLinear(embed_dim, 3 * embed_dim, bias=True)
+        self.out_proj = ScaledLinear(embed_dim, embed_dim, bias=True, initial_scale=0.25)
+        self.linear_pos = ScaledLinear(embed_dim, embed_dim, bias=False)
+        self.pos_bias_u = nn.Parameter(torch.empty(num_heads, self.head_dim))
+        self.pos_bias_v = nn.Parameter(torch.empty(num_heads, self.head_dim))
+        self.pos_bias_u_scale = nn.Parameter(torch.zeros(()))
+        self.pos_bias_v_scale = nn.Parameter(torch.zeros(()))
+        nn.init.normal_(self.pos_bias_u, std=0.01)
+        nn.init.normal_(self.pos_bias_v, std=0.01)
 
     @staticmethod
     def rel_shift(pos_scores: Tensor, num_keys: int) -> Tensor:
-        """Turn scores against distances into scores against keys.
+        """Scores against distances -> scores against keys.
 
         Args:
-          pos_scores: (N, H, Tq, P) with P = Tk + Tq - 1; column m holds the
-            score for distance Tk - 1 - m.
-          num_keys: Tk.
+          pos_scores: (N, H, Tq, P), P = Tq + Tk - 1; column m holds the score
+            for distance Tk - 1 - m.
         Returns:
-          (N, H, Tq, Tk) whose entry (i, j) is ``pos_scores[..., i, Tq-1-i+j]``.
+          (N, H, Tq, Tk), entry (i, j) = ``pos_scores[..., i, Tq - 1 - i + j]``,
+          the distance (Tk - Tq + i) - j between query i (the last Tq of the
+          keys) and key j.
         """
         batch_size, num_heads, num_queries, num_distances = pos_scores.size()
-        # After padding one column, row i starts at i * (P + 1) in the flat
-        # view; reading rows of length P from offset Tq - 1 shifts row i left
-        # by i, which is the wanted diagonal gather without an index tensor.
+        # Pad one column: row i then starts at i * (P + 1) in the flat view,
+        # and reading rows of length P from offset Tq - 1 shifts row i left
+        # by i.
         pos_scores = F.pad(pos_scores, (0, 1))
         flat = pos_scores.reshape(batch_size, num_heads, num_queries * (num_distances + 1))
-        flat = flat[:, :, num_queries - 1 : num_queries - 1 + num_queries * num_distances]
+        flat = flat[:, :, num_queries - 1: num_queries - 1 + num_queries * num_distances]
         shifted = flat.reshape(batch_size, num_heads, num_queries, num_distances)
         return shifted[:, :, :, :num_keys]
 
-    def forward(self, query: Tensor, key_value: Tensor, pos_emb: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor, pos_emb: Tensor,
+                key_padding_mask: Tensor | None = None,
+                attn_mask: Tensor | None = None,
+                self_attention: bool = True) -> Tensor:
         """
         Args:
           query: (N, Tq, d).
-          key_value: (N, Tk, d); its last Tq frames are the query frames.
-          pos_emb: (1, Tk + Tq - 1, d) from :class:`RelPositionalEncoding`.
-          mask: bool, broadcastable to (N, Tq, Tk); True = do not attend.
+          key: (N, Tk, d), also the values; with ``self_attention`` it is the
+            query itself (one projection), else the cache plus the query.
+          pos_emb: (1, Tq + Tk - 1, d) from :class:`RelPositionalEncoding`.
+          key_padding_mask: (N, Tk) bool, True = padding key.
+          attn_mask: (Tq, Tk) bool, True = may not attend.
         Returns:
           (N, Tq, d).
         """
-        batch_size, num_queries, _ = query.size()
-        num_keys = key_value.size(1)
+        batch_size, num_queries, embed_dim = query.size()
         heads, head_dim = self.num_heads, self.head_dim
+        weight = self.in_proj.get_weight()
+        bias = self.in_proj.get_bias()
+        assert bias is not None
+        if self_attention:
+            q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
+        else:
+            q = F.linear(query, weight[:embed_dim], bias[:embed_dim])
+            k, v = F.linear(key, weight[embed_dim:], bias[embed_dim:]).chunk(2, dim=-1)
+        num_keys = k.size(1)
 
-        q = self.q_proj(query).reshape(batch_size, num_queries, heads, head_dim)
-        kv = self.kv_proj(key_value).reshape(batch_size, num_keys, 2, heads, head_dim)
-        k = kv[:, :, 0].permute(0, 2, 3, 1)  # (N, H, D, Tk)
-        v = kv[:, :, 1].transpose(1, 2)  # (N, H, Tk, D)
-        p = self.pos_proj(pos_emb).reshape(1, -1, heads, head_dim).permute(0, 2, 3, 1)
+        q = (q * head_dim**-0.5).reshape(batch_size, num_queries, heads, head_dim)
+        k = k.reshape(batch_size, num_keys, heads, head_dim).permute(0, 2, 3, 1)
+        v = v.reshape(batch_size, num_keys, heads, head_dim).transpose(1, 2)
+        p = self.linear_pos(pos_emb).reshape(1, -1, heads, head_dim).permute(0, 2, 3, 1)
 
-        content_scores = torch.matmul((q + self.pos_bias_u).transpose(1, 2), k)
-        pos_scores = torch.matmul((q + self.pos_bias_v).transpose(1, 2), p)
-        pos_scores = self.rel_shift(pos_scores, num_keys)
-        scores = (content_scores + pos_scores) * self.scale  # (N, H, Tq, Tk)
+        bias_u = self.pos_bias_u * self.pos_bias_u_scale.exp()
+        bias_v = self.pos_bias_v * self.pos_bias_v_scale.exp()
+        content_scores = torch.matmul((q + bias_u).transpose(1, 2), k)  # (N, H, Tq, Tk)
+        pos_scores = torch.matmul((q + bias_v).transpose(1, 2), p)
+        scores = content_scores + self.rel_shift(pos_scores, num_keys)
 
-        # A finite fill value (not -inf) keeps fully masked rows (queries at
-        # padding frames) free of NaN, which would leak into real frames via
-        # 0 * NaN; exp(-1e4) underflows to exactly 0 in every real row.
-        scores = scores.masked_fill(mask.unsqueeze(1), -1.0e4)
-        attn_weights = self.dropout(torch.softmax(scores, dim=-1))
-        attn_out = torch.matmul(attn_weights, v)  # (N, H, Tq, D)
-        attn_out = attn_out.transpose(1, 2).reshape(batch_size, num_queries, self.embed_dim)
-        return self.out_proj(attn_out)
-
-
-class FeedForwardModule(nn.Module):
-    """Linear -> Swish -> dropout -> Linear."""
-
-    def __init__(self, d_model: int, dim_feedforward: int, dropout: float) -> None:
-        super().__init__()
-        self.in_proj = nn.Linear(d_model, dim_feedforward)
-        self.activation = nn.SiLU()
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(dim_feedforward, d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, T, d) -> (N, T, d)."""
-        return self.out_proj(self.dropout(self.activation(self.in_proj(x))))
+        masked: Tensor | None = None
+        if key_padding_mask is not None:
+            masked = key_padding_mask[:, None, None, :]
+        if attn_mask is not None:
+            masked = attn_mask[None, None] if masked is None else masked | attn_mask[None, None]
+        if masked is not None:
+            scores = scores.masked_fill(masked, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        if attn_mask is not None and masked is not None:
+            # A query whose chunk window holds only padding has no key left
+            # (NaN after softmax); icefall zeroes those weights.
+            weights = weights.masked_fill(masked, 0.0)
+        weights = F.dropout(weights, p=self.dropout, training=self.training)
+        out = torch.matmul(weights, v)  # (N, H, Tq, D)
+        out = out.transpose(1, 2).reshape(batch_size, num_queries, embed_dim)
+        return self.out_proj(out)
 
 
 class ConvolutionModule(nn.Module):
-    """Conformer convolution module.
+    """Conformer convolution module: pointwise_conv1 (d -> 2d), balancer, GLU,
+    depthwise_conv (kernel ``kernel_size``, causal or symmetric), balancer,
+    DoubleSwish, pointwise_conv2 (initial scale 0.25).  The pointwise
+    convolutions are computed as linear maps of (N, T, d) tensors (the same
+    weights as icefall's 1x1 ScaledConv1d)."""
 
-    pointwise conv -> GLU -> depthwise conv -> LayerNorm -> Swish -> pointwise
-    conv.  The depthwise convolution is causal when ``causal`` is True (it
-    only sees the current and the ``kernel_size - 1`` previous frames).
-    LayerNorm over channels replaces the paper's BatchNorm: batch statistics
-    would make streaming, small batches and multi-process training disagree.
-    The pointwise convolutions are Linear layers on (N, T, d).
-    """
-
-    def __init__(self, channels: int, kernel_size: int, causal: bool = True) -> None:
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True,
+                 causal: bool = False) -> None:
         super().__init__()
-        assert causal or (kernel_size - 1) % 2 == 0, "non-causal kernel must be odd"
-        self.channels = channels
-        self.kernel_size = kernel_size
+        assert (kernel_size - 1) % 2 == 0, kernel_size
         self.causal = causal
-        self.pointwise_conv1 = nn.Linear(channels, 2 * channels)
-        self.depthwise_conv = nn.Conv1d(channels, channels, kernel_size, padding=0, groups=channels)
-        self.norm = nn.LayerNorm(channels)
-        self.activation = nn.SiLU()
-        self.pointwise_conv2 = nn.Linear(channels, channels)
+        self.lorder = kernel_size - 1
+        self.pointwise_conv1 = ScaledConv1d(channels, 2 * channels, kernel_size=1, bias=bias)
+        # Keeps the GLU input in a range where its sigmoid still learns.
+        self.deriv_balancer1 = ActivationBalancer(channel_dim=1, max_abs=10.0,
+                                                  min_positive=0.05, max_positive=1.0)
+        self.depthwise_conv = ScaledConv1d(channels, channels, kernel_size,
+                                           padding=0 if causal else (kernel_size - 1) // 2,
+                                           groups=channels, bias=bias)
+        self.deriv_balancer2 = ActivationBalancer(channel_dim=1, min_positive=0.05,
+                                                  max_positive=1.0)
+        self.activation = DoubleSwish()
+        self.pointwise_conv2 = ScaledConv1d(channels, channels, kernel_size=1, bias=bias,
+                                            initial_scale=0.25)
 
-    def _glu(self, x: Tensor, pad_mask: Tensor) -> Tensor:
-        """(N, T, d) -> (N, d, T): pointwise conv and GLU, padding zeroed.
-
-        Zeroing padding frames keeps them out of the real frames' outputs in
-        the non-causal case, and matches the zero padding at the edges.
-        """
-        x = F.glu(self.pointwise_conv1(x), dim=-1)
-        x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
-        return x.transpose(1, 2)
-
-    def _finish(self, x: Tensor) -> Tensor:
-        """(N, d, T) depthwise output -> (N, T, d) module output."""
-        x = self.norm(x.transpose(1, 2))
-        return self.pointwise_conv2(self.activation(x))
-
-    def forward(self, x: Tensor, pad_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: Tensor | None = None, right_context: int = 0,
+                src_key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """
         Args:
           x: (N, T, d).
-          pad_mask: (N, T) bool, True at padding frames.
+          cache: real streaming only: (N, d, kernel_size - 1), the depthwise
+            input of the previous frames.
+          right_context: look-ahead frames at the end of x that the next
+            chunk sees again (not cached).
+          src_key_padding_mask: (N, T), True at padding frames (zeroed before
+            the depthwise convolution).
         Returns:
-          (N, T, d).
+          (N, T, d) and the new cache (empty without a cache).
         """
-        x = self._glu(x, pad_mask)
-        if self.causal:
-            x = F.pad(x, (self.kernel_size - 1, 0))
-        else:
-            half = (self.kernel_size - 1) // 2
-            x = F.pad(x, (half, half))
-        return self._finish(self.depthwise_conv(x))
-
-    def streaming_forward(
-        self, x: Tensor, cache: Tensor, pad_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Causal convolution of one chunk, continuing from a cache.
-
-        Args:
-          x: (N, T, d) the chunk.
-          cache: (N, d, kernel_size - 1) depthwise-conv inputs of the frames
-            before the chunk (zeros at the start of an utterance, which is the
-            same as the zero padding of :meth:`forward`).
-          pad_mask: (N, T) bool, True at padding frames.
-        Returns:
-          - (N, T, d) output;
-          - (N, d, kernel_size - 1) new cache.
-        """
-        assert self.causal, "streaming needs a causal convolution"
-        x = torch.cat([cache, self._glu(x, pad_mask)], dim=2)
-        new_cache = x[:, :, x.size(2) - (self.kernel_size - 1) :]
-        return self._finish(self.depthwise_conv(x)), new_cache
+        x = F.linear(x, self.pointwise_conv1.get_weight().squeeze(-1),
+                     self.pointwise_conv1.get_bias())  # (N, T, 2d)
+        x = self.deriv_balancer1(x.transpose(1, 2))  # (N, 2d, T)
+        x = F.glu(x, dim=1)
+        if src_key_padding_mask is not None:
+            x = x.masked_fill(src_key_padding_mask.unsqueeze(1), 0.0)
+        new_cache = torch.empty(0)
+        if self.causal and self.lorder > 0:
+            if cache is None:
+                x = F.pad(x, (self.lorder, 0))
+            else:
+                x = torch.cat([cache, x], dim=2)
+                end = x.size(2) - right_context
+                new_cache = x[:, :, end - self.lorder: end]
+        x = self.deriv_balancer2(self.depthwise_conv(x))
+        x = self.activation(x).transpose(1, 2)  # (N, T, d)
+        x = F.linear(x, self.pointwise_conv2.get_weight().squeeze(-1),
+                     self.pointwise_conv2.get_bias())
+        return x, new_cache
 
 
 class ConformerEncoderLayer(nn.Module):
-    """Pre-LayerNorm macaron Conformer block.
+    """Macaron feed-forward, self-attention, convolution, feed-forward (each a
+    residual branch with dropout), then balancer and BasicNorm, then the
+    warm-up/layer-dropout bypass."""
 
-        x = x + 0.5 * FF(LN(x))
-        x = x + MHSA(LN(x))
-        x = x + Conv(LN(x))
-        x = x + 0.5 * FF(LN(x))
-
-    There is no LayerNorm on the residual path (the "post-LN" block of the
-    Conformer paper collapsed in a CPU prototype); :class:`Conformer` puts one
-    LayerNorm after the subsampling and one after the last layer.
-    """
-
-    def __init__(
-        self,
-        d_model: int,
-        nhead: int,
-        dim_feedforward: int,
-        dropout: float,
-        cnn_module_kernel: int,
-        causal: bool,
-    ) -> None:
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, layer_dropout: float = 0.075,
+                 cnn_module_kernel: int = 31, causal: bool = False) -> None:
         super().__init__()
-        self.norm_ff_macaron = nn.LayerNorm(d_model)
-        self.feed_forward_macaron = FeedForwardModule(d_model, dim_feedforward, dropout)
-        self.norm_mha = nn.LayerNorm(d_model)
-        self.self_attn = RelPositionMultiheadAttention(d_model, nhead, dropout)
-        self.norm_conv = nn.LayerNorm(d_model)
-        self.conv_module = ConvolutionModule(d_model, cnn_module_kernel, causal)
-        self.norm_ff = nn.LayerNorm(d_model)
-        self.feed_forward = FeedForwardModule(d_model, dim_feedforward, dropout)
+        self.layer_dropout = layer_dropout
+        self.d_model = d_model
+        self.self_attn = RelPositionMultiheadAttention(d_model, nhead, dropout=0.0)
+        self.feed_forward = self._feed_forward(d_model, dim_feedforward, dropout)
+        self.feed_forward_macaron = self._feed_forward(d_model, dim_feedforward, dropout)
+        self.conv_module = ConvolutionModule(d_model, cnn_module_kernel, causal=causal)
+        self.norm_final = BasicNorm(d_model)
+        # Keeps each output channel near zero median and below 6 on average.
+        self.balancer = ActivationBalancer(channel_dim=-1, min_positive=0.45,
+                                           max_positive=0.55, max_abs=6.0)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, pos_emb: Tensor, attn_mask: Tensor, pad_mask: Tensor) -> Tensor:
+    @staticmethod
+    def _feed_forward(d_model: int, dim_feedforward: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(
+            ScaledLinear(d_model, dim_feedforward),
+            ActivationBalancer(channel_dim=-1),
+            DoubleSwish(),
+            nn.Dropout(dropout),
+            ScaledLinear(dim_feedforward, d_model, initial_scale=0.25),
+        )
+
+    def forward(self, src: Tensor, pos_emb: Tensor, src_mask: Tensor | None = None,
+                src_key_padding_mask: Tensor | None = None, warmup: float = 1.0) -> Tensor:
         """
         Args:
-          x: (N, T, d).
+          src: (N, T, d).
           pos_emb: (1, 2T - 1, d).
-          attn_mask: bool, broadcastable to (N, T, T); True = do not attend.
-          pad_mask: (N, T) bool, True at padding frames.
+          src_mask: (T, T) bool chunk mask or None.
+          src_key_padding_mask: (N, T) bool.
+          warmup: training progress in units of model_warm_step (>= 1: warm).
         Returns:
           (N, T, d).
         """
-        x = x + 0.5 * self.dropout(self.feed_forward_macaron(self.norm_ff_macaron(x)))
-        attn_in = self.norm_mha(x)
-        x = x + self.dropout(self.self_attn(attn_in, attn_in, pos_emb, attn_mask))
-        x = x + self.dropout(self.conv_module(self.norm_conv(x), pad_mask))
-        x = x + 0.5 * self.dropout(self.feed_forward(self.norm_ff(x)))
-        return x
+        src_orig = src
+        alpha = 1.0
+        if self.training:
+            warmup_scale = min(0.1 + warmup, 1.0)
+            keep = torch.rand(()).item() <= 1.0 - self.layer_dropout
+            alpha = warmup_scale if keep else 0.1
 
-    def streaming_forward(
-        self,
-        x: Tensor,
-        pos_emb: Tensor,
-        attn_mask: Tensor,
-        pad_mask: Tensor,
-        attn_cache: Tensor,
-        conv_cache: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One chunk with cached left context.
+        src = src + self.dropout(self.feed_forward_macaron(src))
+        src = src + self.dropout(self.self_attn(src, src, pos_emb, src_key_padding_mask,
+                                                src_mask))
+        conv, _ = self.conv_module(src, src_key_padding_mask=src_key_padding_mask)
+        src = src + self.dropout(conv)
+        src = src + self.dropout(self.feed_forward(src))
+        src = self.norm_final(self.balancer(src))
+        if alpha != 1.0:
+            src = alpha * src + (1.0 - alpha) * src_orig
+        return src
+
+    def chunk_forward(self, src: Tensor, pos_emb: Tensor, attn_cache: Tensor,
+                      conv_cache: Tensor, src_key_padding_mask: Tensor,
+                      left_context: int, right_context: int = 0
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """One chunk of real streaming (eval mode).
 
         Args:
-          x: (N, T, d) the chunk.
-          pos_emb: (1, 2T + L - 1, d) with L = left context.
-          attn_mask: bool, broadcastable to (N, T, L + T); True = do not attend.
-          pad_mask: (N, T) bool, True at padding frames of the chunk.
-          attn_cache: (N, L, d) attention inputs of the L previous frames.
-          conv_cache: (N, d, kernel - 1) conv inputs of the previous frames.
+          src: (N, C, d), the chunk (C = chunk_size + right_context).
+          pos_emb: (1, 2C + left_context - 1, d).
+          attn_cache: (N, left_context, d), the attention inputs of the
+            previous frames, oldest first.
+          conv_cache: (N, d, kernel_size - 1).
+          src_key_padding_mask: (N, left_context + C).
         Returns:
-          (N, T, d) output, new attn_cache (N, L, d), new conv_cache.
+          (output (N, C, d), new attn_cache, new conv_cache); the caches skip
+          the right_context frames, which the next chunk processes again.
         """
-        left_context = attn_cache.size(1)
-        x = x + 0.5 * self.dropout(self.feed_forward_macaron(self.norm_ff_macaron(x)))
-        attn_in = self.norm_mha(x)
-        key_value = torch.cat([attn_cache, attn_in], dim=1)
-        new_attn_cache = key_value[:, key_value.size(1) - left_context :]
-        x = x + self.dropout(self.self_attn(attn_in, key_value, pos_emb, attn_mask))
-        conv_out, new_conv_cache = self.conv_module.streaming_forward(
-            self.norm_conv(x), conv_cache, pad_mask
-        )
-        x = x + self.dropout(conv_out)
-        x = x + 0.5 * self.dropout(self.feed_forward(self.norm_ff(x)))
-        return x, new_attn_cache, new_conv_cache
+        src = src + self.dropout(self.feed_forward_macaron(src))
+        key = torch.cat([attn_cache, src], dim=1)
+        end = key.size(1) - right_context
+        new_attn_cache = key[:, end - left_context: end]
+        src = src + self.dropout(self.self_attn(src, key, pos_emb, src_key_padding_mask,
+                                                None, self_attention=False))
+        conv, new_conv_cache = self.conv_module(src, conv_cache, right_context)
+        src = src + self.dropout(conv)
+        src = src + self.dropout(self.feed_forward(src))
+        return self.norm_final(self.balancer(src)), new_attn_cache, new_conv_cache
+
+
+class ConformerEncoder(nn.Module):
+    """A stack of ConformerEncoderLayers (``layers``)."""
+
+    def __init__(self, encoder_layer_args: dict, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [ConformerEncoderLayer(**encoder_layer_args) for _ in range(num_layers)])
+        self.num_layers = num_layers
+
+    def forward(self, src: Tensor, pos_emb: Tensor, mask: Tensor | None = None,
+                src_key_padding_mask: Tensor | None = None, warmup: float = 1.0) -> Tensor:
+        """(N, T, d) -> (N, T, d); see ConformerEncoderLayer.forward."""
+        for layer in self.layers:
+            src = layer(src, pos_emb, mask, src_key_padding_mask, warmup)
+        return src
+
+    def chunk_forward(self, src: Tensor, pos_emb: Tensor, states: list[Tensor],
+                      src_key_padding_mask: Tensor, left_context: int,
+                      right_context: int = 0) -> tuple[Tensor, list[Tensor]]:
+        """Real streaming through all layers.
+
+        Args:
+          states: [attn_cache (L, left_context, N, d),
+                   conv_cache (L, kernel_size - 1, N, d)].
+        Returns:
+          (N, C, d) and the new states (same layout).
+        """
+        attn_cache, conv_cache = states[0], states[1]
+        new_attn: list[Tensor] = []
+        new_conv: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            src, layer_attn, layer_conv = layer.chunk_forward(
+                src, pos_emb, attn_cache[i].transpose(0, 1), conv_cache[i].permute(1, 2, 0),
+                src_key_padding_mask, left_context, right_context)
+            new_attn.append(layer_attn.transpose(0, 1))
+            new_conv.append(layer_conv.permute(2, 0, 1))
+        return src, [torch.stack(new_attn), torch.stack(new_conv)]
 
 
 class Conformer(nn.Module):
-    """Streaming (causal) Conformer encoder.
+    """The reworked Conformer encoder (icefall's ``Conformer``).
 
-    Conv2dSubsampling (x4) -> relative positional encoding -> pre-LN
-    Conformer layers -> LayerNorm.
+    Args:
+      num_features: input feature dimension.
+      subsampling_factor: must be 4.
+      d_model: encoder dimension (icefall's --encoder-dim).
+      nhead: attention heads.
+      dim_feedforward: hidden dimension of the feed-forward modules.
+      num_encoder_layers: number of layers.
+      dropout: dropout of the residual branches, feed-forward hidden layers and
+        positional encodings.
+      layer_dropout: probability of bypassing a layer in training.
+      cnn_module_kernel: depthwise convolution kernel (odd).
+      dynamic_chunk_training: draw a chunk size per training batch (streaming).
+      short_chunk_threshold: a draw above this fraction of the batch length
+        means full attention.
+      short_chunk_size: other draws use chunks of 1 .. short_chunk_size frames.
+      num_left_chunks: chunks of left context in dynamic chunk training
+        (-1: unlimited).
+      causal: causal depthwise convolution (required for streaming).
     """
 
-    def __init__(
-        self,
-        num_features: int = 80,
-        subsampling_factor: int = 4,
-        d_model: int = 256,
-        nhead: int = 4,
-        dim_feedforward: int = 1024,
-        num_encoder_layers: int = 12,
-        dropout: float = 0.1,
-        cnn_module_kernel: int = 31,
-        causal: bool = True,
-        dynamic_chunk_training: bool = False,
-        short_chunk_size: int = 25,
-        num_left_chunks: int = 4,
-    ) -> None:
-        """
-        Args:
-          num_features: input feature dimension.
-          subsampling_factor: must be 4.
-          d_model: attention/encoder dimension (the encoder output dimension).
-          nhead: number of attention heads.
-          dim_feedforward: hidden dimension of the feed-forward modules.
-          num_encoder_layers: number of Conformer layers.
-          dropout: dropout rate.
-          cnn_module_kernel: kernel size of the depthwise convolutions.
-          causal: causal depthwise convolutions (needed for streaming).
-          dynamic_chunk_training: in training, draw a random chunk size per
-            batch (see :meth:`draw_chunk_config`) and ignore the chunk
-            arguments of :meth:`forward`.
-          short_chunk_size: short chunks are drawn from 1 .. short_chunk_size
-            frames (after subsampling).
-          num_left_chunks: left context in chunks for dynamic chunk training;
-            -1 means unlimited.
-        """
+    def __init__(self, num_features: int, subsampling_factor: int = 4, d_model: int = 256,
+                 nhead: int = 4, dim_feedforward: int = 2048, num_encoder_layers: int = 12,
+                 dropout: float = 0.1, layer_dropout: float = 0.075,
+                 cnn_module_kernel: int = 31, dynamic_chunk_training: bool = False,
+                 short_chunk_threshold: float = 0.75, short_chunk_size: int = 25,
+                 num_left_chunks: int = -1, causal: bool = False) -> None:
         super().__init__()
         if subsampling_factor != 4:
             raise ValueError(f"only subsampling_factor=4 is supported, got {subsampling_factor}")
+        if dynamic_chunk_training and not causal:
+            raise ValueError("dynamic chunk training needs causal convolution")
         self.num_features = num_features
         self.subsampling_factor = subsampling_factor
         self.d_model = d_model
         self.nhead = nhead
-        self.num_encoder_layers = num_encoder_layers
-        # Same name as icefall's Conformer, which export scripts read.
         self.encoder_layers = num_encoder_layers
         self.cnn_module_kernel = cnn_module_kernel
         self.causal = causal
         self.dynamic_chunk_training = dynamic_chunk_training
+        self.short_chunk_threshold = short_chunk_threshold
         self.short_chunk_size = short_chunk_size
         self.num_left_chunks = num_left_chunks
-        # Feature frames fed to streaming_forward on top of chunk_size * 4
-        # (they overlap the next chunk); see the module docstring.
-        self.pad_length = 7
+        # Feature frames a real-streaming window holds beyond chunk_size * 4
+        # (right_context 0): see the module docstring.
+        self.pad_length = self.streaming_pad_length(0)
 
-        # Global mean/variance normalisation of the input features (set by
-        # train.py from training data, stored with the weights).  Raw log-mel
-        # values sit around -10 with std ~9: fed as they are, most SiLU units
-        # of the subsampling start in their flat negative region, the encoder
-        # passes little information and training falls into the "constant
-        # encoder output" collapse.  A per-dimension affine map keeps
-        # streaming exact (it is frame-local).
-        self.register_buffer("feature_mean", torch.zeros(num_features))
-        self.register_buffer("feature_inv_std", torch.ones(num_features))
         self.encoder_embed = Conv2dSubsampling(num_features, d_model)
         self.encoder_pos = RelPositionalEncoding(d_model, dropout)
-        self.layers = nn.ModuleList(
-            [
-                ConformerEncoderLayer(
-                    d_model, nhead, dim_feedforward, dropout, cnn_module_kernel, causal
-                )
-                for _ in range(num_encoder_layers)
-            ]
-        )
-        self.final_norm = nn.LayerNorm(d_model)
-        self._reset_parameters()
+        self.encoder = ConformerEncoder(
+            dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
+                 dropout=dropout, layer_dropout=layer_dropout,
+                 cnn_module_kernel=cnn_module_kernel, causal=causal),
+            num_encoder_layers)
 
-    def _reset_parameters(self) -> None:
-        """Zero the biases of the residual branches' output projections.
+    @staticmethod
+    def streaming_pad_length(right_context: int = 0, subsampling_factor: int = 4) -> int:
+        """Extra feature frames of a real-streaming window: one subsampled
+        frame cut off on each side, ``right_context`` look-ahead frames, and
+        the 3 frames the subsampling's receptive field needs beyond 4 per
+        frame."""
+        return (2 + right_context) * subsampling_factor + 3
 
-        The weights keep PyTorch's default initialisation.  An earlier
-        version also scaled them by 0.1 so that each layer started near the
-        identity; on the 5 h generated corpus that run collapsed (encoder
-        output constant across utterances by batch 400).  The default
-        initialisation alone does not prevent it either: what grows is a
-        constant (DC) component of the residual stream, norm ~400-800 after
-        6 layers at batch 400 against ~4 for the time-varying part, which the
-        LayerNorms then turn into constant inputs and output.  See the
-        closing note of the training issue; a fix (e.g. a penalty on that
-        component, as icefall's ActivationBalancer does) is open work.
-        """
-        for layer in self.layers:
-            assert isinstance(layer, ConformerEncoderLayer)
-            for linear in (
-                layer.feed_forward_macaron.out_proj,
-                layer.feed_forward.out_proj,
-                layer.self_attn.out_proj,
-                layer.conv_module.pointwise_conv2,
-            ):
-                with torch.no_grad():
-                    linear.bias.zero_()
-
-    def normalize_features(self, x: Tensor) -> Tensor:
-        """(x - feature_mean) * feature_inv_std, per feature dimension."""
-        return (x - self.feature_mean) * self.feature_inv_std
-
-    @torch.jit.ignore
-    def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
-        """Sets the global normalisation from per-dimension statistics (F,)."""
-        self.feature_mean.copy_(mean)
-        self.feature_inv_std.copy_(1.0 / std.clamp(min=1e-3))
-
-    def draw_chunk_config(self, max_len: int) -> tuple[int, int]:
-        """Draw (chunk_size, left_context) for one training batch.
-
-        As icefall: c = randint(1, max_len); if c > max_len / 2 the batch uses
-        full attention, otherwise chunks of c % short_chunk_size + 1 frames
-        with num_left_chunks chunks of left context.
-
-        Args:
-          max_len: number of frames after subsampling, T'.
-        Returns:
-          (chunk_size, left_context) in frames after subsampling;
-          chunk_size = -1 means full attention, left_context = -1 unlimited.
-        """
+    def draw_chunk_size(self, max_len: int) -> int:
+        """icefall's dynamic chunk draw: c = randint(1, max_len); full attention
+        (returns max_len) when c > short_chunk_threshold * max_len, else
+        chunks of c % short_chunk_size + 1 frames."""
         if max_len <= 1:
-            return -1, -1
+            return max_len
         chunk_size = int(torch.randint(1, max_len, (1,)).item())
-        if 2 * chunk_size > max_len:
-            return -1, -1
-        chunk_size = chunk_size % self.short_chunk_size + 1
-        if self.num_left_chunks < 0:
-            return chunk_size, -1
-        return chunk_size, self.num_left_chunks * chunk_size
+        if chunk_size > max_len * self.short_chunk_threshold:
+            return max_len
+        return chunk_size % self.short_chunk_size + 1
 
-    def forward(
-        self, x: Tensor, x_lens: Tensor, chunk_size: int = -1, left_context: int = -1
-    ) -> tuple[Tensor, Tensor]:
-        """Encode whole utterances, optionally with chunk-wise masked attention.
-
+    def forward(self, x: Tensor, x_lens: Tensor, warmup: float = 1.0) -> tuple[Tensor, Tensor]:
+        """
         Args:
-          x: (N, T, num_features) features, T >= 7.
-          x_lens: (N,) number of valid frames of each utterance.
-          chunk_size: > 0 simulates streaming with chunks of this many frames
-            (after subsampling); <= 0 means full attention.  Ignored in
-            training mode when dynamic_chunk_training is on.
-          left_context: frames (after subsampling) of left context before each
-            chunk; -1 means unlimited.  Used only with chunk_size > 0.
+          x: (N, T, num_features), T >= 7.
+          x_lens: (N,) valid frames.
+          warmup: batch count / model_warm_step in training; 1.0 otherwise.
         Returns:
-          - encoder_out, (N, T', d_model);
-          - encoder_out_lens, (N,) valid frames of each utterance.
+          (encoder_out (N, T', d), encoder_out_lens (N,)).
         """
-        encoder_out, encoder_out_lens, _ = self.encode_with_dc_penalty(
-            x, x_lens, chunk_size, left_context, False
-        )
-        return encoder_out, encoder_out_lens
-
-    def encode_with_dc_penalty(
-        self,
-        x: Tensor,
-        x_lens: Tensor,
-        chunk_size: int = -1,
-        left_context: int = -1,
-        compute_dc_penalty: bool = True,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`forward`, plus the DC penalty of the residual stream.
-
-        The penalty, summed over layers, is ||mean_t(x)||^2 / sum_d var_t(x)
-        of each layer's output x over the valid frames of the batch: the
-        energy of the component that is constant over time relative to the
-        energy that varies.  Training adds it to the loss (train.py
-        --dc-penalty-scale) because that constant component is what grew
-        without bound in the runs whose encoder collapsed; icefall's
-        ActivationBalancer constrains the same statistic through gradients.
-        Returns (encoder_out, encoder_out_lens, penalty); penalty is 0 when
-        compute_dc_penalty is False.
-        """
-        embed = self.encoder_embed(self.normalize_features(x))
-        encoder_out_lens = Conv2dSubsampling.output_lengths(x_lens)
-        num_frames = embed.size(1)
-
-        if self.training and self.dynamic_chunk_training:
-            chunk_size, left_context = self.draw_chunk_config(num_frames)
-
+        embed = self.encoder_embed(x)
         embed, pos_emb = self.encoder_pos(embed)
-        pad_mask = make_pad_mask(encoder_out_lens, num_frames)
-        attn_mask = pad_mask.unsqueeze(1)  # (N, 1, T')
-        if chunk_size > 0:
-            chunk_mask = make_chunk_mask(num_frames, chunk_size, left_context, x.device)
-            attn_mask = attn_mask | chunk_mask.unsqueeze(0)  # (N, T', T')
-
-        dc_penalty = torch.zeros((), device=x.device)
-        valid = (~pad_mask).unsqueeze(-1).to(embed.dtype)  # (N, T', 1)
-        num_valid = valid.sum().clamp(min=1.0)
-        for layer in self.layers:
-            embed = layer(embed, pos_emb, attn_mask, pad_mask)
-            if compute_dc_penalty:
-                mean = (embed * valid).sum(dim=(0, 1)) / num_valid  # (d,)
-                variance = (((embed - mean) * valid) ** 2).sum(dim=(0, 1)) / num_valid
-                dc_penalty = dc_penalty + (mean**2).sum() / (variance.sum() + 1e-4)
-        return self.final_norm(embed), encoder_out_lens, dc_penalty
+        lengths = subsampled_lengths(x_lens)
+        num_frames = embed.size(1)
+        src_key_padding_mask = make_pad_mask(lengths, num_frames)
+        mask: Tensor | None = None
+        if self.dynamic_chunk_training and self.training:
+            chunk_size = self.draw_chunk_size(num_frames)
+            if chunk_size < num_frames:
+                mask = make_chunk_mask(num_frames, chunk_size, self.num_left_chunks, x.device)
+        out = self.encoder(embed, pos_emb, mask, src_key_padding_mask, warmup)
+        return out, lengths
 
     @torch.jit.export
-    def get_init_state(
-        self, left_context: int, batch_size: int = 1, device: torch.device = torch.device("cpu")
-    ) -> list[Tensor]:
-        """Initial streaming state: zeros.
-
-        Returns:
-          [attn_cache (num_encoder_layers, left_context, batch_size, d_model),
-           cnn_cache (num_encoder_layers, cnn_module_kernel - 1, batch_size,
-           d_model)].  The caller keeps processed_lens = zeros(batch_size)
-           (int64) next to them.
-        """
-        attn_cache = torch.zeros(
-            self.num_encoder_layers, left_context, batch_size, self.d_model, device=device
-        )
-        cnn_cache = torch.zeros(
-            self.num_encoder_layers,
-            self.cnn_module_kernel - 1,
-            batch_size,
-            self.d_model,
-            device=device,
-        )
-        return [attn_cache, cnn_cache]
+    def get_init_state(self, left_context: int,
+                       device: torch.device = torch.device("cpu")) -> list[Tensor]:
+        """Initial state of ONE stream: [zeros(L, left_context, d),
+        zeros(L, cnn_module_kernel - 1, d)]; :meth:`stack_states` batches
+        streams on dim 2."""
+        return [
+            torch.zeros(self.encoder_layers, left_context, self.d_model, device=device),
+            torch.zeros(self.encoder_layers, self.cnn_module_kernel - 1, self.d_model,
+                        device=device),
+        ]
 
     @torch.jit.export
-    def streaming_forward(
-        self,
-        x: Tensor,
-        x_lens: Tensor,
-        states: list[Tensor],
-        processed_lens: Tensor,
-        left_context: int,
-    ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Encode the next chunk of each stream.
+    def streaming_forward(self, x: Tensor, x_lens: Tensor,
+                          states: list[Tensor] | None = None,
+                          processed_lens: Tensor | None = None,
+                          left_context: int = 64, right_context: int = 0,
+                          chunk_size: int = 16, simulate_streaming: bool = False,
+                          warmup: float = 1.0) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Simulated or real streaming (see the module docstring).
 
         Args:
-          x: (N, chunk_size * 4 + pad_length, num_features) the next feature
-            frames; the last pad_length frames are fed again with the next
-            chunk (see the module docstring, also for the last chunk).
-          x_lens: (N,) number of real frames in ``x`` (the full size except
-            for the last chunk of an utterance).
-          states: [attn_cache, cnn_cache] from :meth:`get_init_state` or the
-            previous call.
-          processed_lens: (N,) int64, frames (after subsampling) output so far
-            per stream; after this call the caller adds chunk_size.
-          left_context: frames of cached left context; must equal
-            ``states[0].size(1)``.
+          x: (N, T, num_features).  Real streaming: one window of
+            ``chunk_size * 4 + streaming_pad_length(right_context)`` frames.
+          x_lens: (N,) real frames in x.
+          states: real streaming: [attn_cache (L, left_context, N, d),
+            conv_cache (L, cnn_module_kernel - 1, N, d)]; None when simulating.
+          processed_lens: real streaming: (N,) frames after subsampling
+            already output per stream.
+          left_context: frames of left context (a multiple of chunk_size when
+            simulating; < 0 means unlimited there).
+          right_context: real streaming look-ahead frames.
+          chunk_size: chunk of the simulated streaming mask (real streaming
+            takes its chunk from x's size).
+          simulate_streaming: whole utterances with a chunk mask.
         Returns:
-          - encoder_out, (N, chunk_size, d_model);
-          - encoder_out_lens, (N,) valid frames of encoder_out;
-          - new states [attn_cache, cnn_cache], same shapes as ``states``.
+          (encoder_out (N, T_out, d), encoder_out_lens (N,), new states); real
+          streaming returns T_out = chunk_size frames per window.
         """
-        assert self.causal, "streaming_forward needs causal=True"
-        assert len(states) == 2, len(states)
-        attn_cache, cnn_cache = states[0], states[1]
-        assert attn_cache.size(1) == left_context, (attn_cache.size(1), left_context)
-        chunk_size = (x.size(1) - self.pad_length) // self.subsampling_factor
-        assert chunk_size > 0, x.size(1)
-        assert chunk_size * self.subsampling_factor + self.pad_length == x.size(1), x.size(1)
+        if simulate_streaming:
+            assert states is None, "simulated streaming takes no states"
+            embed = self.encoder_embed(x)
+            embed, pos_emb = self.encoder_pos(embed)
+            lengths = subsampled_lengths(x_lens)
+            num_frames = embed.size(1)
+            num_left_chunks = -1
+            if left_context >= 0:
+                assert left_context % chunk_size == 0, (left_context, chunk_size)
+                num_left_chunks = left_context // chunk_size
+            mask = make_chunk_mask(num_frames, chunk_size, num_left_chunks, x.device)
+            out = self.encoder(embed, pos_emb, mask, make_pad_mask(lengths, num_frames), warmup)
+            return out, lengths, []
 
-        # The subsampling gives chunk_size + 1 frames; the last one is the
-        # first frame of the next chunk and is computed again there.
-        embed = self.encoder_embed(self.normalize_features(x))[:, :chunk_size]
-        encoder_out_lens = torch.clamp(Conv2dSubsampling.output_lengths(x_lens), max=chunk_size)
+        assert not self.training, "real streaming runs in eval mode"
+        assert self.causal, "real streaming needs causal=True"
+        assert states is not None and processed_lens is not None
+        batch_size = x.size(0)
+        assert states[0].shape == (self.encoder_layers, left_context, batch_size, self.d_model), \
+            states[0].shape
+        assert states[1].shape == (self.encoder_layers, self.cnn_module_kernel - 1,
+                                   batch_size, self.d_model), states[1].shape
+        # Cut one frame off each side: they see the window's edges.
+        embed = self.encoder_embed(x)[:, 1:-1]
+        num_frames = embed.size(1)
+        lengths = torch.clamp(subsampled_lengths(x_lens) - 2, min=0)
+        # Cache slot s (oldest first) holds frame processed_lens - left + s,
+        # real only when that index is >= 0.
+        slot_from_end = torch.arange(left_context - 1, -1, -1, device=x.device)
+        processed_mask = processed_lens.view(batch_size, 1) <= slot_from_end.unsqueeze(0)
+        key_padding_mask = torch.cat([processed_mask, make_pad_mask(lengths, num_frames)], dim=1)
         embed, pos_emb = self.encoder_pos(embed, left_context)
-
-        # Cache slot s (oldest first) holds frame processed_lens - L + s,
-        # which is real only if that index is >= 0.
-        slots_from_end = left_context - torch.arange(left_context, device=x.device)
-        cache_mask = slots_from_end.unsqueeze(0) > processed_lens.unsqueeze(1)  # (N, L)
-        pad_mask = make_pad_mask(encoder_out_lens, chunk_size)  # (N, chunk)
-        attn_mask = torch.cat([cache_mask, pad_mask], dim=1).unsqueeze(1)  # (N, 1, L + chunk)
-
-        new_attn_caches: list[Tensor] = []
-        new_cnn_caches: list[Tensor] = []
-        for i, layer in enumerate(self.layers):
-            embed, layer_attn_cache, layer_cnn_cache = layer.streaming_forward(
-                embed,
-                pos_emb,
-                attn_mask,
-                pad_mask,
-                attn_cache[i].transpose(0, 1),  # (N, L, d)
-                cnn_cache[i].permute(1, 2, 0),  # (N, d, kernel - 1)
-            )
-            new_attn_caches.append(layer_attn_cache.transpose(0, 1))
-            new_cnn_caches.append(layer_cnn_cache.permute(2, 0, 1))
-
-        new_states = [torch.stack(new_attn_caches), torch.stack(new_cnn_caches)]
-        return self.final_norm(embed), encoder_out_lens, new_states
+        out, new_states = self.encoder.chunk_forward(embed, pos_emb, states, key_padding_mask,
+                                                     left_context, right_context)
+        if right_context > 0:
+            out = out[:, : num_frames - right_context]
+            lengths = torch.clamp(lengths - right_context, min=0)
+        return out, lengths, new_states
 
     @staticmethod
     def stack_states(state_list: list[list[Tensor]]) -> list[Tensor]:
-        """Batch the states of independent streams.
-
-        Args:
-          state_list: one [attn_cache, cnn_cache] per stream (each may itself
-            hold several streams).
-        Returns:
-          [attn_cache, cnn_cache] with the streams concatenated on dim 2 (the
-          batch dim of both tensors), in order.
-        """
-        attn_cache = torch.cat([states[0] for states in state_list], dim=2)
-        cnn_cache = torch.cat([states[1] for states in state_list], dim=2)
-        return [attn_cache, cnn_cache]
+        """Batch per-stream states ([attn (L, left, d), conv (L, k-1, d)] from
+        :meth:`get_init_state` / :meth:`unstack_states`) on dim 2."""
+        return [torch.stack([states[0] for states in state_list], dim=2),
+                torch.stack([states[1] for states in state_list], dim=2)]
 
     @staticmethod
     def unstack_states(states: list[Tensor]) -> list[list[Tensor]]:
-        """Inverse of :meth:`stack_states`: one [attn_cache, cnn_cache] per
-        stream, each with batch size 1."""
-        attn_caches = states[0].split(1, dim=2)
-        cnn_caches = states[1].split(1, dim=2)
-        return [[attn, cnn] for attn, cnn in zip(attn_caches, cnn_caches)]
+        """Inverse of :meth:`stack_states`: one [attn, conv] per stream."""
+        return [[attn, conv] for attn, conv in zip(states[0].unbind(2), states[1].unbind(2))]
+
+
+def encode(encoder: Conformer, x: Tensor, x_lens: Tensor, chunk_size: int = -1,
+           left_context: int = -1) -> tuple[Tensor, Tensor]:
+    """Whole-utterance encoding as decoding uses it: full attention when
+    ``chunk_size <= 0``, else simulated streaming with ``chunk_size`` and
+    ``left_context`` (frames after subsampling; < 0 = unlimited)."""
+    if chunk_size <= 0:
+        return encoder(x, x_lens)
+    out, lens, _ = encoder.streaming_forward(x, x_lens, chunk_size=chunk_size,
+                                             left_context=left_context,
+                                             simulate_streaming=True)
+    return out, lens

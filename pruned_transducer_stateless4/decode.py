@@ -23,12 +23,17 @@ Usage (from the project root, after ./prepare.sh and train.py):
   # an exported model: ln -s pretrained.pt EXP_DIR/epoch-999.pt
   ./pruned_transducer_stateless4/decode.py --epoch 999 --avg 1 --use-averaged-model false ...
 
+  # icefall's own pretrained.pt (only {"model": state_dict}): the model options
+  # on the command line, e.g. a streaming stateless4 model (docs/icefall-model.md)
+  ./pruned_transducer_stateless4/decode.py --epoch 999 --avg 1 --use-averaged-model false \
+      --causal-convolution true --simulate-streaming true ...
+
 Decoding methods: greedy_search, beam_search, modified_beam_search,
 fast_beam_search, fast_beam_search_nbest, fast_beam_search_LG,
 fast_beam_search_nbest_LG (see beam_search.py).  The model options (encoder
-size, context size, vocabulary, ...) are read from the checkpoint; a model
-option given on the command line that differs from it is reported and
-ignored.
+size, context size, vocabulary, ...) are read from the checkpoint when it
+has them; a model option given on the command line that differs from it is
+reported and ignored (shared.checkpoint.load_inference_model).
 
 Outputs in EXP_DIR/<decoding-method>/, for each test set PART:
   recogs-PART-KEY-SUFFIX.txt       reference and hypothesis of every utterance
@@ -68,6 +73,7 @@ from pruned_transducer_stateless4.beam_search import (
     greedy_search_batch,
     modified_beam_search,
 )
+from pruned_transducer_stateless4.conformer import encode
 from pruned_transducer_stateless4.context_graph import (
     add_context_arguments,
     context_graph_of,
@@ -76,12 +82,11 @@ from pruned_transducer_stateless4.context_graph import (
 from pruned_transducer_stateless4.model_config import (
     MODEL_OPTION_NAMES,
     add_model_arguments,
-    apply_checkpoint_model_options,
     get_transducer_model,
 )
 from pruned_transducer_stateless4.timestamps import batch_word_times
 from shared import run_record
-from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
+from shared.checkpoint import add_checkpoint_arguments, explicit_options, load_inference_model
 from shared.fsa_graph import (
     DecodingGraph,
     load_decoding_graph,
@@ -114,19 +119,6 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epoch", type=int, default=30,
-                        help="Decode with epoch-EPOCH.pt (averaged with earlier ones, --avg).")
-    parser.add_argument("--iter", type=int, default=0,
-                        help="If > 0, use checkpoint-B.pt files with B <= ITER instead of "
-                        "epoch files (overrides --epoch).")
-    parser.add_argument("--avg", type=int, default=9,
-                        help="Number of checkpoints to average: epochs EPOCH-AVG+1..EPOCH, or the "
-                        "AVG newest checkpoint-B.pt with --iter. With --use-averaged-model, the "
-                        "model averaged over the training between epoch EPOCH-AVG (or the "
-                        "(AVG+1)-th newest checkpoint) and EPOCH.")
-    parser.add_argument("--use-averaged-model", type=str2bool, default=True,
-                        help="Use the running weight averages that train.py stores in each "
-                        "checkpoint (needs --average-period > 0 in training).")
     parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
                         help="Directory with the checkpoints; results go to "
                         "EXP_DIR/<decoding-method>/.")
@@ -171,18 +163,10 @@ def get_parser() -> argparse.ArgumentParser:
                         "many small tensor operations, which extra threads slow down (by 10x "
                         "and more when the cores are shared), hence 1.")
     add_device_argument(parser)
+    add_checkpoint_arguments(parser)
     add_model_arguments(parser)
     LibriSpeechAsrDataModule.add_arguments(parser)
     return parser
-
-
-def explicit_options(argv: list[str]) -> set[str]:
-    """Names (with underscores) of the options given on the command line."""
-    names = set()
-    for arg in argv:
-        if arg.startswith("--"):
-            names.add(arg[2:].split("=", 1)[0].replace("-", "_"))
-    return names
 
 
 def get_params() -> AttributeDict:
@@ -193,36 +177,12 @@ def get_params() -> AttributeDict:
 
 # ------------------------------------------------------------- checkpoints --
 def load_model(params: AttributeDict, explicit: set[str], device: torch.device) -> torch.nn.Module:
-    """Builds the model with the checkpoint's options and loads the weights that
-    --epoch/--iter/--avg/--use-averaged-model name (shared.checkpoint, the same
-    selection as streaming_decode.py and export.py)."""
-    paths = select_checkpoints(params.exp_dir, params.epoch, params.iter, params.avg,
-                               params.use_averaged_model)
-    stored = read_checkpoint_params(paths[0])
-    if not stored:
-        logging.warning(f"{paths[0]} holds no 'params'; using the command-line model options")
-
-    if "vocab_size" in stored and stored["vocab_size"] != params.vocab_size:
-        raise RecipeError(
-            f"{params.bpe_model} has {params.vocab_size} tokens but {paths[0]} was trained "
-            f"with {stored['vocab_size']}; pass the --bpe-model used in training"
-        )
-    # Only options the user typed can disagree with the checkpoint.
-    for name in MODEL_OPTION_NAMES:
-        if name in params and name not in explicit and name in stored and \
-                name not in ("vocab_size", "blank_id"):
-            del params[name]
-    apply_checkpoint_model_options(params, stored, str(paths[0]))
-    model = get_transducer_model(params)
-    if params.use_averaged_model and "batch_idx_train" not in stored:
-        raise RecipeError(f"{paths[0]} holds no training counters; is it a training "
-                          "checkpoint? (for an exported model use --use-averaged-model false)")
-    description = load_averaged_model(model, params.exp_dir, params.epoch, params.iter,
-                                      params.avg, params.use_averaged_model)
+    """The model that --epoch/--iter/--avg/--use-averaged-model name
+    (shared.checkpoint.load_inference_model, shared by every script)."""
+    model, description = load_inference_model(params, explicit, get_transducer_model,
+                                              MODEL_OPTION_NAMES)
     logging.info(f"loaded the {description}")
-    model.to(device)
-    model.eval()
-    return model
+    return model.to(device)
 
 
 # ---------------------------------------------------------------- decoding --
@@ -269,13 +229,9 @@ def decode_one_batch(
     per utterance (timestamps.batch_word_times)."""
     device = next(model.parameters()).device
     features, feature_lens = batch_features(batch, device)
-    if params.simulate_streaming:
-        encoder_out, encoder_out_lens = model.encoder(
-            features, feature_lens, chunk_size=params.decode_chunk_size,
-            left_context=params.left_context,
-        )
-    else:
-        encoder_out, encoder_out_lens = model.encoder(features, feature_lens)
+    chunk_size = params.decode_chunk_size if params.simulate_streaming else -1
+    encoder_out, encoder_out_lens = encode(model.encoder, features, feature_lens,
+                                           chunk_size=chunk_size, left_context=params.left_context)
 
     method = params.decoding_method
     fast_args = dict(beam=params.beam, max_states=params.max_states,

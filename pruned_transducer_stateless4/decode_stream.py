@@ -15,14 +15,19 @@ everything that utterance needs between two encoder calls:
   chunk, from which the latency of each token is computed
   (:func:`token_latencies`).
 
-Chunking (see conformer.py): a chunk of ``c`` encoder frames needs
-``4c + 7`` feature frames and then advances by ``4c``.  A stream has a chunk
-ready when ``4c + 7`` unconsumed frames are ready, or, once
-:meth:`DecodeStream.input_finished` was called, while the encoder frames of the
-utterance (``((T - 1) // 2 - 1) // 2`` for ``T`` feature frames) are not all
-output: the last chunk is padded with ``LOG_EPS`` and ``x_lens`` tells the
-encoder how many frames are real, which yields exactly the frames the
-whole-utterance (simulated streaming) forward gives for that chunk.
+Chunking: icefall's protocol (see conformer.py), which sherpa-onnx runs too:
+a chunk of ``c`` encoder frames needs ``4c + PAD_LENGTH`` feature frames
+(``PAD_LENGTH = 11``: the encoder cuts one subsampled frame off each side of
+the window) and then advances by ``4c``.  A stream has a chunk ready when
+``4c + PAD_LENGTH`` unconsumed frames are ready.  When the input finishes,
+``PAD_LENGTH`` frames of ``LOG_EPS`` are appended as real frames (icefall's
+``DecodeStream.set_features``), and chunks are taken, the last one padded
+with ``LOG_EPS`` beyond ``x_lens``, until fewer than ``PAD_LENGTH + 1``
+frames are left.  Window k yields the encoder frames the whole-utterance
+subsampling calls 16k + 1 .. 16k + 16 (for c = 16), so real streaming is
+close to, but not exactly, the simulated streaming of decode.py (the
+chunk boundaries are one frame apart); tests/test_icefall_compat.py shows
+that with the window edges aligned the encoder outputs are equal.
 
 Batches: :func:`stack_streams` gathers the state of several streams into
 batched tensors and :func:`unstack_streams` writes a batch back into its
@@ -44,6 +49,7 @@ from pruned_transducer_stateless4.beam_search import (
     Hypothesis,
     HypothesisList,
 )
+from pruned_transducer_stateless4.conformer import Conformer
 from shared.features import (
     FRAME_LENGTH_MS,
     FRAME_SHIFT_MS,
@@ -52,8 +58,8 @@ from shared.features import (
     SAMPLE_RATE,
 )
 
-PAD_LENGTH = 7
 SUBSAMPLING_FACTOR = 4
+PAD_LENGTH = Conformer.streaming_pad_length(0, SUBSAMPLING_FACTOR)
 DECODING_METHODS = ("greedy_search", "modified_beam_search", "fast_beam_search")
 
 
@@ -152,11 +158,11 @@ def flush_padding_seconds(chunk_size: int) -> float:
     """Silence after the speech that makes a runtime that runs only full encoder
     windows (sherpa-onnx) decode all of it.
 
-    Such a runtime runs a window of 4 * chunk_size + 7 feature frames only when
+    Such a runtime runs a window of 4 * chunk_size + PAD_LENGTH feature frames only when
     one more frame is ready, and the window advances by 4 * chunk_size frames,
     so a speech frame that starts a window is decoded only once
-    4 * chunk_size + 7 frames follow it; one frame more covers the rounding of
-    the frame count of the padded audio.  0.72 s for chunks of 16.
+    4 * chunk_size + PAD_LENGTH frames follow it; one frame more covers the
+    rounding of the frame count of the padded audio.  0.76 s for chunks of 16.
     """
     return (SUBSAMPLING_FACTOR * chunk_size + PAD_LENGTH + 1) * FRAME_SHIFT_MS / 1000
 
@@ -187,8 +193,8 @@ class DecodeStream:
     """One utterance being decoded chunk by chunk.
 
     Args:
-      initial_states: ``encoder.get_init_state(left_context, 1)``, i.e.
-        [attn_cache (L, left_context, 1, d), cnn_cache (L, kernel - 1, 1, d)].
+      initial_states: ``encoder.get_init_state(left_context)``, i.e.
+        [attn_cache (L, left_context, d), cnn_cache (L, kernel - 1, d)].
       chunk_size: encoder frames per chunk (``--decode-chunk-size``).
       left_context: encoder frames of cached left context.
       decoding_method: one of ``DECODING_METHODS``.
@@ -274,10 +280,16 @@ class DecodeStream:
         self.frame_arrival.extend([arrival_time] * (self.features.num_frames_ready - before))
         self._update_done()
 
+    @property
+    def num_frames(self) -> int:
+        """Feature frames of the stream so far, with the final LOG_EPS padding
+        (PAD_LENGTH frames, counted as real) once the input finished."""
+        return self.features.num_frames_ready + (PAD_LENGTH if self.features.finished else 0)
+
     # ------------------------------------------------------------ chunks --
     @property
     def chunk_length(self) -> int:
-        """Feature frames per chunk: 4c + 7."""
+        """Feature frames per chunk: 4c + PAD_LENGTH."""
         return self.chunk_size * SUBSAMPLING_FACTOR + PAD_LENGTH
 
     @property
@@ -289,20 +301,13 @@ class DecodeStream:
         return self.features.num_samples
 
     @property
-    def total_encoder_frames(self) -> int | None:
-        """Encoder frames of the whole utterance, known once input finished."""
-        if not self.features.finished:
-            return None
-        return num_encoder_frames(self.features.num_frames_ready)
-
-    @property
     def done(self) -> bool:
-        """True when input finished and every encoder frame was decoded."""
+        """True when input finished and every chunk was decoded."""
         return self._done
 
     def _update_done(self) -> None:
-        total = self.total_encoder_frames
-        self._done = total is not None and self.processed_lens >= total
+        self._done = (self.features.finished
+                      and self.num_frames - self.num_processed_frames <= PAD_LENGTH)
 
     def chunk_ready(self) -> bool:
         """Whether :meth:`get_feature_frames` can give the next chunk."""
@@ -315,22 +320,22 @@ class DecodeStream:
         """The next chunk's features and consumes them (advancing by 4c).
 
         Returns:
-          (features (4c + 7, 80), number of real frames); padding frames hold
-          LOG_EPS.
+          (features (4c + PAD_LENGTH, 80), number of real frames, the final
+          padding included); frames beyond hold LOG_EPS too.
         """
         assert self.chunk_ready(), "no chunk ready"
         start = self.num_processed_frames
         end = min(start + self.chunk_length, self.features.num_frames_ready)
         frames = self.features.get_frames(start, end)
-        num_real = end - start
-        if num_real < self.chunk_length:
-            pad = torch.full((self.chunk_length - num_real, NUM_MEL_BINS), LOG_EPS,
+        num_real = min(start + self.chunk_length, self.num_frames) - start
+        if end - start < self.chunk_length:
+            pad = torch.full((self.chunk_length - (end - start), NUM_MEL_BINS), LOG_EPS,
                              device="cpu")  # host-side, like the frames it pads
             frames = torch.cat([frames, pad])
         # A full chunk is complete when its last frame arrived; a partial
         # (last) one only when the end of the audio did.
         self.chunk_arrival = self.frame_arrival[end - 1] if end > 0 else self.finish_time
-        if num_real < self.chunk_length and self.finish_time is not None:
+        if end - start < self.chunk_length and self.finish_time is not None:
             self.chunk_arrival = max(self.chunk_arrival, self.finish_time)
         self.num_processed_frames += self.chunk_size * SUBSAMPLING_FACTOR
         self.features.discard_before(self.num_processed_frames)
@@ -463,7 +468,7 @@ def stack_streams(streams: list[DecodeStream], device: torch.device | str = "cpu
     assert streams, "no streams"
     left_contexts = {s.left_context for s in streams}
     assert len(left_contexts) == 1, f"streams differ in left context: {left_contexts}"
-    states = [torch.cat([s.states[i] for s in streams], dim=2).to(device) for i in range(2)]
+    states = [t.to(device) for t in Conformer.stack_states([s.states for s in streams])]
     context_size = streams[0].context_size
     return StreamBatch(
         states=states,
@@ -482,15 +487,14 @@ def stack_streams(streams: list[DecodeStream], device: torch.device | str = "cpu
 def unstack_streams(batch: StreamBatch, streams: list[DecodeStream]) -> None:
     """Writes a batch's state back into its streams (the inverse of
     `stack_streams`), processed_lens included; after a chunk the caller has
-    advanced batch.processed_lens by the chunk size."""
+    advanced batch.processed_lens by the encoder frames output."""
     assert batch.states[0].size(2) == len(streams), (batch.states[0].shape, len(streams))
-    attn = batch.states[0].split(1, dim=2)
-    cnn = batch.states[1].split(1, dim=2)
+    per_stream = Conformer.unstack_states(batch.states)
     lens = batch.processed_lens.tolist()
     for n, stream in enumerate(streams):
         # Own copies (views would keep the whole batch tensor alive), left on
         # the model's device: no round trip through the CPU per chunk.
-        stream.states = [attn[n].clone(), cnn[n].clone()]
+        stream.states = [t.clone() for t in per_stream[n]]
         stream.processed_lens = int(lens[n])
         stream.hyp = list(batch.hyps[n])
         stream.timestamps = list(batch.timestamps[n])

@@ -18,7 +18,9 @@ The weights are chosen as in decode.py: --epoch E --avg A averages epoch-(E-A+1)
 .. epoch-E.pt; --iter B uses the checkpoint-*.pt files up to batch B instead;
 --use-averaged-model uses the running averages stored in the checkpoints
 (the average of all models trained between epoch E-A and epoch E).  The model
-options are read from the checkpoint, never from the command line.
+options are read from the checkpoint; for a file without them (icefall's own
+pretrained.pt linked as epoch-999.pt) they come from the command line
+(docs/icefall-model.md).
 
 pretrained.pt can be decoded by decode.py through a link
 (`ln -s pretrained.pt EXP_DIR/epoch-999.pt`, then `--epoch 999 --avg 1`) and by
@@ -33,8 +35,9 @@ shows how to run it.
 The ONNX files follow sherpa-onnx's online Conformer transducer contract
 (sherpa-onnx/csrc/online-conformer-transducer-model.cc):
 
-* encoder: inputs x (N, T, 80) with T = 4 * decode_chunk_size + 7 feature
-  frames, cached_attn (num_encoder_layers, left_context, N, encoder_dim),
+* encoder: inputs x (N, T, 80) with T = 4 * decode_chunk_size + pad_length
+  feature frames (pad_length = 11, the encoder's chunk protocol, see
+  conformer.py), cached_attn (num_encoder_layers, left_context, N, encoder_dim),
   cached_conv (num_encoder_layers, cnn_module_kernel - 1, N, encoder_dim),
   processed_lens (N,) int64 = feature frames consumed so far (sherpa advances
   it by 4 * decode_chunk_size per call); outputs encoder_out
@@ -56,6 +59,7 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -70,10 +74,9 @@ from pruned_transducer_stateless4.model import Transducer
 from pruned_transducer_stateless4.model_config import (
     MODEL_OPTION_NAMES,
     add_model_arguments,
-    apply_checkpoint_model_options,
     get_transducer_model,
 )
-from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
+from shared.checkpoint import add_checkpoint_arguments, explicit_options, load_inference_model
 from shared.utils import (
     AttributeDict,
     RecipeError,
@@ -94,17 +97,6 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
                         help="Where the checkpoints are; the exported files are written here.")
-    parser.add_argument("--epoch", type=int, default=30,
-                        help="Use epoch-E.pt (the last of the averaged epochs).")
-    parser.add_argument("--iter", type=int, default=0,
-                        help="If > 0, use checkpoint-B.pt files with B <= this instead of "
-                        "epoch-E.pt files.")
-    parser.add_argument("--avg", type=int, default=9,
-                        help="Number of checkpoints to average (ending at --epoch/--iter).")
-    parser.add_argument("--use-averaged-model", type=str2bool, default=False,
-                        help="Use the running averages stored in the checkpoints: the average "
-                        "of the models trained between the checkpoint --avg before and the "
-                        "selected one (needs train.py --average-period > 0).")
     parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
                         help="Sentencepiece model of the training run (gives the vocabulary "
                         "and tokens.txt).")
@@ -125,6 +117,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Write the ONNX files for sherpa-onnx (and int8 versions) and "
                         "tokens.txt instead of pretrained.pt.")
     add_device_argument(parser)
+    add_checkpoint_arguments(parser)
     add_model_arguments(parser)
     return parser
 
@@ -160,47 +153,29 @@ def read_token_table(args: argparse.Namespace) -> list[str]:
 
 
 # ---------------------------------------------------------- the model ----
-def load_model(args: argparse.Namespace) -> tuple[Transducer, AttributeDict, str]:
-    """Builds the model with the checkpoint's options and loads the weights
-    the --epoch/--iter/--avg/--use-averaged-model options select.
+def load_model(args: argparse.Namespace, explicit: set[str] | frozenset[str] = frozenset()
+               ) -> tuple[Transducer, AttributeDict, str]:
+    """The model the --epoch/--iter/--avg/--use-averaged-model options select,
+    with the checkpoint's options, or the command-line ones (`explicit`: those
+    typed) for a file that has none, such as icefall's pretrained.pt
+    (shared.checkpoint.load_inference_model).
 
     Returns:
       (model in eval mode, params, description of the weights).
     """
     params = get_params()
     params.update(vars(args))
-    # Model options come from the checkpoint; only those given explicitly on
-    # the command line (with a non-default value) are compared with it.
-    defaults = vars(get_parser().parse_args([]))
-    for name in MODEL_OPTION_NAMES:
-        if name in defaults and params.get(name) == defaults[name]:
-            del params[name]
     symbols = read_token_table(args)
     if "<blk>" not in symbols:
         raise RecipeError("the vocabulary has no '<blk>' symbol (the blank)")
     params.blank_id = symbols.index("<blk>")
     params.vocab_size = len(symbols)
-
-    paths = select_checkpoints(args.exp_dir, args.epoch, args.iter, args.avg,
-                               args.use_averaged_model)
-    checkpoint_params = read_checkpoint_params(paths[0])
-    for name in ("vocab_size", "blank_id"):
-        if name in checkpoint_params and checkpoint_params[name] != params[name]:
-            raise RecipeError(f"{name} of {paths[0]} is {checkpoint_params[name]}, but "
-                              f"{args.tokens or args.bpe_model} gives {params[name]}: "
-                              "not the vocabulary of this model")
-    apply_checkpoint_model_options(params, checkpoint_params, str(paths[0]))
-    for name in MODEL_OPTION_NAMES:  # options an older checkpoint may lack
-        if name not in params and name in defaults:
-            params[name] = defaults[name]
+    model, description = load_inference_model(params, set(explicit), get_transducer_model,
+                                              MODEL_OPTION_NAMES)
     if params.streaming_model and not params.causal_convolution:
-        raise RecipeError(f"{paths[0]} has non-causal convolution: not a streaming model "
-                          "(pass --streaming-model false)")
-
-    model = get_transducer_model(params)
-    description = load_averaged_model(model, args.exp_dir, args.epoch, args.iter, args.avg,
-                                      args.use_averaged_model)
-    model.eval()
+        raise RecipeError("the model has non-causal convolution: not a streaming model "
+                          "(pass --streaming-model false, or --causal-convolution true for "
+                          "an icefall pretrained.pt of a streaming model)")
     return model, params, description
 
 
@@ -241,8 +216,13 @@ class JitTransducer(nn.Module):
     def forward(
         self, x: Tensor, x_lens: Tensor, chunk_size: int = -1, left_context: int = -1
     ) -> tuple[Tensor, Tensor]:
-        """Encoder on whole utterances (see Conformer.forward)."""
-        return self.encoder(x, x_lens, chunk_size, left_context)
+        """Encoder on whole utterances: full attention for chunk_size <= 0,
+        else simulated streaming (see conformer.encode)."""
+        if chunk_size <= 0:
+            return self.encoder(x, x_lens)
+        out, out_lens, _ = self.encoder.streaming_forward(
+            x, x_lens, None, None, left_context, 0, chunk_size, True)
+        return out, out_lens
 
 
 def script_model(model: Transducer, decode_chunk_size: int, left_context: int):
@@ -280,8 +260,8 @@ class OnnxEncoder(nn.Module):
             processed_lens, self.encoder.subsampling_factor, rounding_mode="floor"
         )
         encoder_out, _, states = self.encoder.streaming_forward(
-            x, x_lens, [cached_attn, cached_conv], processed_frames, self.left_context
-        )
+            x, x_lens, [cached_attn, cached_conv], processed_frames,
+            left_context=self.left_context, right_context=0)
         return self.encoder_proj(encoder_out), states[0], states[1]
 
 
@@ -328,16 +308,19 @@ def add_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
     onnx.save(model, str(path))
 
 
-def onnx_encoder_metadata(params: dict[str, Any]) -> dict[str, Any]:
-    chunk = params["decode_chunk_size"] * params["subsampling_factor"]
+def onnx_encoder_metadata(params: dict[str, Any], encoder: Conformer) -> dict[str, Any]:
+    """sherpa-onnx's metadata, T and pad_length from the encoder's chunk
+    protocol: a window of 4 * chunk + pad_length feature frames per call."""
+    chunk = params["decode_chunk_size"] * encoder.subsampling_factor
+    pad_length = encoder.streaming_pad_length(0, encoder.subsampling_factor)
     return {
         "model_type": "conformer",
         "version": "1",
         "model_author": "pruned_transducer_stateless4 (icefall-style CPU recipe)",
-        "comment": "streaming Conformer transducer, pre-LN, chunked attention",
+        "comment": "streaming reworked Conformer transducer (icefall's stateless4)",
         "decode_chunk_len": chunk,
-        "T": chunk + 7,
-        "pad_length": 7,
+        "T": chunk + pad_length,
+        "pad_length": pad_length,
         "left_context": params["left_context"],
         "num_encoder_layers": params["num_encoder_layers"],
         "encoder_dim": params["encoder_dim"],
@@ -348,14 +331,13 @@ def onnx_encoder_metadata(params: dict[str, Any]) -> dict[str, Any]:
 
 def export_encoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -> None:
     encoder = model.encoder
-    assert encoder.pad_length == 7, encoder.pad_length
+    metadata = onnx_encoder_metadata(params, encoder)
     wrapper = OnnxEncoder(encoder, model.joiner.encoder_proj, params["left_context"]).eval()
-    num_frames = params["decode_chunk_size"] * encoder.subsampling_factor + encoder.pad_length
     batch_size = 2
     device = next(model.parameters()).device  # the example inputs follow the model
-    x = torch.zeros(batch_size, num_frames, encoder.num_features, device=device)
-    cached_attn, cached_conv = encoder.get_init_state(params["left_context"], batch_size,
-                                                      device=device)
+    x = torch.zeros(batch_size, int(metadata["T"]), encoder.num_features, device=device)
+    cached_attn, cached_conv = Conformer.stack_states(
+        [encoder.get_init_state(params["left_context"], device=device)] * batch_size)
     processed_lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
     torch.onnx.export(
         wrapper, (x, cached_attn, cached_conv, processed_lens), str(path),
@@ -366,7 +348,7 @@ def export_encoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -
                       "new_cached_attn": {2: "N"}, "new_cached_conv": {2: "N"}},
         opset_version=ONNX_OPSET, dynamo=False,
     )
-    add_onnx_metadata(path, onnx_encoder_metadata(params))
+    add_onnx_metadata(path, metadata)
 
 
 def export_decoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -> None:
@@ -498,7 +480,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.onnx and not args.streaming_model:
         raise RecipeError("--onnx is for streaming models (sherpa-onnx's online Conformer "
                           "transducer); drop --streaming-model false")
-    model, params, description = load_model(args)
+    model, params, description = load_model(args, getattr(args, "explicit_options", frozenset()))
     device = get_device(requested=args.device)
     model.to(device)
     logging.info(f"loaded the {description}; exporting on {device}")
@@ -527,6 +509,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
+    args.explicit_options = explicit_options(sys.argv[1:] if argv is None else argv)
     setup_logging()
     run(args)
 

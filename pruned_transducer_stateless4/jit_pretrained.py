@@ -12,7 +12,7 @@ Usage:
 No checkpoint and no model code is needed: the network comes from the
 TorchScript file.  Audio is fed to an online kaldi-native-fbank front end in
 pieces of --feed-seconds, and the encoder runs chunk by chunk with its cached
-state as soon as enough feature frames are ready (4 * chunk + 7 frames per
+state as soon as enough feature frames are ready (4 * chunk + 11 frames per
 step, advancing by 4 * chunk); the search consumes each chunk's frames right
 away (greedy_search, modified_beam_search, fast_beam_search; beam_search
 searches after the last chunk).  At the end of a file the last partial chunk
@@ -343,7 +343,7 @@ def stream_encoder(
     window = chunk_size * 4 + pad_length
     shift = chunk_size * 4
     fbank = make_online_fbank()
-    states = encoder.get_init_state(left_context, 1)
+    states = [s.unsqueeze(2) for s in encoder.get_init_state(left_context, torch.device("cpu"))]
     processed = torch.zeros(1, dtype=torch.int64)
     start = 0  # first feature frame of the next window
     steps = 0
@@ -351,14 +351,17 @@ def stream_encoder(
     def run(num_real: int) -> None:
         nonlocal states, start, steps
         num_real = min(num_real, window)
-        frames = [fbank.get_frame(i) for i in range(start, start + num_real)]
+        end = min(start + num_real, fbank.num_frames_ready)
+        frames = [fbank.get_frame(i) for i in range(start, end)]
+        # Frames past the audio hold LOG_EPS (the final padding).
         x = torch.full((1, window, NUM_MEL_BINS), LOG_EPS)
-        x[0, :num_real] = torch.tensor(np.array(frames, dtype=np.float32))
+        if frames:
+            x[0, : end - start] = torch.tensor(np.array(frames, dtype=np.float32))
         x_lens = torch.tensor([num_real], dtype=torch.int64)
         encoder_out, encoder_out_lens, states = encoder.streaming_forward(
-            x, x_lens, states, processed, left_context)
+            x, x_lens, states, processed, left_context, 0, chunk_size, False)
         search.advance(encoder_out[0, : int(encoder_out_lens[0])])
-        processed.add_(chunk_size)
+        processed.add_(encoder_out_lens)
         start += shift
         steps += 1
 
@@ -374,9 +377,11 @@ def stream_encoder(
         run(window)
     if full_windows_only:
         return steps
-    remaining = fbank.num_frames_ready - start
-    if ((remaining - 1) // 2 - 1) // 2 > 0:
-        run(remaining)
+    # icefall's end of a stream: pad_length LOG_EPS frames, counted as real,
+    # and windows until no more than those are left.
+    total = fbank.num_frames_ready + pad_length
+    while total - start > pad_length:
+        run(total - start)
     return steps
 
 

@@ -1,15 +1,17 @@
-"""Joint network of the transducer: project, add, tanh, output linear."""
+"""Joint network of the transducer (icefall's): project, add, tanh, output."""
 
 import torch
 import torch.nn as nn
+
+from pruned_transducer_stateless4.scaling import ScaledLinear
 
 
 class Joiner(nn.Module):
     def __init__(self, encoder_dim: int, decoder_dim: int, joiner_dim: int, vocab_size: int):
         super().__init__()
-        self.encoder_proj = nn.Linear(encoder_dim, joiner_dim)
-        self.decoder_proj = nn.Linear(decoder_dim, joiner_dim)
-        self.output_linear = nn.Linear(joiner_dim, vocab_size)
+        self.encoder_proj = ScaledLinear(encoder_dim, joiner_dim)
+        self.decoder_proj = ScaledLinear(decoder_dim, joiner_dim)
+        self.output_linear = ScaledLinear(joiner_dim, vocab_size)
 
     def forward(
         self, encoder_out: torch.Tensor, decoder_out: torch.Tensor, project_input: bool = True

@@ -20,10 +20,8 @@ import torch.nn.functional as F
 from pruned_transducer_stateless4.conformer import Conformer
 from pruned_transducer_stateless4.decoder import Decoder
 from pruned_transducer_stateless4.joiner import Joiner
+from pruned_transducer_stateless4.scaling import ScaledLinear
 from shared import rnnt_loss
-
-# Initial logit of blank over the other symbols (see Transducer._init_blank_prior).
-BLANK_LOGIT_INIT = 6.0
 
 
 class Transducer(nn.Module):
@@ -34,6 +32,7 @@ class Transducer(nn.Module):
         joiner: Joiner,
         encoder_dim: int,
         decoder_dim: int,
+        joiner_dim: int,
         vocab_size: int,
         use_ctc: bool = False,
     ):
@@ -42,37 +41,18 @@ class Transducer(nn.Module):
           encoder: maps features (N, T, F) to encoder_out (N, T', encoder_dim).
           decoder: stateless prediction network, output (N, U, decoder_dim).
           joiner: joint network, logits (..., vocab_size).
-          use_ctc: add a CTC head on the encoder (an auxiliary loss that gives
-            the encoder a direct, alignment-free training signal early on).
+          joiner_dim: the joiner's hidden dimension (icefall's signature; the
+            joiner itself holds the projections).
+          use_ctc: add a CTC head `ctc_output` on the encoder (NOT icefall's;
+            off by default, and without it the state dict is icefall's).
         """
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.joiner = joiner
-        self.simple_am_proj = nn.Linear(encoder_dim, vocab_size)
-        self.simple_lm_proj = nn.Linear(decoder_dim, vocab_size)
-        self.ctc_output = nn.Linear(encoder_dim, vocab_size) if use_ctc else None
-        self._init_blank_prior(decoder.blank_id)
-
-    def _init_blank_prior(self, blank_id: int) -> None:
-        """Start every output layer with blank as the likely symbol.
-
-        About 9 in 10 encoder frames are blank.  With uniform initial outputs
-        the first updates mostly learn that, and they reach it through every
-        parameter at once: on the generated corpus the encoder's subsampling
-        output lost 85% of its time-varying energy (a constant vector per
-        frame) within 40 batches, a collapse the model then needed hundreds of
-        batches to climb out of.  A blank bias of BLANK_LOGIT_INIT gives
-        P(blank) ~ 0.45 at the start (vocabulary 500) and cuts the initial
-        per-frame loss from ~8 to ~2.3, so the encoder keeps its input's
-        variation (70% kept at batch 40).
-        """
-        heads = [self.simple_lm_proj, self.joiner.output_linear]
-        if self.ctc_output is not None:
-            heads.append(self.ctc_output)
-        with torch.no_grad():
-            for head in heads:
-                head.bias[blank_id] += BLANK_LOGIT_INIT
+        self.simple_am_proj = ScaledLinear(encoder_dim, vocab_size, initial_speed=0.5)
+        self.simple_lm_proj = ScaledLinear(decoder_dim, vocab_size)
+        self.ctc_output = ScaledLinear(encoder_dim, vocab_size) if use_ctc else None
 
     def forward(
         self,
@@ -82,7 +62,8 @@ class Transducer(nn.Module):
         prune_range: int = 5,
         am_scale: float = 0.0,
         lm_scale: float = 0.0,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        warmup: float = 1.0,
+    ) -> tuple[torch.Tensor, ...]:
         """
         Args:
           x: (N, T, F) features.
@@ -91,17 +72,13 @@ class Transducer(nn.Module):
           prune_range: symbol positions kept per frame for the pruned loss.
           am_scale, lm_scale: weights of the acoustic-only and LM-only terms
             of the smoothed simple loss (icefall's --am-scale, --lm-scale).
+          warmup: batch count / model_warm_step (the encoder's layer bypass).
         Returns:
-          (simple_loss, pruned_loss, ctc_loss, dc_penalty, encoder_out_lens):
-          the losses are summed over the batch (divide by
-          encoder_out_lens.sum() for a per-frame value); ctc_loss is 0 without
-          a CTC head; dc_penalty (see Conformer.encode_with_dc_penalty) is a
-          per-batch ratio, 0 in eval mode.
+          (simple_loss, pruned_loss) as icefall's, summed over the batch;
+          with the optional CTC head also ctc_loss (summed) as a third element.
         """
         assert x.ndim == 3 and x_lens.ndim == 1 and x.size(0) == x_lens.size(0) == len(y)
-        encoder_out, encoder_out_lens, dc_penalty = self.encoder.encode_with_dc_penalty(
-            x, x_lens, compute_dc_penalty=self.training
-        )
+        encoder_out, encoder_out_lens = self.encoder(x, x_lens, warmup=warmup)
 
         blank_id = self.decoder.blank_id
         device = x.device
@@ -156,8 +133,9 @@ class Transducer(nn.Module):
                 reduction="sum",
             )
 
-        ctc_loss = torch.zeros((), device=device)
-        if self.ctc_output is not None:
+        if self.ctc_output is None:
+            return simple_loss, pruned_loss
+        else:
             ctc_log_probs = self.ctc_output(encoder_out).float().log_softmax(dim=-1)
             ctc_loss = F.ctc_loss(
                 log_probs=ctc_log_probs.transpose(0, 1),  # (T, N, V)
@@ -168,4 +146,4 @@ class Transducer(nn.Module):
                 reduction="sum",
                 zero_infinity=True,
             )
-        return simple_loss, pruned_loss, ctc_loss, dc_penalty, encoder_out_lens
+            return simple_loss, pruned_loss, ctc_loss

@@ -13,9 +13,16 @@ Usage:
   ./pruned_transducer_stateless4/pretrained.py ... --simulate-streaming 1 \\
       --decode-chunk-size 16 --left-context 64 FILE.wav
 
+  # icefall's own pretrained.pt ({"model": state_dict} only): its model
+  # options on the command line (icefall's names and defaults)
+  ./pruned_transducer_stateless4/pretrained.py --checkpoint icefall-exp/pretrained.pt \
+      --bpe-model icefall-exp/bpe.model --causal-convolution true FILE.wav
+
 --method is greedy_search, beam_search, modified_beam_search or
 fast_beam_search (with the trivial graph), from beam_search.py.  The model
-options come from the checkpoint.  Features are the training ones
+options come from the checkpoint when it holds them (export.py's
+pretrained.pt, train.py's checkpoints), else from the command line
+(shared.checkpoint.load_inference_model).  Features are the training ones
 (shared/features.py, lhotse).
 
 Any sample rate and channel count: channels are averaged and the audio is
@@ -38,12 +45,13 @@ from pruned_transducer_stateless4.beam_search import (
     greedy_search_batch,
     modified_beam_search,
 )
+from pruned_transducer_stateless4.conformer import encode
 from pruned_transducer_stateless4.context_graph import add_context_arguments, context_graph_of
 from pruned_transducer_stateless4.jit_pretrained import AudioError, TokenDecoder, read_audio
 from pruned_transducer_stateless4.model import Transducer
 from pruned_transducer_stateless4.model_config import (
     MODEL_OPTION_NAMES,
-    apply_checkpoint_model_options,
+    add_model_arguments,
     get_transducer_model,
 )
 from pruned_transducer_stateless4.timestamps import (
@@ -51,7 +59,7 @@ from pruned_transducer_stateless4.timestamps import (
     format_word_times,
     word_start_times,
 )
-from shared.checkpoint import load_checkpoint_file, load_model_state
+from shared.checkpoint import explicit_options, load_inference_model
 from shared.features import SAMPLE_RATE, make_fbank_extractor
 from shared.fsa_graph import trivial_graph
 from shared.utils import (
@@ -104,27 +112,24 @@ def get_parser() -> argparse.ArgumentParser:
     add_device_argument(parser)
     parser.add_argument("sound_files", type=Path, nargs="+",
                         help="Sound files (wav, flac, ...) at any sample rate.")
+    add_model_arguments(parser)
     return parser
 
 
-def load_model(path: Path, vocab_size: int) -> Transducer:
-    """Builds the model with the options stored in the checkpoint."""
-    checkpoint = load_checkpoint_file(path)
-    stored = checkpoint.get("params")
-    if not stored:
-        raise RecipeError(f"{path} holds no model options ('params'); write it with export.py")
-    if stored.get("vocab_size", vocab_size) != vocab_size:
-        raise RecipeError(f"{path} has {stored['vocab_size']} tokens, the vocabulary "
-                          f"{vocab_size}: not this model's vocabulary")
+def load_model(path: Path, vocab_size: int, args: argparse.Namespace | None = None,
+               explicit: set[str] | frozenset[str] = frozenset()) -> Transducer:
+    """The model of `path`, with the options it stores, or with the
+    command-line model options `args` if it stores none (an icefall
+    pretrained.pt); see shared.checkpoint.load_inference_model."""
     params = AttributeDict({"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0,
                             "vocab_size": vocab_size})
-    apply_checkpoint_model_options(params, stored, str(path))
-    missing = [name for name in MODEL_OPTION_NAMES if name not in params]
-    if missing:
-        raise RecipeError(f"{path} lacks the model options {missing}; write it with export.py")
-    model = get_transducer_model(params)
-    load_model_state(model, checkpoint["model"], path)
-    model.eval()
+    if args is None:
+        args = get_parser().parse_args(["--checkpoint", str(path), "-"])
+    for name in MODEL_OPTION_NAMES:
+        if hasattr(args, name):
+            params[name] = getattr(args, name)
+    model, _ = load_inference_model(params, set(explicit), get_transducer_model,
+                                    MODEL_OPTION_NAMES, checkpoint=path)
     return model
 
 
@@ -148,8 +153,8 @@ def _search(model, samples, args, extractor):
     features = torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).unsqueeze(0).to(device)
     feature_lens = torch.tensor([features.size(1)], device=device)
     chunk_size = args.decode_chunk_size if args.simulate_streaming else -1
-    encoder_out, encoder_out_lens = model.encoder(features, feature_lens, chunk_size=chunk_size,
-                                                  left_context=args.left_context)
+    encoder_out, encoder_out_lens = encode(model.encoder, features, feature_lens,
+                                           chunk_size=chunk_size, left_context=args.left_context)
     if args.method == "greedy_search":
         tokens = greedy_search_batch(model, encoder_out, encoder_out_lens,
                                      args.max_sym_per_frame)[0]
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         raise RecipeError("--context-file needs --bpe-model (to encode the phrases)")
     args.context_graph = context_graph_of(vars(args), tokens.sp)
     device = get_device(requested=args.device)
-    model = load_model(args.checkpoint, tokens.vocab_size).to(device)
+    model = load_model(args.checkpoint, tokens.vocab_size, args,
+                       explicit_options(sys.argv[1:] if argv is None else argv)).to(device)
     if args.simulate_streaming and not model.encoder.causal:
         raise RecipeError("--simulate-streaming needs a model with causal convolution")
     mode = (f"simulated streaming (chunks of {args.decode_chunk_size} frames, "

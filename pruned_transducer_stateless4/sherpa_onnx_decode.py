@@ -17,7 +17,7 @@ export.py names them.  Every cut of --parts is read as AUDIO (cut.load_audio(),
 16 kHz) and decoded by sherpa_onnx.OnlineRecognizer (greedy_search): all of an
 utterance's samples are given to its stream at once, followed by
 --tail-padding-seconds of silence and input_finished().  sherpa-onnx runs
-only full encoder windows (4 * chunk + 7 feature frames), and only when a
+only full encoder windows (4 * chunk + 11 feature frames), and only when a
 frame follows them, so the silence must hold 4 * chunk + 8 frames for every
 frame of speech to be decoded: 0.72 s for chunks of 16, the default with
 --tail-padding-seconds -1 (with chunks of 16, a fixed 0.3 s changed the

@@ -62,6 +62,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -89,8 +90,8 @@ from pruned_transducer_stateless4.decode_stream import (
 )
 from pruned_transducer_stateless4.model import Transducer
 from pruned_transducer_stateless4.model_config import (
+    MODEL_OPTION_NAMES,
     add_model_arguments,
-    apply_checkpoint_model_options,
     get_transducer_model,
 )
 from pruned_transducer_stateless4.streaming_beam_search import (
@@ -99,7 +100,8 @@ from pruned_transducer_stateless4.streaming_beam_search import (
 )
 from pruned_transducer_stateless4.timestamps import word_start_times
 from shared import run_record
-from shared.checkpoint import load_averaged_model, read_checkpoint_params, select_checkpoints
+from shared.checkpoint import add_checkpoint_arguments as add_checkpoint_selection_arguments
+from shared.checkpoint import explicit_options, load_inference_model
 from shared.features import SAMPLE_RATE
 from shared.fsa_graph import trivial_graph
 from shared.metrics import write_error_stats, write_recogs
@@ -115,16 +117,9 @@ from shared.utils import (
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """--epoch/--iter/--avg/--use-averaged-model, --exp-dir, --bpe-model."""
-    parser.add_argument("--epoch", type=int, default=30,
-                        help="Decode with epoch-N.pt (ignored if --iter > 0).")
-    parser.add_argument("--iter", type=int, default=0,
-                        help="If > 0, decode with checkpoint-B.pt files, B <= --iter.")
-    parser.add_argument("--avg", type=int, default=1,
-                        help="Number of checkpoints to average (ending at --epoch/--iter).")
-    parser.add_argument("--use-averaged-model", type=str2bool, default=False,
-                        help="Use the running average of the weights between the checkpoints "
-                        "--avg apart (icefall's), instead of averaging --avg checkpoints.")
+    """The checkpoint options every script shares (shared.checkpoint),
+    --exp-dir, --bpe-model."""
+    add_checkpoint_selection_arguments(parser)
     parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
                         help="Where the checkpoints are; results go to EXP_DIR/streaming/METHOD.")
     parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
@@ -198,37 +193,35 @@ def load_tokenizer_and_model(params: AttributeDict) -> tuple[spm.SentencePiecePr
     params.blank_id = sp.piece_to_id("<blk>")
     params.vocab_size = sp.get_piece_size()
     params.context_graph = context_graph_of(params, sp)
-    model = load_model(params, device)
+    model = load_model(params, device, params.get("explicit_options", frozenset()))
     setup = StreamingSetup(model, params.decode_chunk_size, params.left_context,
                            make_search_config(params), device)
     return sp, setup
 
 
 # ------------------------------------------------------------------ model ----
-def load_model(params: AttributeDict, device: torch.device) -> Transducer:
-    """Builds the model with the options stored in the checkpoint and loads
-    the weights that --epoch/--iter/--avg/--use-averaged-model name.
-    `params` needs vocab_size and blank_id, and gets the model options."""
-    paths = select_checkpoints(params.exp_dir, params.epoch, params.iter, params.avg,
-                               params.use_averaged_model)
-    checkpoint_params = read_checkpoint_params(paths[0])
-    params.setdefault("feature_dim", checkpoint_params.get("feature_dim", 80))
-    params.setdefault("subsampling_factor", checkpoint_params.get("subsampling_factor", 4))
-    apply_checkpoint_model_options(params, checkpoint_params, str(paths[0]))
+def load_model(params: AttributeDict, device: torch.device,
+               explicit: set[str] | frozenset[str] = frozenset()) -> Transducer:
+    """The model --epoch/--iter/--avg/--use-averaged-model name, with the
+    checkpoint's options (shared.checkpoint.load_inference_model); `params`
+    needs vocab_size and blank_id, and gets the model options.  `explicit`:
+    the options typed on the command line."""
+    params.setdefault("feature_dim", 80)
+    params.setdefault("subsampling_factor", 4)
+    model, description = load_inference_model(params, set(explicit), get_transducer_model,
+                                              MODEL_OPTION_NAMES)
     if not params.causal_convolution:
-        raise RecipeError(f"{paths[0]} holds a model with non-causal convolution; real "
-                          "streaming needs one trained with --causal-convolution true")
-    model = get_transducer_model(params)
-    description = load_averaged_model(model, params.exp_dir, params.epoch, params.iter,
-                                      params.avg, params.use_averaged_model)
+        raise RecipeError("the model has non-causal convolution; real streaming needs one "
+                          "trained with --causal-convolution true (for an icefall "
+                          "pretrained.pt: pass --causal-convolution true if it was)")
     logging.info(f"loaded the {description}")
     return model.to(device).eval()
 
 
 def check_streaming_options(params: Any) -> None:
     if params.right_context != 0:
-        raise RecipeError(f"--right-context {params.right_context} is not supported by this "
-                          "encoder (its chunk attention has no right context); use 0")
+        raise RecipeError(f"--right-context {params.right_context} is not supported by "
+                          "this decoder's streams (the encoder's streaming_forward has it); use 0")
     if params.decode_chunk_size < 1:
         raise RecipeError(f"--decode-chunk-size must be >= 1, got {params.decode_chunk_size}")
     if params.left_context < 0:
@@ -263,7 +256,7 @@ class StreamingSetup:
 
     def new_stream(self, utt_id: str = "") -> DecodeStream:
         if self._initial_states is None:
-            self._initial_states = self.model.encoder.get_init_state(self.left_context, 1,
+            self._initial_states = self.model.encoder.get_init_state(self.left_context,
                                                                      device=self.device)
         if self.search.decoding_method == "fast_beam_search" and self.graph is None:
             self.graph = trivial_graph(self.model.joiner.output_linear.out_features,
@@ -293,10 +286,11 @@ def decode_one_chunk(setup: StreamingSetup, streams: list[DecodeStream]) -> None
     x_lens = torch.tensor(num_frames, dtype=torch.int64, device=setup.device)
     batch = stack_streams(streams, setup.device)
     encoder_out, encoder_out_lens, new_states = setup.model.encoder.streaming_forward(
-        x, x_lens, batch.states, batch.processed_lens, setup.left_context)
+        x, x_lens, batch.states, batch.processed_lens, left_context=setup.left_context,
+        right_context=0, chunk_size=setup.chunk_size)
     search_chunk(setup.model, encoder_out, encoder_out_lens, batch, setup.search)
     batch.states = new_states
-    batch.processed_lens = batch.processed_lens + setup.chunk_size
+    batch.processed_lens = batch.processed_lens + encoder_out_lens
     unstack_streams(batch, streams)
 
 
@@ -569,6 +563,7 @@ def save_record(res_dir: Path, params: Any, args: dict[str, Any], argv: list[str
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     params = AttributeDict(vars(args))
+    params.explicit_options = explicit_options(sys.argv[1:] if argv is None else argv)
     res_dir = params.exp_dir / "streaming" / params.decoding_method
     suffix = result_suffix(params)
     setup_logging(res_dir / f"log-decode-{suffix}")

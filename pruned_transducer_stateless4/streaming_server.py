@@ -57,6 +57,7 @@ import asyncio
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -73,8 +74,9 @@ from pruned_transducer_stateless4.streaming_decode import (
     add_streaming_arguments,
 )
 from pruned_transducer_stateless4.timestamps import token_times
+from shared.checkpoint import explicit_options
 from shared.features import SAMPLE_RATE
-from shared.utils import AttributeDict, RecipeError, run_main, str2bool
+from shared.utils import AttributeDict, RecipeError, get_device, run_main, str2bool
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 
@@ -156,12 +158,14 @@ class TorchBackend:
             self.sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
             streaming_decode.check_streaming_options(params)
             params.context_graph = context_graph_of(params, self.sp)
-            model = load_model(params.checkpoint, self.sp.get_piece_size())
+            device = get_device(requested=params.get("device"))
+            model = load_model(params.checkpoint, self.sp.get_piece_size(), params,
+                               params.get("explicit_options", frozenset())).to(device).eval()
             if not model.encoder.causal:
                 raise RecipeError(f"{params.checkpoint} is not a streaming model")
             self.setup = streaming_decode.StreamingSetup(
                 model, params.decode_chunk_size, params.left_context,
-                streaming_decode.make_search_config(params))
+                streaming_decode.make_search_config(params), device)
         else:
             self.sp, self.setup = streaming_decode.load_tokenizer_and_model(params)
         self._decode_one_chunk = streaming_decode.decode_one_chunk
@@ -519,6 +523,9 @@ def make_backend(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
+    # Model options typed on the command line: what an icefall pretrained.pt,
+    # which stores none, is built with (shared.checkpoint.load_inference_model).
+    args.explicit_options = explicit_options(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] "
                         "%(message)s", level=logging.INFO, force=True)
     logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -1,10 +1,20 @@
 #!/usr/bin/env python3
-"""Train a streaming Conformer transducer with the pruned RNN-T loss.
+"""Train icefall's reworked Conformer transducer (pruned_transducer_stateless4)
+with the pruned RNN-T loss, Eve and Eden.
+
+The defaults are icefall's LibriSpeech ones (12 x 512 non-streaming encoder,
+--initial-lr 0.003, --model-warm-step 3000); a streaming model needs
+--causal-convolution true --dynamic-chunk-training true (run.sh passes its
+small CPU configuration).
 
 Usage (from the project root, after ./prepare.sh):
 
   # one process
   ./pruned_transducer_stateless4/train.py --num-epochs 10 --exp-dir exp/pruned_transducer_stateless4
+
+  # a streaming model
+  ./pruned_transducer_stateless4/train.py ... --causal-convolution true \\
+      --dynamic-chunk-training true --short-chunk-size 25 --num-left-chunks 4
 
   # 4 processes on one machine: rank r on cuda:r (nccl), or gloo on CPU
   ./pruned_transducer_stateless4/train.py --world-size 4 ...
@@ -50,7 +60,7 @@ from pruned_transducer_stateless4.asr_datamodule import (
     batch_texts,
 )
 from pruned_transducer_stateless4.beam_search import greedy_search_batch
-from pruned_transducer_stateless4.conformer import Conv2dSubsampling
+from pruned_transducer_stateless4.conformer import encode, subsampled_lengths
 from pruned_transducer_stateless4.model_config import add_model_arguments, get_transducer_model
 from shared import run_record
 from shared.checkpoint import (
@@ -63,8 +73,15 @@ from shared.checkpoint import (
     update_averaged_model,
 )
 from shared.metrics import word_error_rate
-from shared.optim import Eden
-from shared.utils import AttributeDict, RecipeError, get_device, run_main, setup_logging, str2bool
+from shared.optim import Eden, Eve
+from shared.utils import (
+    AttributeDict,
+    RecipeError,
+    get_device,
+    run_main,
+    setup_logging,
+    str2bool,
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -88,14 +105,15 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Where checkpoints, logs and tensorboard files go.")
     parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
                         help="Sentencepiece model of prepare.sh stage 4.")
-    parser.add_argument("--base-lr", type=float, default=3e-3,
-                        help="Peak learning rate of AdamW.")
-    parser.add_argument("--lr-batches", type=float, default=3000,
+    parser.add_argument("--initial-lr", type=float, default=0.003,
+                        help="Eve's learning rate before Eden's decay (icefall's).")
+    parser.add_argument("--lr-batches", type=float, default=5000,
                         help="Eden: batches after which the learning rate decays as b^-0.5.")
     parser.add_argument("--lr-epochs", type=float, default=6,
                         help="Eden: epochs after which the learning rate decays as e^-0.5.")
-    parser.add_argument("--warmup-batches", type=float, default=300,
-                        help="Linear learning-rate warm-up from 0.1x to 1x over this many batches.")
+    parser.add_argument("--warmup-batches", type=float, default=0,
+                        help="NOT icefall's (0 = off, as icefall): linear learning-rate warm-up "
+                        "from 0.1x to 1x over this many batches.")
     parser.add_argument("--lr-decay-fraction", type=float, default=0.0,
                         help="With --max-train-minutes M: over the last F*M minutes of "
                         "training the learning rate falls linearly to --lr-final-factor "
@@ -104,10 +122,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr-final-factor", type=float, default=0.05,
                         help="Where --lr-decay-fraction's decay ends, as a fraction of "
                         "Eden's learning rate.")
-    parser.add_argument("--weight-decay", type=float, default=1e-3,
-                        help="AdamW weight decay.")
-    parser.add_argument("--grad-clip", type=float, default=5.0,
-                        help="Clip the gradient norm to this value.")
+    parser.add_argument("--grad-clip", type=float, default=0.0,
+                        help="NOT icefall's (0 = off, as icefall): clip the gradient norm to "
+                        "this value.")
     parser.add_argument("--prune-range", type=int, default=5,
                         help="Symbol positions per frame kept for the pruned loss.")
     parser.add_argument("--lm-scale", type=float, default=0.25,
@@ -115,17 +132,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--am-scale", type=float, default=0.0,
                         help="Weight of the acoustic-only term in the smoothed simple loss.")
     parser.add_argument("--simple-loss-scale", type=float, default=0.5,
-                        help="Weight of the simple loss after warm-up "
-                        "(loss = s * simple_loss + pruned_loss).")
+                        help="Weight of the simple loss "
+                        "(loss = s * simple_loss + pruned_scale * pruned_loss).")
     parser.add_argument("--ctc-loss-scale", type=float, default=0.2,
                         help="Weight of the auxiliary CTC loss (needs --use-ctc true).")
-    parser.add_argument("--dc-penalty-scale", type=float, default=0.0,
-                        help="Weight of the encoder's DC penalty (the time-constant part of "
-                        "each layer's output relative to its varying part); > 0 counters the "
-                        "collapse to a constant encoder output.")
-    parser.add_argument("--model-warm-step", type=int, default=300,
-                        help="Batches with only the simple loss; the pruned loss is then "
-                        "phased in over as many batches again.")
+    parser.add_argument("--model-warm-step", type=int, default=3000,
+                        help="Warm-up length in batches: the encoder's layers are partly "
+                        "bypassed and the pruned loss is off before it, weighted 0.1 until "
+                        "twice it, then 1 (icefall's).")
     parser.add_argument("--seed", type=int, default=42,
                         help="Seed of every random generator.")
     parser.add_argument("--save-every-n", type=int, default=8000,
@@ -137,12 +151,6 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use-fp16", type=str2bool, default=False,
                         help="Mixed precision: float16 with grad scaling on CUDA, "
                         "bfloat16 autocast on CPU.")
-    parser.add_argument("--dynamic-chunk-training", type=str2bool, default=True,
-                        help="Draw the attention chunk size per batch (streaming model).")
-    parser.add_argument("--short-chunk-size", type=int, default=25,
-                        help="Largest chunk (frames after subsampling) of dynamic chunk training.")
-    parser.add_argument("--num-left-chunks", type=int, default=4,
-                        help="Chunks of left context in dynamic chunk training; -1 = unlimited.")
     parser.add_argument("--log-interval", type=int, default=50,
                         help="Log training progress every this many batches.")
     parser.add_argument("--valid-interval", type=int, default=None,
@@ -216,7 +224,7 @@ def encoder_frames(num_feature_frames: int) -> int:
     """Encoder frames of an utterance of this many feature frames (the
     filter of training cuts; a module-level function, unlike a lambda, can
     be pickled into DataLoader workers)."""
-    return int(Conv2dSubsampling.output_lengths(torch.tensor(num_feature_frames)))
+    return int(subsampled_lengths(torch.tensor(num_feature_frames)))
 
 
 def fix_random_seed(seed: int) -> None:
@@ -232,43 +240,27 @@ def autocast_context(params: AttributeDict, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def warmup_value(params: AttributeDict) -> float:
+    """The encoder's `warmup` argument: batches trained / --model-warm-step."""
+    if params.model_warm_step <= 0:
+        return 1.0
+    return params.batch_idx_train / params.model_warm_step
+
+
 def loss_scales(params: AttributeDict) -> tuple[float, float]:
-    """(simple_loss_scale, pruned_loss_scale) for the current batch.
-
-    icefall's warm-up: first only the simple loss (the pruned loss needs
-    sensible prune ranges, which come from the simple loss's gradients), then
-    the pruned loss phased in linearly while the simple loss's weight drops to
-    --simple-loss-scale.
-    """
-    warm = params.model_warm_step
-    step = params.batch_idx_train
-    if warm <= 0 or step >= 2 * warm:
-        return params.simple_loss_scale, 1.0
-    if step < warm:
-        return 1.0, 0.0
-    progress = (step - warm) / warm
-    return 1.0 - progress * (1.0 - params.simple_loss_scale), 0.1 + 0.9 * progress
-
-
-def feature_statistics(cuts, feature_dim: int, max_cuts: int = 500) -> tuple[torch.Tensor,
-                                                                             torch.Tensor]:
-    """Per-dimension mean and std of the features of the first `max_cuts`
-    training cuts, for the encoder's global input normalisation."""
-    total = torch.zeros(feature_dim, dtype=torch.float64)
-    total_sq = torch.zeros(feature_dim, dtype=torch.float64)
-    num_frames = 0
-    for index, cut in enumerate(cuts):
-        if index >= max_cuts:
-            break
-        features = torch.from_numpy(cut.load_features()).double()
-        total += features.sum(dim=0)
-        total_sq += (features**2).sum(dim=0)
-        num_frames += features.size(0)
-    if num_frames == 0:
-        raise RecipeError("no training features to compute the normalisation from")
-    mean = total / num_frames
-    std = (total_sq / num_frames - mean**2).clamp(min=0).sqrt()
-    return mean.float(), std.float()
+    """(simple_loss_scale, pruned_loss_scale) for the current batch, as
+    icefall's stateless4: the simple loss keeps --simple-loss-scale; the
+    pruned loss (which needs sensible prune ranges, i.e. a simple loss that
+    has learned something) is off while warmup < 1, weighted 0.1 while
+    1 < warmup < 2, and 1 from then on (also at warmup == 1 exactly)."""
+    warmup = warmup_value(params)
+    if warmup < 1.0:
+        pruned_scale = 0.0
+    elif 1.0 < warmup < 2.0:
+        pruned_scale = 0.1
+    else:
+        pruned_scale = 1.0
+    return params.simple_loss_scale, pruned_scale
 
 
 # ------------------------------------------------------------ batch loss ----
@@ -289,24 +281,24 @@ def compute_loss(
     features, feature_lens = batch_features(batch, device)
     token_ids = sp.encode(batch_texts(batch), out_type=int)
     with autocast_context(params, device):
-        simple_loss, pruned_loss, ctc_loss, dc_penalty, encoder_out_lens = model(
+        losses = model(
             x=features, x_lens=feature_lens, y=token_ids, prune_range=params.prune_range,
-            am_scale=params.am_scale, lm_scale=params.lm_scale,
+            am_scale=params.am_scale, lm_scale=params.lm_scale, warmup=warmup_value(params),
         )
+    simple_loss, pruned_loss = losses[0], losses[1]
+    ctc_loss = losses[2] if len(losses) > 2 else torch.zeros((), device=device)
     simple_scale, pruned_scale = loss_scales(params)
-    num_frames = encoder_out_lens.sum().clamp(min=1)
+    num_frames = subsampled_lengths(feature_lens).sum().clamp(min=1)
     total = simple_scale * simple_loss + pruned_scale * pruned_loss
     if params.use_ctc:
         total = total + params.ctc_loss_scale * ctc_loss
-    loss = total / num_frames + params.dc_penalty_scale * dc_penalty
+    loss = total / num_frames
     stats = {
         "frames": float(num_frames),
         "loss": float(total.detach()),
         "simple_loss": float(simple_loss.detach()),
         "pruned_loss": float(pruned_loss.detach()),
         "ctc_loss": float(ctc_loss.detach()),
-        # a per-batch ratio, weighted by frames so that Tracker averages it
-        "dc_penalty": float(dc_penalty.detach()) * float(num_frames),
         "utterances": float(features.size(0)),
         "audio_seconds": float(feature_lens.sum()) / 100.0,
     }
@@ -325,8 +317,7 @@ class Tracker(dict):
 
     def summary(self) -> str:
         return ", ".join(f"{key} {self.per_frame(key):.4f}"
-                         for key in ("loss", "simple_loss", "pruned_loss", "ctc_loss",
-                                     "dc_penalty"))
+                         for key in ("loss", "simple_loss", "pruned_loss", "ctc_loss"))
 
 
 # ------------------------------------------------------------ validation ----
@@ -357,8 +348,9 @@ def validate(
     chunk_size = params.valid_chunk_size if params.dynamic_chunk_training else -1
     for batch in wer_dl:
         features, feature_lens = batch_features(batch, device)
-        encoder_out, encoder_out_lens = inner.encoder(
-            features, feature_lens, chunk_size=chunk_size, left_context=params.valid_left_context
+        encoder_out, encoder_out_lens = encode(
+            inner.encoder, features, feature_lens, chunk_size=chunk_size,
+            left_context=params.valid_left_context,
         )
         hyp_tokens = greedy_search_batch(inner, encoder_out, encoder_out_lens)
         hyps.extend(sp.decode(hyp_tokens))
@@ -442,7 +434,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         grad_scaler.scale(loss).backward()
         grad_scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), params.grad_clip if params.grad_clip > 0 else math.inf)
         grad_scaler.step(optimizer)
         grad_scaler.update()
 
@@ -651,11 +644,6 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     logging.info(f"model: {num_params / 1e6:.2f} M parameters")
     if checkpoint is not None:
         load_model_state(model, checkpoint["model"], "resume checkpoint")
-    else:
-        mean, std = feature_statistics(train_cuts, params.feature_dim)
-        model.encoder.set_feature_stats(mean, std)
-        logging.info(f"feature normalisation: mean {mean.mean():.2f}, std {std.mean():.2f} "
-                     "(averaged over dimensions)")
     model.to(device)
     model_avg = None
     if params.average_period > 0:
@@ -667,8 +655,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     if distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.base_lr,
-                                  weight_decay=params.weight_decay, betas=(0.9, 0.98))
+    optimizer = Eve(model.parameters(), lr=params.initial_lr)
     scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs, params.warmup_batches,
                      decay_fraction=params.lr_decay_fraction,
                      final_factor=params.lr_final_factor)
@@ -778,6 +765,9 @@ def main() -> int:
     args = parser.parse_args()
     if not 0.0 <= args.lr_decay_fraction <= 1.0:
         parser.error(f"--lr-decay-fraction must be in [0, 1], not {args.lr_decay_fraction}")
+    if args.dynamic_chunk_training and not args.causal_convolution:
+        parser.error("--dynamic-chunk-training true needs --causal-convolution true "
+                     "(a streaming model)")
     if args.lr_decay_fraction > 0 and args.max_train_minutes <= 0:
         parser.error("--lr-decay-fraction needs --max-train-minutes > 0 "
                      "(the budget it decays over)")

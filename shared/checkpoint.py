@@ -10,10 +10,12 @@ Layout of a checkpoint file (a dict):
                model options), so that decode/export rebuild the same model
 """
 
+import argparse
 import glob
 import logging
 import random
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from shared.utils import RecipeError, atomic_torch_save
+from shared.utils import RecipeError, atomic_torch_save, str2bool
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -285,3 +287,105 @@ def load_averaged_model(
                        f"{end['params']['batch_idx_train']}) in {paths[0].parent}")
     load_model_state(model, state_dict, paths[0])
     return description
+
+
+# ------------------------------------------- choosing a model to decode ----
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """icefall's checkpoint options, with the same defaults in every script
+    that loads a trained model (decode.py, streaming_decode.py, export.py,
+    sherpa_onnx_decode.py).  An icefall `pretrained.pt` linked as
+    EXP_DIR/epoch-999.pt is chosen with --epoch 999 --avg 1
+    --use-averaged-model false (its model options go on the command line)."""
+    group = parser.add_argument_group(
+        title="Checkpoint selection",
+        description="Which weights of --exp-dir to use (icefall's options).")
+    group.add_argument("--epoch", type=int, default=30,
+                       help="Use epoch-EPOCH.pt (averaged with earlier ones, --avg).")
+    group.add_argument("--iter", type=int, default=0,
+                       help="If > 0, use checkpoint-B.pt files with B <= ITER instead of "
+                       "epoch files (overrides --epoch).")
+    group.add_argument("--avg", type=int, default=9,
+                       help="Number of checkpoints to average: epochs EPOCH-AVG+1..EPOCH, or "
+                       "the AVG newest checkpoint-B.pt with --iter. With "
+                       "--use-averaged-model, the model averaged over the training between "
+                       "epoch EPOCH-AVG (or the (AVG+1)-th newest checkpoint) and EPOCH.")
+    group.add_argument("--use-averaged-model", type=str2bool, default=True,
+                       help="Use the running weight averages that train.py stores in each "
+                       "checkpoint (needs --average-period > 0 in training; false for an "
+                       "exported or icefall pretrained.pt).")
+
+
+def explicit_options(argv: list[str]) -> set[str]:
+    """Names (with underscores) of the options given on the command line."""
+    names = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            names.add(arg[2:].split("=", 1)[0].replace("-", "_"))
+    return names
+
+
+def load_inference_model(
+    params: dict[str, Any],
+    explicit: set[str],
+    build_model: Callable[[dict[str, Any]], nn.Module],
+    model_option_names: Sequence[str],
+    checkpoint: Path | None = None,
+) -> tuple[nn.Module, str]:
+    """The one loader of decode.py, streaming_decode.py, export.py,
+    pretrained.py and sherpa_onnx_decode.py.
+
+    Chooses the weights with --epoch/--iter/--avg/--use-averaged-model
+    (`params` holds them and exp_dir), or loads the file `checkpoint`.  The
+    model options (`model_option_names`) come from the checkpoint's `params`
+    when it has them (train.py's checkpoints, export.py's pretrained.pt); an
+    option typed on the command line that disagrees is overridden with a
+    warning.  A file without `params` -- icefall's own pretrained.pt,
+    `{"model": state_dict}` -- is built from the command-line options (the
+    defaults are icefall's) and must then load with strict=True.
+
+    Args:
+      params: the script's options plus vocab_size and blank_id (from the
+        token table); gets the model options actually used.
+      explicit: options given on the command line (`explicit_options`).
+      build_model: params -> model.
+      model_option_names: the options that define the network's shape.
+      checkpoint: a file to load instead of the --epoch selection.
+    Returns:
+      (model in eval mode on the CPU, a one-line description for the log).
+    """
+    if checkpoint is not None:
+        paths = [Path(checkpoint)]
+        use_averaged_model = False
+    else:
+        paths = select_checkpoints(params["exp_dir"], params["epoch"], params["iter"],
+                                   params["avg"], params["use_averaged_model"])
+        use_averaged_model = params["use_averaged_model"]
+    stored = read_checkpoint_params(paths[0])
+    if not stored:
+        if use_averaged_model:
+            raise RecipeError(f"{paths[0]} holds only model weights (an exported or icefall "
+                              "pretrained.pt?); use --use-averaged-model false")
+        logging.info(f"{paths[0]} holds no model options: building the model from the "
+                     "command-line options")
+    for name in ("vocab_size", "blank_id"):
+        if name in stored and stored[name] != params[name]:
+            raise RecipeError(f"{name} of {paths[0]} is {stored[name]}, but the token table "
+                              f"gives {params[name]}: pass the vocabulary the model was "
+                              "trained with")
+    for name in model_option_names:
+        stored_value = stored.get(name)
+        if name not in stored or name in ("vocab_size", "blank_id"):
+            continue
+        if name in explicit and params.get(name) != stored_value:
+            logging.warning(f"--{name.replace('_', '-')}={params.get(name)} differs from "
+                            f"{paths[0]} ({stored_value}); using {stored_value}")
+        params[name] = stored_value
+    model = build_model(params)
+    if checkpoint is not None or len(paths) == 1 and not use_averaged_model:
+        load_model_state(model, load_checkpoint_file(paths[0])["model"], paths[0])
+        description = f"model of {paths[0]}"
+    else:
+        description = load_averaged_model(model, params["exp_dir"], params["epoch"],
+                                          params["iter"], params["avg"], use_averaged_model)
+    model.eval()
+    return model, description

@@ -1,5 +1,13 @@
-"""Learning-rate schedule: icefall's Eden, with a linear warm-up and an
-optional final decay tied to a time budget.
+"""icefall's Eve optimizer and Eden learning-rate schedule (from
+pruned_transducer_stateless2/optim.py, which stateless4 uses).
+
+Eve is Adam (betas 0.9, 0.98) whose weight decay applies only to parameters
+with more than one element whose RMS exceeds `target_rms` (0.1): the scaled
+layers keep their raw weights near RMS 0.1 and learn their magnitude through
+the scalar log-scales, which are never decayed.
+
+Eden: the learning-rate schedule, optionally with a linear warm-up and a
+final decay tied to a time budget (both off by default; icefall has neither).
 
     lr = base_lr * warmup(b) * ((b^2 + B^2) / B^2)^-0.25 * ((e^2 + E^2) / E^2)^-0.25
                  * final_decay(p)
@@ -19,6 +27,75 @@ alone ends a budgeted run wherever the budget happens to stop it (still at
 from typing import Any
 
 import torch
+
+
+class Eve(torch.optim.Optimizer):
+    """Adam with icefall's "weight decay only above a target RMS".
+
+    Per parameter p with gradient g, step n (from 1):
+      m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+      if p.numel() > 1 and rms(p) > target_rms: p *= 1 - weight_decay
+      p -= lr / (1 - beta1^n) * m / (sqrt(v / (1 - beta2^n)) + eps)
+
+    Args:
+      params: parameters or parameter groups.
+      lr: learning rate (Eden scales it).
+      betas: Adam's coefficients.
+      eps: added to the denominator.
+      weight_decay: relative decay per step of a parameter above target_rms.
+      target_rms: RMS below which a parameter is not decayed.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.98),
+                 eps: float = 1e-8, weight_decay: float = 1e-3, target_rms: float = 0.1):
+        if not 0.0 <= lr:
+            raise ValueError(f"invalid learning rate {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"invalid epsilon {eps}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"invalid betas {betas}")
+        if not 0.0 <= weight_decay <= 0.1:
+            raise ValueError(f"invalid weight_decay {weight_decay}")
+        if not 0.0 < target_rms <= 10.0:
+            raise ValueError(f"invalid target_rms {target_rms}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      target_rms=target_rms))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if grad.is_sparse:
+                    raise RuntimeError("Eve does not support sparse gradients")
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p,
+                                                           memory_format=torch.preserve_format)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                state["step"] += 1
+                step = state["step"]
+                bias_correction1 = 1 - beta1**step
+                bias_correction2 = 1 - beta2**step
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (exp_avg_sq.sqrt() * (bias_correction2**-0.5)).add_(group["eps"])
+                step_size = group["lr"] / bias_correction1
+                if p.numel() > 1:
+                    # Scalars (the log-scales) are never decayed.
+                    above_target = p.norm() > group["target_rms"] * (p.numel() ** 0.5)
+                    p.mul_(1 - group["weight_decay"] * above_target)
+                p.addcdiv_(exp_avg, denom, value=-step_size)
+        return loss
 
 
 class Eden:

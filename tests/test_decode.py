@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pruned_transducer_stateless4 import decode
+from tests.conftest import TINY_MODEL_ARGS
 from tests.helpers import run_script
 
 SEARCH_ARGS = [
@@ -109,6 +110,39 @@ def test_decode_pretrained_as_epoch_999_equals_its_checkpoint(in_recipe, decode_
     assert "streaming-chunk-size-16-left-context-64" in ours["recogs"][0].name
     assert read_recogs(ours["recogs"][0]) == read_recogs(theirs["recogs"][0])
     assert output_files(exp_dir / "greedy_search", "test-clean")["wer-summary"]
+
+
+def test_decode_icefall_pretrained_with_options_on_the_command_line(in_recipe, decode_exp_dir,
+                                                                   tmp_path):
+    """An icefall-format pretrained.pt ({"model": state_dict}, no options)
+    linked as epoch-999.pt decodes with the model options given on the
+    command line, exactly as the checkpoint it came from; without them (the
+    defaults are icefall's 12 x 512) it is a one-line error."""
+    checkpoint = torch.load(decode_exp_dir / "epoch-2.pt", map_location="cpu",
+                            weights_only=False)
+    exp_dir = tmp_path / "icefall"
+    exp_dir.mkdir()
+    torch.save({"model": checkpoint["model"]}, exp_dir / "pretrained.pt")
+    (exp_dir / "epoch-999.pt").symlink_to(exp_dir / "pretrained.pt")
+    streaming = ["--simulate-streaming", "true", "--decode-chunk-size", "16",
+                 "--left-context", "64", "--decoding-method", "greedy_search",
+                 "--test-sets", "test-clean"]
+    decode.main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
+                 "--use-averaged-model", "0", *TINY_MODEL_ARGS, *streaming, *SEARCH_ARGS])
+    decode.main(["--exp-dir", str(decode_exp_dir), "--epoch", "2", "--avg", "1",
+                 "--use-averaged-model", "false", *streaming, *SEARCH_ARGS])
+    ours = output_files(exp_dir / "greedy_search", "test-clean")["recogs"]
+    theirs = [p for p in output_files(decode_exp_dir / "greedy_search", "test-clean")["recogs"]
+              if "epoch-2-avg-1-streaming" in p.name]
+    assert len(ours) == 1 and len(theirs) == 1, (ours, theirs)
+    assert read_recogs(ours[0]) == read_recogs(theirs[0])
+    with pytest.raises(decode.RecipeError, match="does not fit the model") as error:
+        decode.main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
+                     "--use-averaged-model", "0", *streaming, *SEARCH_ARGS])
+    assert "\n" not in str(error.value)
+    with pytest.raises(decode.RecipeError, match="use-averaged-model false"):
+        decode.main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
+                     *TINY_MODEL_ARGS, *streaming, *SEARCH_ARGS])
 
 
 def decode_logs(res_dir: Path) -> str:

@@ -48,3 +48,39 @@ def test_state_dict_restores_the_decayed_rate():
 def test_bad_decay_fraction_is_refused():
     with pytest.raises(ValueError, match="decay_fraction"):
         make_scheduler(decay_fraction=1.5)
+
+
+def test_eve_is_adam_with_decay_only_above_the_target_rms():
+    """Eve against its definition, written out for three parameters: a scalar
+    (never decayed), a matrix below RMS 0.1 and one above it."""
+    from shared.optim import Eve
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.tensor(0.5)),
+              torch.nn.Parameter(0.05 * torch.randn(4, 3)),
+              torch.nn.Parameter(0.5 * torch.randn(4, 3))]
+    reference = [p.detach().clone().double() for p in params]
+    moments = [(torch.zeros_like(r), torch.zeros_like(r)) for r in reference]
+    optimizer = Eve(params, lr=0.01, weight_decay=0.05)
+    lr, beta1, beta2, eps = 0.01, 0.9, 0.98, 1e-8
+    for step in range(1, 6):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        for i, g in enumerate(grads):
+            m, v = moments[i]
+            m = beta1 * m + (1 - beta1) * g.double()
+            v = beta2 * v + (1 - beta2) * g.double() ** 2
+            moments[i] = (m, v)
+            r = reference[i]
+            if r.numel() > 1 and float(r.pow(2).mean().sqrt()) > 0.1:
+                r = r * (1 - 0.05)
+            r = r - lr / (1 - beta1**step) * m / ((v / (1 - beta2**step)).sqrt() + eps)
+            reference[i] = r
+    for p, r in zip(params, reference):
+        assert torch.allclose(p.detach().double(), r, atol=1e-6)
+    # The reference did decay the large matrix on every step and never the
+    # small one (its RMS stays below 0.1).
+    assert float(params[1].detach().pow(2).mean().sqrt()) < 0.1
+    assert float(params[2].detach().pow(2).mean().sqrt()) > 0.1

@@ -134,7 +134,7 @@ def test_non_finite_loss_skips_the_batch_without_touching_weights(
     sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
     params.vocab_size = sp.get_piece_size()
     model = train.get_transducer_model(params)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = train.Eve(model.parameters(), lr=1e-3)
     scheduler = train.Eden(optimizer, 100, 1)
     cuts = load_manifest("data/fbank/librispeech_cuts_dev-clean.jsonl.gz").subset(first=2)
     batch = K2SpeechRecognitionDataset(return_cuts=True)[cuts]
@@ -154,3 +154,19 @@ def test_non_finite_loss_skips_the_batch_without_touching_weights(
     assert any("non-finite loss" in message for message in logged), logged
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
+
+
+def test_loss_scales_follow_icefall_stateless4():
+    """Simple loss scale fixed; pruned loss 0 before --model-warm-step, 0.1
+    strictly between one and two times it, 1 from there (and at exactly 1,
+    as icefall's condition has it); the encoder's warmup is batch / warm."""
+    from pruned_transducer_stateless4 import train
+
+    params = train.get_params()
+    params.update(simple_loss_scale=0.5, model_warm_step=100)
+    expected = {0: 0.0, 50: 0.0, 99: 0.0, 100: 1.0, 101: 0.1, 150: 0.1, 199: 0.1, 200: 1.0,
+                5000: 1.0}
+    for batch, pruned_scale in expected.items():
+        params.batch_idx_train = batch
+        assert train.loss_scales(params) == (0.5, pruned_scale), batch
+        assert train.warmup_value(params) == batch / 100
