@@ -29,7 +29,12 @@ config=default
 synth_hours=10
 perturb_speed=false
 num_epochs=30
-max_train_minutes=28
+# A fixed amount of work, not of time, so that the run trains the same model on
+# every machine (CPUs of this class differ by up to 2x in speed; a time budget
+# gave a different model, and a different WER, on each).  BATCHES_DEFAULT
+# batches of up to 30 s took TRAIN_MINUTES_NOTE.
+max_train_batches=BATCHES_DEFAULT
+max_train_minutes=0
 world_size=1
 exp_dir=exp/pruned_transducer_stateless4
 corpus=synth
@@ -81,9 +86,9 @@ Runs set-up, data preparation, training, decoding, streaming and export of the
 streaming Conformer transducer recipe.
 
 Options:
-  --config NAME          default (about 42 min on 2 cores: 10 h of generated
-                         speech, 28 min of training) or long (about 135 min: 25 h
-                         of speech, 105 min of training, in
+  --config NAME          default (10 h of generated speech, BATCHES_DEFAULT batches
+                         of training) or long (25 h of speech, BATCHES_LONG
+                         batches, in
                          exp/pruned_transducer_stateless4_long; it regenerates the
                          training part of the shared corpus); explicit options
                          below override it [$config]
@@ -91,7 +96,10 @@ Options:
   --perturb-speed B      add 0.9x/1.1x speed-perturbed copies of the training
                          cuts (icefall's default; true for real LibriSpeech) [$perturb_speed]
   --num-epochs N         maximum training epochs [$num_epochs]
-  --max-train-minutes M  stop training after M minutes (0 = no limit) [$max_train_minutes]
+  --max-train-batches N  train this many batches in all (0 = no limit) [$max_train_batches]
+  --max-train-minutes M  also stop after M minutes of training (0 = no limit; a
+                         time cap makes the model depend on the machine's speed)
+                         [$max_train_minutes]
   --world-size N         training processes (DDP) [$world_size]
   --exp-dir DIR          experiment directory [$exp_dir]
   --corpus NAME          synth, or librispeech to use \$dl_dir/LibriSpeech [$corpus]
@@ -115,7 +123,7 @@ case "$config" in
     # data rather than only more time: on 5 h the validation WER stopped
     # improving after ~35 minutes (README, "What limits accuracy").
     [[ $given_options == *" --synth-hours"* ]] || synth_hours=25
-    [[ $given_options == *" --max-train-minutes"* ]] || max_train_minutes=105
+    [[ $given_options == *" --max-train-batches"* ]] || max_train_batches=BATCHES_LONG
     [[ $given_options == *" --exp-dir"* ]] || exp_dir=exp/pruned_transducer_stateless4_long
     ;;
   *) echo "run.sh: error: --config must be default or long, not '$config'" >&2; exit 1;;
@@ -169,7 +177,8 @@ train() {
   fi
   # shellcheck disable=SC2086
   ./pruned_transducer_stateless4/train.py --world-size "$world_size" \
-    --num-epochs "$num_epochs" --max-train-minutes "$max_train_minutes" --exp-dir "$exp_dir" \
+    --num-epochs "$num_epochs" --max-train-batches "$max_train_batches" \
+    --max-train-minutes "$max_train_minutes" --exp-dir "$exp_dir" \
     --bpe-model "$lang_dir/bpe.model" --save-every-n 500 --keep-last-k 10 \
     --enable-musan "$enable_musan" "${resume[@]}" $cpu_train_args $model_args $train_args
 }

@@ -115,10 +115,11 @@ def get_parser() -> argparse.ArgumentParser:
                         help="NOT icefall's (0 = off, as icefall): linear learning-rate warm-up "
                         "from 0.1x to 1x over this many batches.")
     parser.add_argument("--lr-decay-fraction", type=float, default=0.0,
-                        help="With --max-train-minutes M: over the last F*M minutes of "
-                        "training the learning rate falls linearly to --lr-final-factor "
-                        "times Eden's value (0 = off). The rate then depends on wall "
-                        "time, so a resumed run no longer repeats the same losses exactly.")
+                        help="With --max-train-batches N (or --max-train-minutes M): over "
+                        "the last F*N batches (F*M minutes) of training the learning rate "
+                        "falls linearly to --lr-final-factor times Eden's value (0 = off). "
+                        "Tied to minutes, the rate depends on wall time, so a resumed run "
+                        "no longer repeats the same losses exactly; tied to batches it does.")
     parser.add_argument("--lr-final-factor", type=float, default=0.05,
                         help="Where --lr-decay-fraction's decay ends, as a fraction of "
                         "Eden's learning rate.")
@@ -162,9 +163,14 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Chunk size of simulated streaming in the validation WER.")
     parser.add_argument("--valid-left-context", type=int, default=64,
                         help="Left context (frames) of simulated streaming in the validation WER.")
+    parser.add_argument("--max-train-batches", type=int, default=0,
+                        help="If > 0, stop after this many batches in all (after validating "
+                        "and saving checkpoint-N.pt): a fixed amount of work, so the same "
+                        "command trains the same model on a faster or slower machine.")
     parser.add_argument("--max-train-minutes", type=float, default=0.0,
-                        help="If > 0, stop after this many minutes of training (after "
-                        "validating and saving a checkpoint).")
+                        help="If > 0, stop after this many minutes of optimizer steps (after "
+                        "validating and saving a checkpoint). A time cap: machines of "
+                        "different speed then train different models.")
     parser.add_argument("--min-utt-duration", type=float, default=1.0,
                         help="Drop training cuts shorter than this (seconds; icefall's 1).")
     parser.add_argument("--max-utt-duration", type=float, default=20.0,
@@ -382,7 +388,7 @@ def train_one_epoch(
 
     Returns:
       (finished, num_batches, audio_seconds): finished is False when
-      --max-train-minutes ran out; num_batches counts the batches this rank's
+      --max-train-batches or --max-train-minutes ran out; num_batches counts the batches this rank's
       loader yielded (trained or skipped), audio_seconds their audio summed
       over all ranks.
     """
@@ -417,7 +423,9 @@ def train_one_epoch(
         step_start = time.time()
         params.batch_idx_train += 1
         scheduler.step_batch(params.batch_idx_train)
-        if params.max_train_minutes > 0:
+        if params.max_train_batches > 0:
+            scheduler.step_progress((params.batch_idx_train - 1) / params.max_train_batches)
+        elif params.max_train_minutes > 0:
             scheduler.step_progress(params.train_seconds / (params.max_train_minutes * 60))
         loss, stats = compute_loss(params, model, sp, batch, device)
 
@@ -452,12 +460,17 @@ def train_one_epoch(
             elapsed = time.time() - interval_start
             audio_rate = interval_tracker["audio_seconds"] * world_size / max(elapsed, 1e-6)
             eta = (epoch_audio_seconds - epoch_seconds_done) / max(audio_rate, 1e-6)
+            run_eta = ""
+            if params.max_train_batches > 0:
+                batch_rate = params.log_interval / max(elapsed, 1e-6)
+                left = params.max_train_batches - params.batch_idx_train
+                run_eta = f", {left / batch_rate / 60:.1f} min to batch {params.max_train_batches}"
             logging.info(
                 f"epoch {params.cur_epoch}, batch {params.batch_idx_train}, "
                 f"{interval_tracker.summary()}, lr {scheduler.get_last_lr()[0]:.2e}, "
                 f"grad norm {float(grad_norm):.2f}, {audio_rate:.1f} s audio/s, "
                 f"{interval_tracker['frames'] * world_size / elapsed:.0f} frames/s, "
-                f"epoch ETA {eta / 60:.1f} min"
+                f"epoch ETA {eta / 60:.1f} min{run_eta}"
             )
             run_record.append_train_point(params.exp_dir, run_record.TrainPoint(
                 "train", params.batch_idx_train, params.train_seconds / 60,
@@ -482,8 +495,9 @@ def train_one_epoch(
                                          device=device)
             dist.all_reduce(train_seconds, op=dist.ReduceOp.MAX)
             params.train_seconds = float(train_seconds.item())
-        out_of_time = (params.max_train_minutes > 0
-                       and params.train_seconds >= params.max_train_minutes * 60)
+        out_of_batches = 0 < params.max_train_batches <= params.batch_idx_train
+        out_of_time = out_of_batches or (
+            params.max_train_minutes > 0 and params.train_seconds >= params.max_train_minutes * 60)
         if params.batch_idx_train % params.valid_interval == 0 or out_of_time:
             run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank,
                            world_size)
@@ -497,6 +511,9 @@ def train_one_epoch(
                     sampler=train_dl.sampler, grad_scaler=grad_scaler,
                 )
                 remove_old_checkpoints(params.exp_dir, params.keep_last_k)
+        if out_of_batches:
+            logging.info(f"--max-train-batches {params.max_train_batches} reached")
+            return False, num_batches, audio_seconds_local * world_size
         if out_of_time:
             logging.info(f"--max-train-minutes {params.max_train_minutes} reached at batch "
                          f"{params.batch_idx_train}")
@@ -768,8 +785,8 @@ def main() -> int:
     if args.dynamic_chunk_training and not args.causal_convolution:
         parser.error("--dynamic-chunk-training true needs --causal-convolution true "
                      "(a streaming model)")
-    if args.lr_decay_fraction > 0 and args.max_train_minutes <= 0:
-        parser.error("--lr-decay-fraction needs --max-train-minutes > 0 "
+    if args.lr_decay_fraction > 0 and args.max_train_minutes <= 0 and args.max_train_batches <= 0:
+        parser.error("--lr-decay-fraction needs --max-train-batches or --max-train-minutes > 0 "
                      "(the budget it decays over)")
     if launched_by_torchrun():
         # Started by torchrun (possibly on several nodes): it decides the ranks.
