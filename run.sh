@@ -31,9 +31,12 @@ perturb_speed=false
 num_epochs=30
 # A fixed amount of work, not of time, so that the run trains the same model on
 # every machine (CPUs of this class differ by up to 2x in speed; a time budget
-# gave a different model, and a different WER, on each).  BATCHES_DEFAULT
-# batches of up to 30 s took TRAIN_MINUTES_NOTE.
-max_train_batches=BATCHES_DEFAULT
+# gave a different model, and a different WER, on each).  6000 batches: the
+# earlier encoder did 8,812 batches of up to 30 s in its 28 minutes on a fast
+# 2-core machine, and icefall's costs about 1.3x the CPU time per batch
+# (benchmarks/train_benchmark.py), so 6000 keep training within those minutes
+# there; a slower CPU takes longer for the same model.
+max_train_batches=6000
 max_train_minutes=0
 world_size=1
 exp_dir=exp/pruned_transducer_stateless4
@@ -60,9 +63,9 @@ model_args="--num-encoder-layers 4 --encoder-dim 144 --nhead 4 --dim-feedforward
 # regularisation took 2.7x the batches to leave the blank-only plateau.
 # --model-warm-step 300 instead of icefall's 3000: the warm-up keeps the
 # pruned loss off (and the layers partly bypassed) for that many batches, and
-# 3000 batches are about 25 minutes on 2 cores, nearly the whole 28-minute
-# budget; 300 (2-3 minutes) is the warm-up the pruned loss needed here before.
-# --lr-batches 3000: Eden starts decaying within the ~4000 batches of the
+# 3000 batches are half of the 6000-batch run; 300 (2-3 minutes) is the
+# warm-up the pruned loss needed here before.
+# --lr-batches 3000: Eden starts decaying within the 6000 batches of the
 # run instead of staying near --initial-lr 0.003 throughout (icefall's 5000
 # assumes tens of thousands of batches).
 train_args="--enable-spec-aug false --encoder-dropout 0 --model-warm-step 300 \
@@ -71,7 +74,7 @@ train_args="--enable-spec-aug false --encoder-dropout 0 --model-warm-step 300 \
 # CPU demo needs instead: 30 s batches (4x the updates of 200 s ones at the
 # same audio throughput on 2 cores), data loading in the training process (a
 # worker competes with the training threads), validation every 500 batches
-# of a 28-minute run, the demo's 0.5-30 s duration filter, and SpecAugment
+# of the 6000, the demo's 0.5-30 s duration filter, and SpecAugment
 # masks scaled to ~3 s utterances for a --train-args that turns it on.
 # --train-args comes after these, so it can override any of them.
 cpu_train_args="--max-duration 30 --num-workers 0 --valid-interval 500 \
@@ -86,8 +89,8 @@ Runs set-up, data preparation, training, decoding, streaming and export of the
 streaming Conformer transducer recipe.
 
 Options:
-  --config NAME          default (10 h of generated speech, BATCHES_DEFAULT batches
-                         of training) or long (25 h of speech, BATCHES_LONG
+  --config NAME          default (10 h of generated speech, 6000 batches
+                         of training) or long (25 h of speech, 24000
                          batches, in
                          exp/pruned_transducer_stateless4_long; it regenerates the
                          training part of the shared corpus); explicit options
@@ -123,7 +126,7 @@ case "$config" in
     # data rather than only more time: on 5 h the validation WER stopped
     # improving after ~35 minutes (README, "What limits accuracy").
     [[ $given_options == *" --synth-hours"* ]] || synth_hours=25
-    [[ $given_options == *" --max-train-batches"* ]] || max_train_batches=BATCHES_LONG
+    [[ $given_options == *" --max-train-batches"* ]] || max_train_batches=24000
     [[ $given_options == *" --exp-dir"* ]] || exp_dir=exp/pruned_transducer_stateless4_long
     ;;
   *) echo "run.sh: error: --config must be default or long, not '$config'" >&2; exit 1;;
