@@ -326,7 +326,9 @@ def beam_search(
     to B (moving to frame t+1), and y* + v for the `beam + 1` best tokens v goes
     back to A (staying at frame t), until B holds `beam` hypotheses better
     than the best of A; B is then cut to its `beam` best.  Equal token
-    sequences are merged by adding their probabilities (in A and in B).
+    sequences are merged by adding their probabilities: in B, and in A among
+    hypotheses that emitted equally many tokens at frame t (so that the
+    per-frame limit holds for every merged path).
     Graves' prefix-probability update is not done (as in icefall).
 
     Args:
@@ -364,13 +366,18 @@ def beam_search(
 
     B = HypothesisList([Hypothesis([blank_id] * context_size, 0.0)])
     for t in range(encoder_proj.size(0)):
-        A, B = B, HypothesisList()
-        # tokens emitted at this frame by each hypothesis of A
-        emitted = {hyp.key: 0 for hyp in A}
-        while len(A) > 0:
-            y_star = A.get_most_probable()
-            A.remove(y_star)
-            num_emitted = emitted.pop(y_star.key)
+        # by_emitted[k]: the hypotheses of A that emitted k tokens at frame t.
+        # Kept apart because merging two paths with different counts would
+        # let one of them emit more than max_sym_per_frame tokens.
+        by_emitted = [B] + [HypothesisList() for _ in range(max_sym_per_frame)]
+        B = HypothesisList()
+        while True:
+            candidates = [(hyps.get_most_probable(), k) for k, hyps in enumerate(by_emitted)
+                          if len(hyps) > 0]
+            if not candidates:
+                break
+            y_star, num_emitted = max(candidates, key=lambda c: c[0].log_prob)
+            by_emitted[num_emitted].remove(y_star)
             log_probs = _log_probs(
                 model, encoder_proj[t : t + 1], decoder_proj(y_star.ys), temperature
             )[0]
@@ -378,15 +385,12 @@ def beam_search(
             if num_emitted < max_sym_per_frame:
                 values, indices = log_probs.topk(min(beam + 1, log_probs.numel()))
                 for value, token in zip(values.tolist(), indices.tolist()):
-                    if token == blank_id:
-                        continue
-                    new_hyp = Hypothesis(y_star.ys + [token], y_star.log_prob + value)
-                    A.add(new_hyp)
-                    emitted[new_hyp.key] = min(emitted.get(new_hyp.key, num_emitted + 1),
-                                               num_emitted + 1)
-            if len(A) == 0:
-                break
-            if len(B.filter(A.get_most_probable().log_prob)) >= beam:
+                    if token != blank_id:
+                        by_emitted[num_emitted + 1].add(
+                            Hypothesis(y_star.ys + [token], y_star.log_prob + value))
+            best_left = max((hyps.get_most_probable().log_prob for hyps in by_emitted
+                             if len(hyps) > 0), default=None)
+            if best_left is None or len(B.filter(best_left)) >= beam:
                 break
         B = B.topk(beam)
     return B.get_most_probable(length_norm=length_norm).ys[context_size:]
