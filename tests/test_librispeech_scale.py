@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from lhotse import load_manifest
 from lhotse.testing.dummies import dummy_cut, dummy_supervision
 
@@ -16,7 +15,7 @@ from pruned_transducer_stateless4.asr_datamodule import (
     LibriSpeechAsrDataModule,
     TrainingCutFilter,
 )
-from pruned_transducer_stateless4.conformer import Conv2dSubsampling
+from pruned_transducer_stateless4.train import encoder_frames
 from tests.helpers import make_librispeech_tree, run_script
 
 PARTS = ("train-clean-100", "train-clean-360", "train-other-500")
@@ -111,8 +110,7 @@ def _cut(index: int, duration: float, words: int):
 def test_filter_drops_exactly_the_bad_cuts_and_counts_them():
     cut_filter = TrainingCutFilter(
         encode=lambda text: [1] * len(text.split()),  # one token per word
-        encoder_frames=lambda n: int(Conv2dSubsampling.output_lengths(
-            torch.tensor(n))))
+        encoder_frames=encoder_frames)  # what train.py filters with
     cuts = {
         "short": _cut(0, 0.99, 2),
         "min": _cut(1, 1.0, 2),
@@ -124,7 +122,7 @@ def test_filter_drops_exactly_the_bad_cuts_and_counts_them():
         "normal": _cut(6, 5.0, 12),
     }
     assert cuts["min"].num_frames == 100
-    assert int(Conv2dSubsampling.output_lengths(torch.tensor(100))) == 24
+    assert encoder_frames(100) == 24
     kept = {name for name, cut in cuts.items() if cut_filter(cut)}
     assert kept == {"min", "max", "24_tokens", "normal"}
     counts = cut_filter.count(list(cuts.values()))
