@@ -74,3 +74,25 @@ def small_manifest_dir(prepared_dir: Path, out_dir: Path, num_train_cuts: int) -
             cuts = cuts.subset(first=num_train_cuts)
         cuts.to_file(out_dir / path.name)
     return out_dir
+
+
+def two_frame_lattice_fields() -> dict:
+    """The fields of a small Lattice: start -(5)-> s1 -(6)-> s2, with a blank
+    alternative on each of its 2 frames (tests/test_device.py, test_gpu.py)."""
+    import torch
+
+    i64 = torch.int64
+    return dict(
+        num_frames=2,
+        state_offsets=torch.tensor([0, 1, 3, 5], dtype=i64),
+        state_graph=torch.zeros(5, dtype=i64),
+        state_score=torch.tensor([0.0, -1.0, -2.0, -2.0, -3.0]),
+        state_best_arc=torch.tensor([-1, 0, 1, 2, 3], dtype=i64),
+        arc_offsets=torch.tensor([0, 2, 4], dtype=i64),
+        arc_src=torch.tensor([0, 0, 1, 2], dtype=i64),
+        arc_dst=torch.tensor([1, 2, 3, 4], dtype=i64),
+        arc_label=torch.tensor([5, 0, 6, 0], dtype=i64),
+        arc_word=torch.zeros(4, dtype=i64),
+        arc_score=torch.tensor([-1.0, -2.0, -1.0, -1.0]),
+        final_score=torch.tensor([float("-inf")] * 3 + [0.0, 0.0]),
+    )

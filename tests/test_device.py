@@ -8,6 +8,7 @@ import torch
 from pruned_transducer_stateless4.beam_search import Lattice
 from shared.device_guard import DeviceMismatch, device_guard
 from shared.utils import RecipeError, get_device
+from tests.helpers import two_frame_lattice_fields
 
 
 # ------------------------------------------------------- get_device ----
@@ -51,22 +52,7 @@ def test_this_machine_gets_what_torch_sees():
 
 # ------------------------------------------------------ the guard ----
 def _two_frame_lattice() -> Lattice:
-    """start -(a)-> s1 -(b)-> s2 with a blank alternative on each frame."""
-    i64 = torch.int64
-    return Lattice(
-        num_frames=2,
-        state_offsets=torch.tensor([0, 1, 3, 5], dtype=i64),
-        state_graph=torch.zeros(5, dtype=i64),
-        state_score=torch.tensor([0.0, -1.0, -2.0, -2.0, -3.0]),
-        state_best_arc=torch.tensor([-1, 0, 1, 2, 3], dtype=i64),
-        arc_offsets=torch.tensor([0, 2, 4], dtype=i64),
-        arc_src=torch.tensor([0, 0, 1, 2], dtype=i64),
-        arc_dst=torch.tensor([1, 2, 3, 4], dtype=i64),
-        arc_label=torch.tensor([5, 0, 6, 0], dtype=i64),
-        arc_word=torch.zeros(4, dtype=i64),
-        arc_score=torch.tensor([-1.0, -2.0, -1.0, -1.0]),
-        final_score=torch.tensor([float("-inf")] * 3 + [0.0, 0.0]),
-    )
+    return Lattice(**two_frame_lattice_fields())
 
 
 def test_guard_catches_a_tensor_made_without_the_device():

@@ -6,6 +6,7 @@ import torch
 
 from pruned_transducer_stateless4.beam_search import Lattice
 from shared.utils import get_device
+from tests.helpers import two_frame_lattice_fields
 
 pytestmark = [
     pytest.mark.cuda,
@@ -42,21 +43,7 @@ def test_torchrun_local_rank_selects_an_existing_gpu():
 
 
 def test_lattice_operations_on_cuda_equal_the_cpu():
-    i64 = torch.int64
-    fields = dict(
-        num_frames=2,
-        state_offsets=torch.tensor([0, 1, 3, 5], dtype=i64),
-        state_graph=torch.zeros(5, dtype=i64),
-        state_score=torch.tensor([0.0, -1.0, -2.0, -2.0, -3.0]),
-        state_best_arc=torch.tensor([-1, 0, 1, 2, 3], dtype=i64),
-        arc_offsets=torch.tensor([0, 2, 4], dtype=i64),
-        arc_src=torch.tensor([0, 0, 1, 2], dtype=i64),
-        arc_dst=torch.tensor([1, 2, 3, 4], dtype=i64),
-        arc_label=torch.tensor([5, 0, 6, 0], dtype=i64),
-        arc_word=torch.zeros(4, dtype=i64),
-        arc_score=torch.tensor([-1.0, -2.0, -1.0, -1.0]),
-        final_score=torch.tensor([float("-inf")] * 3 + [0.0, 0.0]),
-    )
+    fields = two_frame_lattice_fields()
     cpu = Lattice(**fields)
     cuda = Lattice(**{k: v.cuda() if isinstance(v, torch.Tensor) else v
                       for k, v in fields.items()})
