@@ -56,6 +56,7 @@ computes the training features (shared/features.py) to within 3e-4.
 """
 
 import argparse
+import copy
 import logging
 import os
 import shutil
@@ -76,6 +77,7 @@ from pruned_transducer_stateless4.model_config import (
     add_model_arguments,
     get_transducer_model,
 )
+from pruned_transducer_stateless4.scaling import fold_scales
 from shared.checkpoint import add_checkpoint_arguments, explicit_options, load_inference_model
 from shared.utils import (
     AttributeDict,
@@ -430,6 +432,8 @@ def export_onnx(model: Transducer, params: AttributeDict, symbols: list[str], ou
     if not params.causal_convolution:
         raise RecipeError("--onnx exports sherpa-onnx's streaming Conformer, which needs a "
                           "model with causal convolution")
+    # Plain weights in the graphs, so that int8 quantises every MatMul.
+    model = fold_scales(copy.deepcopy(model))
     written = []
     for name, export in (("encoder", export_encoder_onnx), ("decoder", export_decoder_onnx),
                          ("joiner", export_joiner_onnx)):

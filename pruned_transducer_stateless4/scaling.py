@@ -19,9 +19,12 @@ checkpoints load into these modules with ``strict=True``.
   [min_abs, max_abs].
 * ``DoubleSwish``: ``x * sigmoid(x - 1)``, with a derivative computed from
   the saved output (no need to keep x).
+
+``fold_scales`` turns the scaled layers of a model into plain ones for export.
 """
 
 import math
+import types
 
 import torch
 import torch.nn as nn
@@ -338,3 +341,36 @@ class DoubleSwish(nn.Module):
         if not x.requires_grad:
             return x * torch.sigmoid(x - 1.0)
         return DoubleSwishFunction.apply(x)
+
+
+def _plain_weight(module: nn.Module) -> Tensor:
+    return module.weight
+
+
+def _plain_bias(module: nn.Module) -> Tensor | None:
+    return module.bias
+
+
+@torch.no_grad()
+def fold_scales(model: nn.Module) -> nn.Module:
+    """Folds every ScaledLinear/ScaledConv1d/ScaledConv2d's log-scales into its
+    weight and bias, in place, and returns `model`.
+
+    The layers then compute the same values with plain parameters, so an
+    exported graph holds the effective weights as constants (dynamic int8
+    quantisation only quantises a MatMul whose weight is a constant; with the
+    scales, the weight is computed at run time as weight * exp(weight_scale)).
+    Afterwards the scale parameters are 0 and unused: for export copies only,
+    not for training.
+    """
+    for module in model.modules():
+        if isinstance(module, ScaledLinear | ScaledConv1d | ScaledConv2d):
+            weight, bias = module.get_weight(), module.get_bias()
+            module.weight.copy_(weight)
+            module.weight_scale.zero_()
+            if bias is not None:
+                module.bias.copy_(bias)
+                module.bias_scale.zero_()
+            module.get_weight = types.MethodType(_plain_weight, module)
+            module.get_bias = types.MethodType(_plain_bias, module)
+    return model

@@ -116,6 +116,10 @@ def exports(prepared_dir: Path, trained_exp_dir: Path, tmp_path_factory) -> dict
     generator = torch.Generator().manual_seed(0)
     state["joiner.output_linear.weight"] = torch.randn(weight.shape, generator=generator)
     state["joiner.output_linear.bias"] = torch.zeros(weight.size(0))
+    # ScaledLinear: the effective weight and bias are the raw ones times
+    # exp(log-scale); with the scales at 0 the values set here are the ones used.
+    for name in ("weight_scale", "bias_scale"):
+        state[f"joiner.output_linear.{name}"] = torch.zeros(())
     model = build_model(checkpoint)
     with torch.no_grad():
         context = torch.zeros(1, model.decoder.context_size, dtype=torch.int64)

@@ -23,6 +23,7 @@ from pruned_transducer_stateless4.scaling import (
     ScaledConv2d,
     ScaledEmbedding,
     ScaledLinear,
+    fold_scales,
 )
 
 REFERENCE_DIR = Path(__file__).parent / "data" / "icefall_reference"
@@ -67,6 +68,30 @@ def test_icefall_state_dict_loads_strictly_and_matches_names(reference):
     assert all(ours[name].shape == icefall[name].shape for name in icefall)
     # 240,124 parameters; the subsampling's fixed BasicNorm eps is a buffer.
     assert sum(p.numel() for p in model.parameters()) == 240_124
+
+
+@torch.no_grad()
+def test_folded_scales_compute_icefall_outputs_with_plain_weights(reference):
+    """export.py folds the log-scales into the weights (so int8 can quantise
+    every MatMul): the folded copy still gives icefall's encoder and joiner
+    outputs, its scales are 0, and the original model is untouched."""
+    import copy
+
+    model, inputs, outputs = reference
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    folded = fold_scales(copy.deepcopy(model))
+    encoder_out, _ = folded.encoder(inputs["x"], inputs["x_lens"])
+    assert max_diff(encoder_out, outputs["enc_full"]) < TOLERANCE
+    joint = folded.joiner(folded.joiner.encoder_proj(encoder_out[:, :4]).unsqueeze(2),
+                          folded.joiner.decoder_proj(
+                              folded.decoder(inputs["y"], need_pad=False)[:2].unsqueeze(0)
+                              .expand(2, -1, -1, -1)[:, :, :1]).squeeze(2).unsqueeze(1),
+                          project_input=False)
+    assert max_diff(joint, outputs["joint"]) < TOLERANCE
+    scales = [p for name, p in folded.named_parameters() if name.endswith(("weight_scale",
+                                                                            "bias_scale"))]
+    assert scales and all(float(p.abs().max()) == 0.0 for p in scales)
+    assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
 
 
 @torch.no_grad()
