@@ -543,7 +543,9 @@ class Conformer(nn.Module):
         chunks of c % short_chunk_size + 1 frames."""
         if max_len <= 1:
             return max_len
-        chunk_size = int(torch.randint(1, max_len, (1,)).item())
+        # A host-side draw from torch's CPU generator (as icefall's): only the
+        # integer is used, so it is the same on every device.
+        chunk_size = int(torch.randint(1, max_len, (1,), device="cpu").item())
         if chunk_size > max_len * self.short_chunk_threshold:
             return max_len
         return chunk_size % self.short_chunk_size + 1

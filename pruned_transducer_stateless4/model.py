@@ -87,7 +87,7 @@ class Transducer(nn.Module):
         max_len = int(y_lens.max()) if batch_size > 0 else 0
         y_padded = torch.full((batch_size, max_len), blank_id, dtype=torch.int64, device=device)
         for i, tokens in enumerate(y):
-            y_padded[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+            y_padded[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64, device=device)
         # The decoder's first input is blank, standing for "start of sentence".
         sos_y_padded = F.pad(y_padded, (1, 0), value=blank_id)
         decoder_out = self.decoder(sos_y_padded)  # (N, S+1, decoder_dim)
