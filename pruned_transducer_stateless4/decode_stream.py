@@ -60,7 +60,7 @@ from shared.features import (
 
 SUBSAMPLING_FACTOR = 4
 PAD_LENGTH = Conformer.streaming_pad_length(0, SUBSAMPLING_FACTOR)
-DECODING_METHODS = ("greedy_search", "modified_beam_search", "fast_beam_search")
+STREAMING_DECODING_METHODS = ("greedy_search", "modified_beam_search", "fast_beam_search")
 
 
 def make_online_fbank_options() -> knf.FbankOptions:
@@ -197,7 +197,7 @@ class DecodeStream:
         [attn_cache (L, left_context, d), cnn_cache (L, kernel - 1, d)].
       chunk_size: encoder frames per chunk (``--decode-chunk-size``).
       left_context: encoder frames of cached left context.
-      decoding_method: one of ``DECODING_METHODS``.
+      decoding_method: one of ``STREAMING_DECODING_METHODS``.
       context_size: the decoder's context size.
       blank_id: the blank token.
       fast_beam_search_graph, ngram_lm_scale: for fast_beam_search, the
@@ -217,7 +217,7 @@ class DecodeStream:
         ngram_lm_scale: float = 1.0,
         utt_id: str = "",
     ) -> None:
-        if decoding_method not in DECODING_METHODS:
+        if decoding_method not in STREAMING_DECODING_METHODS:
             raise ValueError(f"unknown decoding method {decoding_method}")
         assert chunk_size > 0 and left_context >= 0, (chunk_size, left_context)
         assert initial_states[0].size(1) == left_context, initial_states[0].shape

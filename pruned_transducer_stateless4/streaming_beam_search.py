@@ -28,7 +28,7 @@ from pruned_transducer_stateless4.beam_search import (
     FastBeamSearchStreams,
     modified_beam_search_step,
 )
-from pruned_transducer_stateless4.decode_stream import DECODING_METHODS, StreamBatch
+from pruned_transducer_stateless4.decode_stream import STREAMING_DECODING_METHODS, StreamBatch
 from pruned_transducer_stateless4.model import Transducer
 
 
@@ -54,9 +54,9 @@ class StreamingSearchConfig:
     context_graph: Any = None
 
     def __post_init__(self) -> None:
-        if self.decoding_method not in DECODING_METHODS:
+        if self.decoding_method not in STREAMING_DECODING_METHODS:
             raise ValueError(f"unsupported decoding method {self.decoding_method}; "
-                             f"choose one of {', '.join(DECODING_METHODS)}")
+                             f"choose one of {', '.join(STREAMING_DECODING_METHODS)}")
 
 
 @torch.no_grad()

@@ -81,7 +81,7 @@ from pruned_transducer_stateless4.context_graph import (
     context_key,
 )
 from pruned_transducer_stateless4.decode_stream import (
-    DECODING_METHODS,
+    STREAMING_DECODING_METHODS,
     DecodeStream,
     flush_padding_seconds,
     stack_streams,
@@ -129,7 +129,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     """Search method and options, chunk size, left and right context."""
     parser.add_argument("--decoding-method", type=str, default="greedy_search",
-                        choices=DECODING_METHODS, help="Search method.")
+                        choices=STREAMING_DECODING_METHODS, help="Search method.")
     parser.add_argument("--beam-size", "--num-active-paths", dest="beam_size", type=int,
                         default=4, help="modified_beam_search: hypotheses kept per frame.")
     parser.add_argument("--beam", type=float, default=20.0,
