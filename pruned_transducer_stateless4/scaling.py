@@ -33,9 +33,16 @@ from torch import Tensor
 
 
 def _scaled_init(module: nn.Module, initial_scale: float, initial_speed: float) -> None:
-    """icefall's initialisation of a scaled layer: weight ~ U(-a, a) with std
-    0.1 / initial_speed, bias 0, and the log-scales set so that the effective
-    weight has std initial_scale / sqrt(fan_in)."""
+    """Adds the log-scale parameters `weight_scale` and `bias_scale` (None
+    without a bias) to a linear or convolution layer and initialises it as
+    icefall does: weight ~ U(-a, a) with std 0.1 / initial_speed, bias 0, and
+    the log-scales set so that the effective weight has std
+    initial_scale / sqrt(fan_in)."""
+    module.weight_scale = nn.Parameter(torch.zeros(()))
+    if module.bias is not None:
+        module.bias_scale = nn.Parameter(torch.zeros(()))
+    else:
+        module.register_parameter("bias_scale", None)
     std = 0.1 / initial_speed
     bound = math.sqrt(3.0) * std
     weight = module.weight
@@ -63,11 +70,6 @@ class ScaledLinear(nn.Linear):
     def __init__(self, *args, initial_scale: float = 1.0, initial_speed: float = 1.0,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.weight_scale = nn.Parameter(torch.zeros(()))
-        if self.bias is not None:
-            self.bias_scale: nn.Parameter | None = nn.Parameter(torch.zeros(()))
-        else:
-            self.register_parameter("bias_scale", None)
         _scaled_init(self, initial_scale, initial_speed)
 
     def get_weight(self) -> Tensor:
@@ -90,11 +92,6 @@ class ScaledConv1d(nn.Conv1d):
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         assert self.padding_mode == "zeros", self.padding_mode
-        self.weight_scale = nn.Parameter(torch.zeros(()))
-        if self.bias is not None:
-            self.bias_scale: nn.Parameter | None = nn.Parameter(torch.zeros(()))
-        else:
-            self.register_parameter("bias_scale", None)
         _scaled_init(self, initial_scale, initial_speed)
 
     def get_weight(self) -> Tensor:
@@ -120,11 +117,6 @@ class ScaledConv2d(nn.Conv2d):
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         assert self.padding_mode == "zeros", self.padding_mode
-        self.weight_scale = nn.Parameter(torch.zeros(()))
-        if self.bias is not None:
-            self.bias_scale: nn.Parameter | None = nn.Parameter(torch.zeros(()))
-        else:
-            self.register_parameter("bias_scale", None)
         _scaled_init(self, initial_scale, initial_speed)
 
     def get_weight(self) -> Tensor:
