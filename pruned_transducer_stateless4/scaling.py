@@ -24,6 +24,7 @@ checkpoints load into these modules with ``strict=True``.
 """
 
 import math
+import random
 import types
 
 import torch
@@ -276,6 +277,13 @@ class ActivationBalancer(nn.Module):
       min_positive, max_positive: allowed range of the proportion of x > 0.
       max_factor: largest relative change made to the gradient.
       min_abs, max_abs: allowed range of the mean of |x|.
+
+    ``prob`` (1.0, set by :func:`set_balancer_prob`) is the chance that a
+    training forward pass is balanced at all; a balanced pass uses
+    ``max_factor / prob``, so the expected change to the gradient is the same.
+    1.0 is icefall's stateless2/4 behaviour; icefall's later recipes draw
+    (their ``prob``) to save the statistics' cost, which is a large share of
+    a training step of a small model on a CPU.
     """
 
     def __init__(self, channel_dim: int, min_positive: float = 0.05,
@@ -288,6 +296,7 @@ class ActivationBalancer(nn.Module):
         self.max_factor = max_factor
         self.min_abs = min_abs
         self.max_abs = max_abs
+        self.prob = 1.0
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting() or torch.jit.is_tracing():
@@ -298,9 +307,22 @@ class ActivationBalancer(nn.Module):
     def _balance(self, x: Tensor) -> Tensor:
         if not x.requires_grad:
             return x
+        # A host-side draw: no device sync, and seeded by the training seed.
+        if self.prob < 1.0 and random.random() >= self.prob:
+            return x
         return ActivationBalancerFunction.apply(x, self.channel_dim, self.min_positive,
-                                                self.max_positive, self.max_factor,
+                                                self.max_positive, self.max_factor / self.prob,
                                                 self.min_abs, self.max_abs)
+
+
+def set_balancer_prob(model: nn.Module, prob: float) -> None:
+    """Sets the probability that each ActivationBalancer of `model` is applied
+    in a training forward pass (see :class:`ActivationBalancer`)."""
+    if not 0.0 < prob <= 1.0:
+        raise ValueError(f"the balancer probability must be in (0, 1], not {prob}")
+    for module in model.modules():
+        if isinstance(module, ActivationBalancer):
+            module.prob = prob
 
 
 class DoubleSwishFunction(torch.autograd.Function):

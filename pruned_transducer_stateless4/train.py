@@ -62,6 +62,7 @@ from pruned_transducer_stateless4.asr_datamodule import (
 from pruned_transducer_stateless4.beam_search import greedy_search_batch
 from pruned_transducer_stateless4.conformer import encode, subsampled_lengths
 from pruned_transducer_stateless4.model_config import add_model_arguments, get_transducer_model
+from pruned_transducer_stateless4.scaling import set_balancer_prob
 from shared import run_record
 from shared.checkpoint import (
     load_checkpoint_file,
@@ -126,6 +127,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grad-clip", type=float, default=0.0,
                         help="NOT icefall's (0 = off, as icefall): clip the gradient norm to "
                         "this value.")
+    parser.add_argument("--balancer-prob", type=float, default=1.0,
+                        help="Chance that each activation balancer acts in a training step, "
+                        "with its gain divided by it (1 = always, icefall's stateless4; icefall's "
+                        "later recipes draw to save the balancers' cost).")
     parser.add_argument("--prune-range", type=int, default=5,
                         help="Symbol positions per frame kept for the pruned loss.")
     parser.add_argument("--lm-scale", type=float, default=0.25,
@@ -656,6 +661,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     train_cuts = train_cuts.filter(cut_filter)
 
     model = get_transducer_model(params)
+    set_balancer_prob(model, params.balancer_prob)
     num_params = sum(p.numel() for p in model.parameters())
     params.num_params = num_params
     logging.info(f"model: {num_params / 1e6:.2f} M parameters")
@@ -782,6 +788,8 @@ def main() -> int:
     args = parser.parse_args()
     if not 0.0 <= args.lr_decay_fraction <= 1.0:
         parser.error(f"--lr-decay-fraction must be in [0, 1], not {args.lr_decay_fraction}")
+    if not 0.0 < args.balancer_prob <= 1.0:
+        parser.error(f"--balancer-prob must be in (0, 1], not {args.balancer_prob}")
     if args.dynamic_chunk_training and not args.causal_convolution:
         parser.error("--dynamic-chunk-training true needs --causal-convolution true "
                      "(a streaming model)")

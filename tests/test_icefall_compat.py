@@ -8,6 +8,7 @@ export.py saves `pretrained.pt`, and what icefall computed from it.
 """
 
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from pruned_transducer_stateless4.scaling import (
     ScaledEmbedding,
     ScaledLinear,
     fold_scales,
+    set_balancer_prob,
 )
 
 REFERENCE_DIR = Path(__file__).parent / "data" / "icefall_reference"
@@ -364,3 +366,36 @@ def test_activation_balancer_keeps_forward_and_alters_only_gradients(channel_dim
     # No graph, no work: eval-mode tensors come back as they are.
     w = torch.randn(2, 6, 10)
     assert balancer(w) is w
+
+
+def test_balancer_probability_keeps_the_expected_gradient():
+    """With set_balancer_prob(p), a balancer acts in about p of the training
+    passes, each time with max_factor / p, and passes the gradient unchanged
+    otherwise; p = 1 is the plain balancer."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 10, dtype=torch.float64)
+    x[:, 0] -= 3.0  # channel 0 mostly negative
+    x[:, 2] *= 0.01  # channel 2 tiny
+    grad = torch.randn_like(x)
+    options = dict(min_positive=0.05, max_positive=0.95, max_factor=0.04, min_abs=0.2,
+                   max_abs=100.0)
+    model = torch.nn.Sequential(ActivationBalancer(1, **options))
+    with pytest.raises(ValueError, match="probability"):
+        set_balancer_prob(model, 0.0)
+    set_balancer_prob(model, 0.25)
+    balanced = slow_balancer_gradient(x, grad, 1, **{**options, "max_factor": 0.16})
+    random.seed(1)
+    applied = 0
+    for _ in range(400):
+        x_in = x.clone().requires_grad_(True)
+        (x_grad,) = torch.autograd.grad(model(x_in), x_in, grad)
+        if torch.equal(x_grad, grad):
+            continue
+        assert torch.allclose(x_grad, balanced, atol=1e-12)
+        applied += 1
+    assert 70 <= applied <= 130  # 400 * 0.25 = 100; binomial sd 8.7
+
+    set_balancer_prob(model, 1.0)
+    x_in = x.clone().requires_grad_(True)
+    (x_grad,) = torch.autograd.grad(model(x_in), x_in, grad)
+    assert torch.allclose(x_grad, slow_balancer_gradient(x, grad, 1, **options), atol=1e-12)
