@@ -2,9 +2,11 @@
 brute-force scan, and contextual biasing in modified_beam_search."""
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from pruned_transducer_stateless4.beam_search import modified_beam_search
@@ -102,3 +104,87 @@ def test_biasing_in_modified_beam_search():
     zero = modified_beam_search(model, encoder_out, lens, beam=4,
                                 context_graph=ContextGraph([phrase], 0.0))
     assert zero == plain
+
+
+# Hotwords on real speech: the trained demo model (tests/data/demo_model) on
+# sentences of the generated corpus's voices, each with names or words it
+# never saw in training (none is in the run's transcripts) and gets wrong
+# without biasing.  The context file lists RARE_WORDS; CONTROL_SENTENCES hold
+# none of them.
+RARE_WORDS = ["gandalf", "zanzibar", "kilimanjaro", "pinocchio", "hemingway", "madagascar",
+              "timbuktu", "amsterdam", "eleanor", "robert", "neptune"]
+RARE_SENTENCES = [
+    "we sailed to zanzibar last summer",
+    "my friend gandalf lives in amsterdam",
+    "they climbed kilimanjaro in the winter",
+    "the story of pinocchio is very old",
+    "she read a book by hemingway",
+    "he flew from madagascar to timbuktu",
+    "eleanor and robert went to the market",
+    "neptune is far from the sun",
+]
+CONTROL_SENTENCES = [
+    "the weather was cold and the children stayed at home",
+    "he opened the door and walked into the garden",
+    "she wrote a long letter to her mother",
+]
+HOTWORD_VOICES = ["slt", "rms"]  # flite voices of the training data
+
+
+@pytest.mark.slow
+def test_hotwords_raise_recognition_of_rare_words(tmp_path, capsys):
+    """pretrained.py --method modified_beam_search with and without
+    --context-file (icefall's default --context-score 2.0), simulated
+    streaming as the model is deployed: the listed words are recognised more
+    often with the context file, and the sentences without them are
+    recognised no worse."""
+    from pruned_transducer_stateless4 import pretrained
+    from shared.metrics import word_error_rate
+    from tests.helpers import demo_model_argv, demo_model_options, speak
+
+    sentences = RARE_SENTENCES + CONTROL_SENTENCES
+    paths = {}
+    for voice in HOTWORD_VOICES:
+        for i, sentence in enumerate(sentences):
+            paths[tmp_path / f"{voice}-{i}.wav"] = sentence
+            sf.write(str(tmp_path / f"{voice}-{i}.wav"), speak(sentence, voice), 16000)
+    context_file = tmp_path / "hotwords.txt"
+    context_file.write_text("".join(f"{word}\n" for word in RARE_WORDS))
+    options = demo_model_options()
+    argv = [*demo_model_argv(), "--method", "modified_beam_search", "--beam-size", "4",
+            "--simulate-streaming", "1", "--decode-chunk-size",
+            str(options["decode_chunk_size"]), "--left-context", str(options["left_context"]),
+            *map(str, paths)]
+
+    def decode(*extra: str) -> dict[Path, str]:
+        capsys.readouterr()
+        assert pretrained.main([*extra, *argv]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        texts = dict(line.split(": ", 1) for line in lines)
+        return {path: texts[str(path)].lower() for path in paths}
+
+    plain = decode()
+    biased = decode("--context-file", str(context_file), "--context-score", "2.0")
+
+    def recognised(texts: dict[Path, str]) -> int:
+        """Occurrences of listed words in the sentences that the transcripts hold."""
+        return sum(min(paths[p].split().count(w), texts[p].split().count(w))
+                   for p in paths for w in RARE_WORDS)
+
+    occurrences = sum(paths[p].split().count(w) for p in paths for w in RARE_WORDS)
+    controls = [p for p in paths if paths[p] in CONTROL_SENTENCES]
+    refs = [paths[p] for p in controls]
+    plain_wer = word_error_rate(refs, [plain[p] for p in controls])
+    biased_wer = word_error_rate(refs, [biased[p] for p in controls])
+    for path in paths:
+        print(f"{path.stem}: {paths[path]!r}\n    plain:  {plain[path]!r}\n"
+              f"    biased: {biased[path]!r}")
+    print(f"listed words recognised: {recognised(plain)}/{occurrences} without the context "
+          f"file, {recognised(biased)}/{occurrences} with it; control WER "
+          f"{100 * plain_wer:.1f}% -> {100 * biased_wer:.1f}%")
+    # The model does recognise speech (a broken checkpoint fails here) ...
+    assert plain_wer < 0.35
+    # ... misses most listed words without help, and gets many more with it.
+    assert recognised(plain) <= occurrences // 4
+    assert recognised(biased) >= recognised(plain) + occurrences // 4
+    assert biased_wer <= plain_wer
