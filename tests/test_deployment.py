@@ -5,7 +5,9 @@ clients and by a real headless Chromium with a fake microphone.
 
 The model is test_export.py's "emitting" export (the tiny trained model with a
 random joiner output layer that emits tokens on about half of the speech
-frames and blank on silence), so that every comparison runs over many tokens.
+frames), so that every comparison runs over many tokens; the endpointing
+tests, which need a model that recognises speech and decodes silence as
+blank, use the trained demo model of tests/data/demo_model.
 """
 
 import asyncio
@@ -38,9 +40,17 @@ from pruned_transducer_stateless4.streaming_decode import (
     make_search_config,
 )
 from pruned_transducer_stateless4.timestamps import word_start_times
-from shared.metrics import read_recogs, read_recogs_word_times, write_recogs
+from shared.metrics import read_recogs, read_recogs_word_times, word_error_rate, write_recogs
 from shared.utils import AttributeDict
-from tests.helpers import PROJECT_DIR
+from tests.helpers import (
+    DEMO_CHECKPOINT,
+    DEMO_MODEL_DIR,
+    PROJECT_DIR,
+    demo_model_argv,
+    demo_model_options,
+    load_demo_model,
+    speak,
+)
 
 # The module-scoped export fixture of test_export.py, by its name (pytest finds
 # fixtures by the name in the module; the tests' parameters "redefine" it).
@@ -66,8 +76,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def search_setup(model, method: str = "greedy_search") -> StreamingSetup:
-    return StreamingSetup(model, CHUNK, LEFT, make_search_config(AttributeDict(
+def search_setup(model, method: str = "greedy_search", chunk: int = CHUNK,
+                 left: int = LEFT) -> StreamingSetup:
+    return StreamingSetup(model, chunk, left, make_search_config(AttributeDict(
         decoding_method=method, max_sym_per_frame=1, beam_size=4, beam=20.0, max_states=64,
         max_contexts=8)))
 
@@ -170,55 +181,64 @@ def test_pretrained_print_timestamps(exports, prepared_dir: Path, wavs):
 
 
 # ------------------------------------------------------------ endpointing ----
-@pytest.mark.xfail(reason="with icefall's encoder the random 'emitting' test model emits a "
-                   "token on every frame of digital silence, so no trailing-silence rule "
-                   "can fire; this end-to-end check needs a test model that decodes "
-                   "silence as blank (the rules themselves: test_endpoint_rules)",
-                   strict=False)
-def test_endpointing_splits_two_utterances(exports, wavs):
-    """Two utterances joined by 3 s of silence come out as two segments: the
-    first with the text of the first utterance decoded alone, the cut inside
-    the silence; sherpa-onnx's endpointing (same rules, same export) finds
-    the same two segments and the same first text."""
-    model = emitting_model(exports)
-    symbols = read_symbols(exports["emitting"])
-    a, b = read_audio(wavs[0])[0], read_audio(wavs[1])[0]
-    silence = np.zeros(48000, dtype=np.float32)
-    padding = round(flush_padding_seconds(CHUNK) * 16000)
-    joined = np.concatenate([a, silence, b])
-    setup = search_setup(model)
-    with torch.no_grad():
-        segments = decode_with_endpoints(setup, joined, EndpointConfig(),
-                                         tail_padding_samples=padding)
-        alone = decode_with_endpoints(setup, np.concatenate([a, silence]), EndpointConfig(),
-                                      tail_padding_samples=padding)
+# Two sentences said by a voice of the training data, joined by 3 s of digital
+# silence, decoded by the trained demo model (tests/data/demo_model), which
+# recognises them and decodes silence as blank (the random "emitting" model
+# emits tokens on silence, so no trailing-silence rule could fire).
+ENDPOINT_SENTENCES = ("he opened the door and walked into the garden",
+                      "she wrote a long letter to her mother")
+ENDPOINT_VOICE = "rms"
+GAP_SECONDS = 3.0
 
-    def text(tokens) -> str:
-        return "".join(symbols[t] for t in tokens).replace("\u2581", " ").strip()
 
-    ours = [text(s.tokens) for s in segments]
-    print("our segments:", [(s.start_time, s.end_time, t) for s, t in zip(segments, ours)])
-    assert len(segments) == 2, ours
-    assert ours[0] == text(alone[0].tokens) and ours[1]
-    end_a = a.size / 16000
-    # The cut lies in the silence: after a's last token, before b's first.
-    assert segments[0].frames[-1] * 0.04 < segments[0].end_time <= end_a + 3.0
-    assert segments[0].end_time <= segments[1].start_time <= segments[1].frames[0] * 0.04
-    assert segments[1].frames[0] * 0.04 >= end_a + 3.0 - 0.2  # b's tokens, not silence's
+@pytest.fixture(scope="module")
+def two_utterances() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, second, both joined by GAP_SECONDS of zeros), 16 kHz float32."""
+    a, b = (speak(sentence, ENDPOINT_VOICE) for sentence in ENDPOINT_SENTENCES)
+    return a, b, np.concatenate([a, np.zeros(round(GAP_SECONDS * 16000), np.float32), b])
 
-    recognizer = build_recognizer(exports["emitting"], EXPORT_SUFFIX, num_threads=1)
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory) -> Path:
+    """The demo model's ONNX export by export.py (its chunk and left context),
+    with tokens.txt and bpe.vocab, as EXP_DIR/*-epoch-1-avg-1.onnx."""
+    from pruned_transducer_stateless4 import export as export_script
+
+    exp_dir = tmp_path_factory.mktemp("demo_export")
+    shutil.copy(DEMO_CHECKPOINT, exp_dir / "epoch-1.pt")
+    options = demo_model_options()
+    export_script.run(export_script.get_parser().parse_args(
+        ["--exp-dir", str(exp_dir), "--epoch", "1", "--avg", "1", "--use-averaged-model",
+         "false", "--bpe-model", str(DEMO_MODEL_DIR / "bpe.model"), "--onnx", "1",
+         "--decode-chunk-size", str(options["decode_chunk_size"]),
+         "--left-context", str(options["left_context"]), *options["model_args"]]))
+    return exp_dir
+
+
+def demo_setup(method: str = "greedy_search") -> StreamingSetup:
+    options = demo_model_options()
+    return search_setup(load_demo_model(), method, options["decode_chunk_size"],
+                        options["left_context"])
+
+
+def sherpa_endpoint_segments(exp_dir: Path, samples: np.ndarray) -> list[str]:
+    """The texts of the segments sherpa-onnx's endpointing (its default rules,
+    greedy search) cuts `samples` into, fed in 0.1 s pieces and followed by
+    the padding it needs to decode the last frames."""
     import sherpa_onnx
 
+    chunk = demo_model_options()["decode_chunk_size"]
     recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
-        **{name: str(exports["emitting"] / f"{name}-{EXPORT_SUFFIX}.onnx")
+        **{name: str(exp_dir / f"{name}-{EXPORT_SUFFIX}.onnx")
            for name in ("encoder", "decoder", "joiner")},
-        tokens=str(exports["emitting"] / "tokens.txt"), num_threads=1, sample_rate=16000,
+        tokens=str(exp_dir / "tokens.txt"), num_threads=1, sample_rate=16000,
         feature_dim=80, decoding_method="greedy_search", enable_endpoint_detection=True,
         rule1_min_trailing_silence=2.4, rule2_min_trailing_silence=1.2,
         rule3_min_utterance_length=20.0)
     stream = recognizer.create_stream()
-    theirs = []
-    samples = np.concatenate([joined, np.zeros(padding, dtype=np.float32)])
+    texts = []
+    padding = np.zeros(round(flush_padding_seconds(chunk) * 16000), np.float32)
+    samples = np.concatenate([samples, padding])
     for start in range(0, samples.size, 1600):
         stream.accept_waveform(16000, samples[start : start + 1600])
         if start + 1600 >= samples.size:
@@ -227,12 +247,101 @@ def test_endpointing_splits_two_utterances(exports, wavs):
             recognizer.decode_stream(stream)
             if recognizer.is_endpoint(stream):
                 if recognizer.get_result(stream).strip():
-                    theirs.append(recognizer.get_result(stream).strip())
+                    texts.append(recognizer.get_result(stream).strip().lower())
                 recognizer.reset(stream)
     if recognizer.get_result(stream).strip():
-        theirs.append(recognizer.get_result(stream).strip())
+        texts.append(recognizer.get_result(stream).strip().lower())
+    return texts
+
+
+def test_endpointing_splits_two_utterances(demo_export, two_utterances):
+    """Two utterances joined by 3 s of silence come out of our streaming
+    decoder's endpointing (endpoint.py, sherpa-onnx's default rules) as two
+    segments:
+
+    * their texts are the two sentences (word error rate <= 25% each, what
+      the model gets on them) and the first is the text of the first
+      utterance decoded alone;
+    * the cut lies in the silence, 1.2 s (rule 2) to 1.2 s + one chunk after
+      the first segment's last token; the second segment starts there and its
+      tokens lie in the second utterance;
+    * sherpa-onnx's endpointing on the same model's ONNX export finds the same
+      two segments, the first with the same text."""
+    a, b, joined = two_utterances
+    setup = demo_setup()
+    chunk_seconds = setup.chunk_size * 0.04
+    padding = round(flush_padding_seconds(setup.chunk_size) * 16000)
+    with torch.no_grad():
+        segments = decode_with_endpoints(setup, joined, EndpointConfig(),
+                                         tail_padding_samples=padding)
+        alone = decode_with_endpoints(setup, joined[: a.size + 48000], EndpointConfig(),
+                                      tail_padding_samples=padding)
+    symbols = read_symbols(DEMO_MODEL_DIR)
+
+    def text(tokens) -> str:
+        return words([symbols[t] for t in tokens]).lower()
+
+    ours = [text(s.tokens) for s in segments]
+    print("our segments:", [(s.start_time, s.end_time, t) for s, t in zip(segments, ours)])
+    assert len(segments) == 2, ours
+    assert ours[0] == text(alone[0].tokens)
+    for sentence, hyp in zip(ENDPOINT_SENTENCES, ours):
+        assert word_error_rate([sentence], [hyp]) <= 0.25, (sentence, hyp)
+    end_a = a.size / 16000
+    first, second = segments
+    last_token_a = first.frames[-1] * 0.04
+    assert first.start_time == 0.0
+    assert last_token_a + 1.2 <= first.end_time <= last_token_a + 1.2 + chunk_seconds + 0.04
+    assert first.end_time < end_a + GAP_SECONDS
+    assert second.start_time == first.end_time
+    assert end_a + GAP_SECONDS - 0.2 <= second.frames[0] * 0.04
+    assert second.frames[-1] * 0.04 <= second.end_time <= joined.size / 16000 + padding / 16000
+
+    theirs = sherpa_endpoint_segments(demo_export, joined)
     print("sherpa-onnx segments:", theirs)
     assert len(theirs) == 2 and theirs[0] == ours[0], (theirs, ours)
+    assert word_error_rate([ENDPOINT_SENTENCES[1]], [theirs[1]]) <= 0.25, theirs
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_server_sends_endpoint_segments(demo_export, two_utterances, tmp_path: Path, backend):
+    """streaming_server.py with endpointing on (its default) cuts the two
+    utterances into two final segments, the second starting in the silence,
+    as its backend does alone: the segments and start times of
+    decode_with_endpoints (torch backend, which adds no padding) or the
+    segments of sherpa-onnx's endpointing (onnx)."""
+    a, _, joined = two_utterances
+    options = demo_model_options()
+    if backend == "torch":
+        server_options = [*demo_model_argv(), "--decode-chunk-size",
+                          str(options["decode_chunk_size"]), "--left-context",
+                          str(options["left_context"]), "--num-threads", "1"]
+        symbols = read_symbols(DEMO_MODEL_DIR)
+        with torch.no_grad():
+            segments = decode_with_endpoints(demo_setup(), joined, EndpointConfig())
+        expected = [words([symbols[t] for t in s.tokens]) for s in segments]
+        expected_starts = [round(s.start_time, 4) for s in segments]
+    else:
+        server_options = ["--backend", "onnx", "--exp-dir", str(demo_export), "--epoch", "1",
+                          "--avg", "1", "--num-threads", "1"]
+        expected = [t.upper() for t in sherpa_endpoint_segments(demo_export, joined)]
+        expected_starts = None
+    server = Server(tmp_path, *server_options)
+    try:
+        messages = asyncio.run(stream_file(server.port, joined))
+    finally:
+        server.stop()
+    finals = [m for m in messages if m["is_final"] and m["text"].strip()]
+    print(f"{backend} server segments:",
+          [(m["segment"], m["start_time"], m["text"]) for m in finals])
+    assert messages[-1]["is_eof"]
+    assert len(expected) == 2
+    assert [m["text"].strip() for m in finals] == expected
+    assert [m["segment"] for m in finals] == [0, 1]
+    assert finals[0]["start_time"] == 0.0
+    assert a.size / 16000 < finals[1]["start_time"] < a.size / 16000 + GAP_SECONDS  # in the gap
+    if expected_starts is not None:
+        assert [m["start_time"] for m in finals] == expected_starts
 
 
 def test_endpoint_rules():
