@@ -165,6 +165,40 @@ def test_timestamps_agree_with_sherpa_onnx(exports, wavs, tmp_path: Path):
     assert all(len(read_recogs(recogs)[k][1]) == len(v) for k, v in word_times.items())
 
 
+def test_timestamps_agree_with_sherpa_onnx_on_trained_model(demo_export, rare_word_wavs):
+    """The same comparison with the trained demo model on generated sentences,
+    where no utterance may be skipped: streaming_decode.py's loop and
+    sherpa-onnx (greedy search, same export and padding) give the same words
+    on every utterance, and >= 95% of their start times lie within one
+    encoder frame of each other (measured: all 155 words)."""
+    options = demo_model_options()
+    chunk = options["decode_chunk_size"]
+    paths = list(rare_word_wavs)
+    symbols = read_symbols(DEMO_MODEL_DIR)
+    padding = flush_padding_seconds(chunk)
+    cuts = [WavCut(p) for p in paths]
+    with torch.no_grad():
+        results, _ = decode_dataset(cuts, demo_setup(), num_decode_streams=4,
+                                    simulate_realtime=False,
+                                    load_audio=lambda cut: read_audio(cut.path)[0],
+                                    tail_padding_samples=round(padding * 16000))
+    ours = {r.cut_id: (r.tokens, r.token_frames) for r in results}
+    recognizer = build_recognizer(demo_export, EXPORT_SUFFIX, num_threads=1)
+    theirs, _ = decode_waves(recognizer, [read_audio(p)[0] for p in paths], padding)
+    close = total = 0
+    for path, sherpa in zip(paths, theirs):
+        tokens, frames = ours[path.stem]
+        words_times = word_start_times([symbols[t] for t in tokens], frames)
+        sherpa_words = [w for w, _ in word_start_times(
+            sherpa.tokens, [round(t / 0.04) for t in sherpa.timestamps])]
+        assert [w for w, _ in words_times] == sherpa_words, path.stem
+        for (_, ours_start), theirs_start in zip(words_times, sherpa_word_times(sherpa)):
+            total += 1
+            close += abs(ours_start - theirs_start) <= 0.04 + 1e-6
+    print(f"timestamps (trained model): {close}/{total} words within 40 ms of sherpa-onnx's")
+    assert total >= 4 * len(paths) and close >= 0.95 * total
+
+
 def test_pretrained_print_timestamps(exports, prepared_dir: Path, wavs):
     """pretrained.py --print-timestamps prints word@start for every word."""
     from tests.helpers import run_script
