@@ -211,8 +211,7 @@ def test_hotwords_raise_recognition_of_rare_words(rare_word_wavs, capsys):
     context_file = next(iter(rare_word_wavs)).parent / "hotwords.txt"
     plain = decode()
     biased = decode("--context-file", str(context_file), "--context-score", str(HOTWORD_SCORE))
-    with capsys.disabled():
-        check_hotword_effect(rare_word_wavs, plain, biased, min_gain=len(rare_word_wavs) // 4)
+    check_hotword_effect(rare_word_wavs, plain, biased, min_gain=len(rare_word_wavs) // 4)
 
 
 @pytest.mark.slow
