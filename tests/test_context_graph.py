@@ -15,6 +15,15 @@ from pruned_transducer_stateless4.context_graph import ContextGraph
 from tests.test_timestamps import TinyDecoder, TinyJoiner
 
 
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """pretrained.main sets torch's thread count (--num-threads 1): give the
+    other tests back theirs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def reference_total(phrases: list[list[int]], tokens: list[int], score: float) -> float:
     """The bonus a hypothesis keeps: scanning left to right, at the first
     position where a phrase ends (starting after the last completed one), the
@@ -204,8 +213,8 @@ def test_hotwords_raise_recognition_of_rare_words(rare_word_wavs, capsys):
             assert pretrained.main([*extra, *argv]) == 0
         finally:  # main's logging.basicConfig(force=True) points at capsys's stream
             logging.root.handlers = handlers
-        lines = capsys.readouterr().out.strip().splitlines()
-        texts = dict(line.split(": ", 1) for line in lines)
+        lines = [line for line in capsys.readouterr().out.splitlines() if line]
+        texts = dict(line.split(": ", 1) for line in lines)  # "FILE: TEXT", TEXT may be ""
         return {path: texts[str(path)] for path in rare_word_wavs}
 
     context_file = next(iter(rare_word_wavs)).parent / "hotwords.txt"
@@ -255,6 +264,6 @@ def test_streaming_hotwords_raise_recognition_of_rare_words(rare_word_wavs):
                                         load_audio=lambda cut: read_audio(cut.path)[0])
         return {Path(r.cut_id): sp.decode(r.tokens) for r in results}
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the machine's other sessions; restored by _threads_restored
     check_hotword_effect(rare_word_wavs, decode(None), decode(context_file),
                          min_gain=len(rare_word_wavs) // 4)
