@@ -5,9 +5,10 @@ clients and by a real headless Chromium with a fake microphone.
 
 The model is test_export.py's "emitting" export (the tiny trained model with a
 random joiner output layer that emits tokens on about half of the speech
-frames), so that every comparison runs over many tokens; the endpointing
-tests, which need a model that recognises speech and decodes silence as
-blank, use the trained demo model of tests/data/demo_model.
+frames), so that every comparison runs over many tokens.  The tests that need
+a model that recognises speech and decodes silence as blank (endpointing,
+the browser page, hotwords on rare words, timestamps on whole utterances)
+use the trained demo model of tests/data/demo_model.
 """
 
 import asyncio
