@@ -1,14 +1,20 @@
-"""Test helpers: real audio made with espeak-ng, real recipe scripts."""
+"""Test helpers: real audio made with espeak-ng or the corpus generator's
+voices, real recipe scripts, the trained demo model of tests/data/demo_model."""
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# A small model really trained by a default ./run.sh (tests/data/demo_model/README.md).
+DEMO_MODEL_DIR = PROJECT_DIR / "tests/data/demo_model"
+DEMO_CHECKPOINT = DEMO_MODEL_DIR / "pretrained-fp16.pt"
 
 
 def synthesize(text: str, path: Path, voice: str = "en-us", speed: int = 170) -> None:
@@ -26,6 +32,45 @@ def synthesize(text: str, path: Path, voice: str = "en-us", speed: int = 170) ->
     resampled = np.interp(np.linspace(0, len(samples) - 1, target_len),
                           np.arange(len(samples)), samples).astype(np.float32)
     sf.write(str(path), resampled, 16000)
+
+
+def speak(text: str, voice_name: str) -> np.ndarray:
+    """16 kHz float32 samples of `text` said by one of the generated corpus's
+    voices (local/generate_synth_corpus.py VOICES, e.g. "slt", "rms"), clean:
+    no rate, pitch, reverberation or noise change."""
+    from local.generate_synth_corpus import VOICES, UtteranceStyle, render_utterance
+
+    (voice,) = [v for v in VOICES if v.name == voice_name]
+    with tempfile.TemporaryDirectory() as work_dir:
+        samples = render_utterance(voice, text, UtteranceStyle(), Path(work_dir),
+                                   np.random.default_rng(0))
+    return samples.astype(np.float32)
+
+
+def demo_model_options() -> dict:
+    """tests/data/demo_model/model.json: model_args (the model options of
+    run.sh, for a checkpoint that stores none), decode_chunk_size, left_context."""
+    return json.loads((DEMO_MODEL_DIR / "model.json").read_text())
+
+
+def demo_model_argv() -> list[str]:
+    """The options that load the demo model in pretrained.py (and the other
+    scripts): checkpoint, BPE model and model options."""
+    return ["--checkpoint", str(DEMO_CHECKPOINT), "--bpe-model",
+            str(DEMO_MODEL_DIR / "bpe.model"), *demo_model_options()["model_args"]]
+
+
+def load_demo_model():
+    """The demo model in float32 and eval mode, through the recipe's one
+    loader (pretrained.load_model -> shared.checkpoint.load_inference_model,
+    model options from the command line as for an icefall pretrained.pt)."""
+    from pruned_transducer_stateless4.pretrained import get_parser, load_model
+    from shared.checkpoint import explicit_options
+
+    argv = [*demo_model_argv(), "-"]
+    args = get_parser().parse_args(argv)
+    vocab_size = len((DEMO_MODEL_DIR / "tokens.txt").read_text().splitlines())
+    return load_model(DEMO_CHECKPOINT, vocab_size, args, explicit_options(argv))
 
 
 def make_librispeech_tree(root: Path, parts: dict[str, list[tuple[str, str, str]]]) -> Path:

@@ -5,7 +5,10 @@ clients and by a real headless Chromium with a fake microphone.
 
 The model is test_export.py's "emitting" export (the tiny trained model with a
 random joiner output layer that emits tokens on about half of the speech
-frames and blank on silence), so that every comparison runs over many tokens.
+frames), so that every comparison runs over many tokens.  The tests that need
+a model that recognises speech and decodes silence as blank (endpointing,
+the browser page, hotwords on rare words, timestamps on whole utterances)
+use the trained demo model of tests/data/demo_model.
 """
 
 import asyncio
@@ -38,12 +41,22 @@ from pruned_transducer_stateless4.streaming_decode import (
     make_search_config,
 )
 from pruned_transducer_stateless4.timestamps import word_start_times
-from shared.metrics import read_recogs, read_recogs_word_times, write_recogs
+from shared.metrics import read_recogs, read_recogs_word_times, word_error_rate, write_recogs
 from shared.utils import AttributeDict
-from tests.helpers import PROJECT_DIR
+from tests.helpers import (
+    DEMO_CHECKPOINT,
+    DEMO_MODEL_DIR,
+    PROJECT_DIR,
+    demo_model_argv,
+    demo_model_options,
+    load_demo_model,
+    speak,
+)
 
-# The module-scoped export fixture of test_export.py, by its name (pytest finds
-# fixtures by the name in the module; the tests' parameters "redefine" it).
+# Module-scoped fixtures of other test modules, by their names (pytest finds
+# fixtures by the name in the module; the tests' parameters "redefine" them):
+# test_context_graph.py's generated rare-word utterances, test_export.py's exports.
+from tests.test_context_graph import rare_word_wavs  # noqa: F401
 from tests.test_export import (
     BPE,
     CHUNK,
@@ -66,8 +79,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def search_setup(model, method: str = "greedy_search") -> StreamingSetup:
-    return StreamingSetup(model, CHUNK, LEFT, make_search_config(AttributeDict(
+def search_setup(model, method: str = "greedy_search", chunk: int = CHUNK,
+                 left: int = LEFT) -> StreamingSetup:
+    return StreamingSetup(model, chunk, left, make_search_config(AttributeDict(
         decoding_method=method, max_sym_per_frame=1, beam_size=4, beam=20.0, max_states=64,
         max_contexts=8)))
 
@@ -152,6 +166,40 @@ def test_timestamps_agree_with_sherpa_onnx(exports, wavs, tmp_path: Path):
     assert all(len(read_recogs(recogs)[k][1]) == len(v) for k, v in word_times.items())
 
 
+def test_timestamps_agree_with_sherpa_onnx_on_trained_model(demo_export, rare_word_wavs):
+    """The same comparison with the trained demo model on generated sentences,
+    where no utterance may be skipped: streaming_decode.py's loop and
+    sherpa-onnx (greedy search, same export and padding) give the same words
+    on every utterance, and >= 95% of their start times lie within one
+    encoder frame of each other (measured: all 155 words)."""
+    options = demo_model_options()
+    chunk = options["decode_chunk_size"]
+    paths = list(rare_word_wavs)
+    symbols = read_symbols(DEMO_MODEL_DIR)
+    padding = flush_padding_seconds(chunk)
+    cuts = [WavCut(p) for p in paths]
+    with torch.no_grad():
+        results, _ = decode_dataset(cuts, demo_setup(), num_decode_streams=4,
+                                    simulate_realtime=False,
+                                    load_audio=lambda cut: read_audio(cut.path)[0],
+                                    tail_padding_samples=round(padding * 16000))
+    ours = {r.cut_id: (r.tokens, r.token_frames) for r in results}
+    recognizer = build_recognizer(demo_export, EXPORT_SUFFIX, num_threads=1)
+    theirs, _ = decode_waves(recognizer, [read_audio(p)[0] for p in paths], padding)
+    close = total = 0
+    for path, sherpa in zip(paths, theirs):
+        tokens, frames = ours[path.stem]
+        words_times = word_start_times([symbols[t] for t in tokens], frames)
+        sherpa_words = [w for w, _ in word_start_times(
+            sherpa.tokens, [round(t / 0.04) for t in sherpa.timestamps])]
+        assert [w for w, _ in words_times] == sherpa_words, path.stem
+        for (_, ours_start), theirs_start in zip(words_times, sherpa_word_times(sherpa)):
+            total += 1
+            close += abs(ours_start - theirs_start) <= 0.04 + 1e-6
+    print(f"timestamps (trained model): {close}/{total} words within 40 ms of sherpa-onnx's")
+    assert total >= 4 * len(paths) and close >= 0.95 * total
+
+
 def test_pretrained_print_timestamps(exports, prepared_dir: Path, wavs):
     """pretrained.py --print-timestamps prints word@start for every word."""
     from tests.helpers import run_script
@@ -170,55 +218,71 @@ def test_pretrained_print_timestamps(exports, prepared_dir: Path, wavs):
 
 
 # ------------------------------------------------------------ endpointing ----
-@pytest.mark.xfail(reason="with icefall's encoder the random 'emitting' test model emits a "
-                   "token on every frame of digital silence, so no trailing-silence rule "
-                   "can fire; this end-to-end check needs a test model that decodes "
-                   "silence as blank (the rules themselves: test_endpoint_rules)",
-                   strict=False)
-def test_endpointing_splits_two_utterances(exports, wavs):
-    """Two utterances joined by 3 s of silence come out as two segments: the
-    first with the text of the first utterance decoded alone, the cut inside
-    the silence; sherpa-onnx's endpointing (same rules, same export) finds
-    the same two segments and the same first text."""
-    model = emitting_model(exports)
-    symbols = read_symbols(exports["emitting"])
-    a, b = read_audio(wavs[0])[0], read_audio(wavs[1])[0]
-    silence = np.zeros(48000, dtype=np.float32)
-    padding = round(flush_padding_seconds(CHUNK) * 16000)
-    joined = np.concatenate([a, silence, b])
-    setup = search_setup(model)
-    with torch.no_grad():
-        segments = decode_with_endpoints(setup, joined, EndpointConfig(),
-                                         tail_padding_samples=padding)
-        alone = decode_with_endpoints(setup, np.concatenate([a, silence]), EndpointConfig(),
-                                      tail_padding_samples=padding)
+# Two sentences said by a voice of the training data, joined by 3 s of digital
+# silence, decoded by the trained demo model (tests/data/demo_model), which
+# recognises them and decodes silence as blank (the random "emitting" model
+# emits tokens on silence, so no trailing-silence rule could fire).
+ENDPOINT_SENTENCES = ("he opened the door and walked into the garden",
+                      "she wrote a long letter to her mother")
+ENDPOINT_VOICE = "rms"
+GAP_SECONDS = 3.0
 
-    def text(tokens) -> str:
-        return "".join(symbols[t] for t in tokens).replace("\u2581", " ").strip()
 
-    ours = [text(s.tokens) for s in segments]
-    print("our segments:", [(s.start_time, s.end_time, t) for s, t in zip(segments, ours)])
-    assert len(segments) == 2, ours
-    assert ours[0] == text(alone[0].tokens) and ours[1]
-    end_a = a.size / 16000
-    # The cut lies in the silence: after a's last token, before b's first.
-    assert segments[0].frames[-1] * 0.04 < segments[0].end_time <= end_a + 3.0
-    assert segments[0].end_time <= segments[1].start_time <= segments[1].frames[0] * 0.04
-    assert segments[1].frames[0] * 0.04 >= end_a + 3.0 - 0.2  # b's tokens, not silence's
+@pytest.fixture(scope="module")
+def two_utterances() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, second, both joined by GAP_SECONDS of zeros), 16 kHz float32."""
+    a, b = (speak(sentence, ENDPOINT_VOICE) for sentence in ENDPOINT_SENTENCES)
+    return a, b, np.concatenate([a, np.zeros(round(GAP_SECONDS * 16000), np.float32), b])
 
-    recognizer = build_recognizer(exports["emitting"], EXPORT_SUFFIX, num_threads=1)
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory) -> Path:
+    """The demo model's ONNX export by export.py (its chunk and left context),
+    with tokens.txt and bpe.vocab, as EXP_DIR/*-epoch-1-avg-1.onnx."""
+    from pruned_transducer_stateless4 import export as export_script
+
+    exp_dir = tmp_path_factory.mktemp("demo_export")
+    shutil.copy(DEMO_CHECKPOINT, exp_dir / "epoch-1.pt")
+    options = demo_model_options()
+    export_script.run(export_script.get_parser().parse_args(
+        ["--exp-dir", str(exp_dir), "--epoch", "1", "--avg", "1", "--use-averaged-model",
+         "false", "--bpe-model", str(DEMO_MODEL_DIR / "bpe.model"), "--onnx", "1",
+         "--decode-chunk-size", str(options["decode_chunk_size"]),
+         "--left-context", str(options["left_context"]), *options["model_args"]]))
+    return exp_dir
+
+
+def demo_server_options() -> list[str]:
+    """streaming_server.py's options for the demo model (torch backend)."""
+    options = demo_model_options()
+    return [*demo_model_argv(), "--decode-chunk-size", str(options["decode_chunk_size"]),
+            "--left-context", str(options["left_context"]), "--num-threads", "1"]
+
+
+def demo_setup(method: str = "greedy_search") -> StreamingSetup:
+    options = demo_model_options()
+    return search_setup(load_demo_model(), method, options["decode_chunk_size"],
+                        options["left_context"])
+
+
+def sherpa_endpoint_segments(exp_dir: Path, samples: np.ndarray) -> list[str]:
+    """The texts of the segments sherpa-onnx's endpointing (its default rules,
+    greedy search) cuts `samples` into, fed in 0.1 s pieces and followed by
+    the padding it needs to decode the last frames."""
     import sherpa_onnx
 
+    chunk = demo_model_options()["decode_chunk_size"]
     recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
-        **{name: str(exports["emitting"] / f"{name}-{EXPORT_SUFFIX}.onnx")
+        **{name: str(exp_dir / f"{name}-{EXPORT_SUFFIX}.onnx")
            for name in ("encoder", "decoder", "joiner")},
-        tokens=str(exports["emitting"] / "tokens.txt"), num_threads=1, sample_rate=16000,
+        tokens=str(exp_dir / "tokens.txt"), num_threads=1, sample_rate=16000,
         feature_dim=80, decoding_method="greedy_search", enable_endpoint_detection=True,
         rule1_min_trailing_silence=2.4, rule2_min_trailing_silence=1.2,
         rule3_min_utterance_length=20.0)
     stream = recognizer.create_stream()
-    theirs = []
-    samples = np.concatenate([joined, np.zeros(padding, dtype=np.float32)])
+    texts = []
+    padding = np.zeros(round(flush_padding_seconds(chunk) * 16000), np.float32)
+    samples = np.concatenate([samples, padding])
     for start in range(0, samples.size, 1600):
         stream.accept_waveform(16000, samples[start : start + 1600])
         if start + 1600 >= samples.size:
@@ -227,12 +291,98 @@ def test_endpointing_splits_two_utterances(exports, wavs):
             recognizer.decode_stream(stream)
             if recognizer.is_endpoint(stream):
                 if recognizer.get_result(stream).strip():
-                    theirs.append(recognizer.get_result(stream).strip())
+                    texts.append(recognizer.get_result(stream).strip().lower())
                 recognizer.reset(stream)
     if recognizer.get_result(stream).strip():
-        theirs.append(recognizer.get_result(stream).strip())
+        texts.append(recognizer.get_result(stream).strip().lower())
+    return texts
+
+
+def test_endpointing_splits_two_utterances(demo_export, two_utterances):
+    """Two utterances joined by 3 s of silence come out of our streaming
+    decoder's endpointing (endpoint.py, sherpa-onnx's default rules) as two
+    segments:
+
+    * their texts are the two sentences (word error rate <= 25% each, what
+      the model gets on them) and the first is the text of the first
+      utterance decoded alone;
+    * the cut lies in the silence, 1.2 s (rule 2) to 1.2 s + one chunk after
+      the first segment's last token; the second segment starts there and its
+      tokens lie in the second utterance;
+    * sherpa-onnx's endpointing on the same model's ONNX export finds the same
+      two segments, the first with the same text."""
+    a, b, joined = two_utterances
+    setup = demo_setup()
+    chunk_seconds = setup.chunk_size * 0.04
+    padding = round(flush_padding_seconds(setup.chunk_size) * 16000)
+    with torch.no_grad():
+        segments = decode_with_endpoints(setup, joined, EndpointConfig(),
+                                         tail_padding_samples=padding)
+        alone = decode_with_endpoints(setup, joined[: a.size + 48000], EndpointConfig(),
+                                      tail_padding_samples=padding)
+    symbols = read_symbols(DEMO_MODEL_DIR)
+
+    def text(tokens) -> str:
+        return words([symbols[t] for t in tokens]).lower()
+
+    ours = [text(s.tokens) for s in segments]
+    print("our segments:", [(s.start_time, s.end_time, t) for s, t in zip(segments, ours)])
+    assert len(segments) == 2, ours
+    assert ours[0] == text(alone[0].tokens)
+    for sentence, hyp in zip(ENDPOINT_SENTENCES, ours):
+        assert word_error_rate([sentence], [hyp]) <= 0.25, (sentence, hyp)
+    end_a = a.size / 16000
+    first, second = segments
+    last_token_a = first.frames[-1] * 0.04
+    assert first.start_time == 0.0
+    assert last_token_a + 1.2 <= first.end_time <= last_token_a + 1.2 + chunk_seconds + 0.04
+    assert first.end_time < end_a + GAP_SECONDS
+    assert second.start_time == first.end_time
+    assert end_a + GAP_SECONDS - 0.2 <= second.frames[0] * 0.04
+    assert second.frames[-1] * 0.04 <= second.end_time <= joined.size / 16000 + padding / 16000
+
+    theirs = sherpa_endpoint_segments(demo_export, joined)
     print("sherpa-onnx segments:", theirs)
     assert len(theirs) == 2 and theirs[0] == ours[0], (theirs, ours)
+    assert word_error_rate([ENDPOINT_SENTENCES[1]], [theirs[1]]) <= 0.25, theirs
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_server_sends_endpoint_segments(demo_export, two_utterances, tmp_path: Path, backend):
+    """streaming_server.py with endpointing on (its default) cuts the two
+    utterances into two final segments, the second starting in the silence,
+    as its backend does alone: the segments and start times of
+    decode_with_endpoints (torch backend, which adds no padding) or the
+    segments of sherpa-onnx's endpointing (onnx)."""
+    a, _, joined = two_utterances
+    if backend == "torch":
+        server_options = demo_server_options()
+        symbols = read_symbols(DEMO_MODEL_DIR)
+        with torch.no_grad():
+            segments = decode_with_endpoints(demo_setup(), joined, EndpointConfig())
+        expected = [words([symbols[t] for t in s.tokens]) for s in segments]
+        expected_starts = [round(s.start_time, 4) for s in segments]
+    else:
+        server_options = ["--backend", "onnx", "--exp-dir", str(demo_export), "--epoch", "1",
+                          "--avg", "1", "--num-threads", "1"]
+        expected = [t.upper() for t in sherpa_endpoint_segments(demo_export, joined)]
+        expected_starts = None
+    server = Server(tmp_path, *server_options)
+    try:
+        messages = asyncio.run(stream_file(server.port, joined))
+    finally:
+        server.stop()
+    finals = [m for m in messages if m["is_final"] and m["text"].strip()]
+    print(f"{backend} server segments:",
+          [(m["segment"], m["start_time"], m["text"]) for m in finals])
+    assert messages[-1]["is_eof"]
+    assert len(expected) == 2
+    assert [m["text"].strip() for m in finals] == expected
+    assert [m["segment"] for m in finals] == [0, 1]
+    assert finals[0]["start_time"] == 0.0
+    assert a.size / 16000 < finals[1]["start_time"] < a.size / 16000 + GAP_SECONDS  # in the gap
+    if expected_starts is not None:
+        assert [m["start_time"] for m in finals] == expected_starts
 
 
 def test_endpoint_rules():
@@ -455,20 +605,24 @@ def test_bad_clients_do_not_disturb_a_good_one(exports, prepared_dir: Path, wavs
 
 
 # --------------------------------------------------------------- browser ----
-def test_web_page_in_headless_chromium(exports, prepared_dir: Path, wavs, tmp_path: Path):
+def test_web_page_in_headless_chromium(two_utterances, tmp_path: Path):
     """The page at / in a real headless Chromium whose microphone is a fake
-    device playing a generated wav (a second of silence, then speech):
+    device playing a generated wav (a second of silence, then speech), the
+    server running the trained demo model:
 
     * what the page sent (the server saves it, --save-audio-dir) is the wav's
       audio at 16 kHz: correlation > 0.95 at the best offset (a page that sent
       nothing, the wrong sample format or the wrong rate gets ~0);
     * the page shows the text, segment by segment, that the server gives when
-      that same audio is streamed to it directly.
+      that same audio is streamed to it directly;
+    * that text is the sentence the wav says: word error rate <= 40% (a
+      model that recognises nothing gets ~100%).  The page starts sending at
+      an arbitrary point of the fake device's audio, which shifts the chunk
+      boundaries, so the text need not be that of the wav decoded alone;
+      over leading silences of 0-1 s in 40 ms steps this sentence's WER
+      stays <= 25% (the other sentence's reaches 44%).
 
-    (The expected text cannot be the wav's own transcript: the test model
-    sits on a knife edge between blank and a token on many frames, and the
-    page starts sending at an arbitrary point of the fake device's audio, which
-    shifts the chunk boundaries.)  Saves a screenshot into the test's tmp_path,
+    Saves a screenshot into the test's tmp_path,
     or to $SCREENSHOT_DIR/streaming_server_page.png when set (how the one in
     docs/ was made: SCREENSHOT_DIR=docs), so a test run never rewrites docs/."""
     chromium = shutil.which("chromium")
@@ -480,13 +634,12 @@ def test_web_page_in_headless_chromium(exports, prepared_dir: Path, wavs, tmp_pa
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    samples = read_audio(wavs[0])[0]
+    samples = two_utterances[1]
     played = np.concatenate([np.zeros(16000, np.float32), samples, np.zeros(16000, np.float32)])
     wav = tmp_path / "speech.wav"
     sf.write(str(wav), played, 16000, subtype="PCM_16")
     saved_dir = tmp_path / "received"
-    server = Server(prepared_dir, *torch_server_options(exports), "--save-audio-dir",
-                    str(saved_dir))
+    server = Server(tmp_path, *demo_server_options(), "--save-audio-dir", str(saved_dir))
     try:
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
@@ -538,8 +691,8 @@ def test_web_page_in_headless_chromium(exports, prepared_dir: Path, wavs, tmp_pa
           f"audio: {expected!r}")
     assert similarity > 0.95
     assert overlap.size > samples.size  # all the speech was sent
-    assert len(shown.split()) >= 3
     assert shown == expected
+    assert word_error_rate([ENDPOINT_SENTENCES[1]], [shown.lower()]) <= 0.4, shown
 
 
 def test_decode_recogs_have_word_times(exports, prepared_dir: Path, tmp_path: Path):
@@ -621,6 +774,32 @@ def test_context_graph_scores_like_sherpa_onnx_hotwords(exports, prepared_dir: P
     print(f"hotwords {phrases}: {nonzero} of {compared} tokens with a context score; "
           "ours equal sherpa-onnx's on all")
     assert nonzero > 0
+
+
+def test_sherpa_onnx_hotwords_on_rare_words(demo_export, rare_word_wavs, tmp_path: Path):
+    """sherpa-onnx (modified_beam_search) on the demo model's export, with the
+    rare words as its hotwords file encoded with export.py's bpe.vocab:
+    more of them are recognised than without it (measured: 0 -> 7 of 22 at
+    score 2.0), the sentences without them no worse (test_context_graph.py
+    does the same with our own search).  The file is written in the BPE
+    model's case (upper): sherpa-onnx does not fold case, and a lower-case
+    file changes nothing."""
+    from tests.test_context_graph import HOTWORD_SCORE, RARE_WORDS, check_hotword_effect
+
+    hotwords = tmp_path / "hotwords.txt"
+    hotwords.write_text("".join(f"{word.upper()}\n" for word in RARE_WORDS))
+    audio = [read_audio(p)[0] for p in rare_word_wavs]
+    padding = flush_padding_seconds(demo_model_options()["decode_chunk_size"])
+
+    def decode(**hotword_options) -> dict[Path, str]:
+        recognizer = build_recognizer(demo_export, EXPORT_SUFFIX, num_threads=1,
+                                      decoding_method="modified_beam_search", **hotword_options)
+        results, _ = decode_waves(recognizer, audio, padding)
+        return {p: r.text for p, r in zip(rare_word_wavs, results)}
+
+    check_hotword_effect(rare_word_wavs, decode(),
+                         decode(hotwords_file=hotwords, hotwords_score=HOTWORD_SCORE),
+                         min_gain=len(rare_word_wavs) // 8)
 
 
 def test_connection_limit_and_page(exports, prepared_dir: Path, wavs):
