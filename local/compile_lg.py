@@ -8,7 +8,7 @@ Reads from --lang-dir:
 Writes --lang-dir/LG.fst, an OpenFst binary: token ids in, word ids out, at
 most one word per arc (on the last token of the word), and no epsilon arcs
 except the LM's back-off arcs (at most one per state, outputting nothing).
-`shared.fsa_graph.load_decoding_graph` loads it; shared/fsa_graph.py documents
+`shared.fsa_search.load_decoding_graph` loads it; shared/fsa_search.py documents
 the format.
 
 Every graph operation is an OpenFst one, through kaldifst:
@@ -60,7 +60,7 @@ from local.prepare_lang_bpe import (
     report_missing_input,
     write_fst_atomically,
 )
-from shared.fsa_graph import FstArrays, arrays_to_fst, fst_to_arrays
+from shared.fsa_search import FstArrays, arrays_to_fst, fst_to_arrays
 from shared.utils import outputs_are_up_to_date, setup_logging, str2bool
 
 

@@ -87,7 +87,7 @@ from pruned_transducer_stateless4.model_config import (
 from pruned_transducer_stateless4.timestamps import batch_word_times
 from shared import run_record
 from shared.checkpoint import add_checkpoint_arguments, explicit_options, load_inference_model
-from shared.fsa_graph import (
+from shared.fsa_search import (
     DecodingGraph,
     load_decoding_graph,
     read_word_table,

@@ -44,11 +44,7 @@ import kaldi_native_fbank as knf
 import numpy as np
 import torch
 
-from pruned_transducer_stateless4.beam_search import (
-    FastBeamSearchStream,
-    Hypothesis,
-    HypothesisList,
-)
+from pruned_transducer_stateless4.beam_search import Hypothesis, HypothesisList
 from pruned_transducer_stateless4.conformer import Conformer
 from shared.features import (
     FRAME_LENGTH_MS,
@@ -57,6 +53,7 @@ from shared.features import (
     NUM_MEL_BINS,
     SAMPLE_RATE,
 )
+from shared.fsa_search import FastBeamSearchStream
 
 SUBSAMPLING_FACTOR = 4
 PAD_LENGTH = Conformer.streaming_pad_length(0, SUBSAMPLING_FACTOR)

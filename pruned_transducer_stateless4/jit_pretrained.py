@@ -264,15 +264,11 @@ class StreamingModifiedBeamSearch:
 
 
 class StreamingFastBeamSearch:
-    """beam_search.FastBeamSearchStream (trivial graph) advanced per chunk."""
+    """fsa_search.FastBeamSearchStream (trivial graph) advanced per chunk."""
 
     def __init__(self, model, vocab_size: int, beam: float, max_states: int,
                  max_contexts: int) -> None:
-        from pruned_transducer_stateless4.beam_search import (
-            FastBeamSearchConfig,
-            FastBeamSearchStream,
-        )
-        from shared.fsa_graph import trivial_graph
+        from shared.fsa_search import FastBeamSearchConfig, FastBeamSearchStream, trivial_graph
 
         self.model = model
         self.config = FastBeamSearchConfig(beam, max_states, max_contexts)
@@ -281,7 +277,7 @@ class StreamingFastBeamSearch:
                                            int(model.decoder.blank_id))
 
     def advance(self, encoder_out: torch.Tensor) -> None:
-        from pruned_transducer_stateless4.beam_search import FastBeamSearchStreams
+        from shared.fsa_search import FastBeamSearchStreams
 
         FastBeamSearchStreams(self.model, [self.stream], self.config).advance(
             encoder_out.unsqueeze(0))

@@ -61,7 +61,7 @@ from pruned_transducer_stateless4.timestamps import (
 )
 from shared.checkpoint import explicit_options, load_inference_model
 from shared.features import SAMPLE_RATE, make_fbank_extractor
-from shared.fsa_graph import trivial_graph
+from shared.fsa_search import trivial_graph
 from shared.utils import (
     AttributeDict,
     RecipeError,

@@ -14,7 +14,7 @@ the hypotheses from one frame to the next.
 * `greedy_search`: as `beam_search.greedy_search_batch`.
 * `modified_beam_search`: `beam_search.modified_beam_search_step` frame by
   frame, with the beams (`HypothesisList`) kept in the streams.
-* `fast_beam_search`: `beam_search.FastBeamSearchStreams` on the streams'
+* `fast_beam_search`: `fsa_search.FastBeamSearchStreams` on the streams'
   `FastBeamSearchStream` objects.
 """
 
@@ -23,13 +23,10 @@ from typing import Any
 
 import torch
 
-from pruned_transducer_stateless4.beam_search import (
-    FastBeamSearchConfig,
-    FastBeamSearchStreams,
-    modified_beam_search_step,
-)
+from pruned_transducer_stateless4.beam_search import modified_beam_search_step
 from pruned_transducer_stateless4.decode_stream import STREAMING_DECODING_METHODS, StreamBatch
 from pruned_transducer_stateless4.model import Transducer
+from shared.fsa_search import FastBeamSearchConfig, FastBeamSearchStreams
 
 
 @dataclass

@@ -74,7 +74,6 @@ import sentencepiece as spm
 import torch
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
-from pruned_transducer_stateless4.beam_search import FastBeamSearchConfig
 from pruned_transducer_stateless4.context_graph import (
     add_context_arguments,
     context_graph_of,
@@ -103,7 +102,7 @@ from shared import run_record
 from shared.checkpoint import add_checkpoint_arguments as add_checkpoint_selection_arguments
 from shared.checkpoint import explicit_options, load_inference_model
 from shared.features import SAMPLE_RATE
-from shared.fsa_graph import trivial_graph
+from shared.fsa_search import FastBeamSearchConfig, trivial_graph
 from shared.metrics import write_error_stats, write_recogs
 from shared.utils import (
     AttributeDict,

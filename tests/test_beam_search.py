@@ -21,7 +21,8 @@ import torch.nn as nn
 from pruned_transducer_stateless4 import beam_search as bs
 from pruned_transducer_stateless4.decoder import Decoder
 from pruned_transducer_stateless4.joiner import Joiner
-from shared.fsa_graph import DecodingGraph, load_decoding_graph, trivial_graph
+from shared import fsa_search as fs
+from shared.fsa_search import DecodingGraph, load_decoding_graph, trivial_graph
 from shared.metrics import word_error_rate, write_error_stats
 
 BLANK = 0
@@ -272,13 +273,22 @@ def test_modified_beam_search_batch_equals_single_utterances():
 LARGE = dict(beam=1000.0, max_states=10000, max_contexts=10000)
 
 
+def test_beam_search_imports_icefall_fast_beam_search_names():
+    """icefall's recipes import the fast_beam_search functions from
+    beam_search.py: there they are fsa_search's functions (imported, not
+    copies)."""
+    for name in ("fast_beam_search", "fast_beam_search_one_best", "fast_beam_search_LG",
+                 "fast_beam_search_nbest", "fast_beam_search_nbest_LG"):
+        assert getattr(bs, name) is getattr(fs, name), name
+
+
 def test_fast_beam_search_is_exact_viterbi_with_large_beams():
     vocab_size, context_size, num_frames = 3, 2, 5
     for seed, model, encoder_out, table in toy_cases(vocab_size, context_size, num_frames, 2.0,
                                                      seeds=range(4)):
         results = exhaustive(table, num_frames, vocab_size, context_size)
         best = ranked(results, max)
-        lattice = bs.fast_beam_search(model, trivial_graph(vocab_size), encoder_out,
+        lattice = fs.fast_beam_search(model, trivial_graph(vocab_size), encoder_out,
                                       torch.tensor([num_frames]), **LARGE)[0]
         path = lattice.best_path()
         assert tuple(path.tokens) == best[0][1], seed
@@ -295,7 +305,7 @@ def test_fast_beam_search_is_exact_viterbi_with_large_beams():
         # nbest with many paths finds the sequence with the best total score.
         best_sum = ranked(results, log_sum)[0][1]
         gen = torch.Generator().manual_seed(seed)
-        assert tuple(bs.nbest_best_sequence(lattice, 300, 1.0, generator=gen)) == best_sum
+        assert tuple(fs.nbest_best_sequence(lattice, 300, 1.0, generator=gen)) == best_sum
 
 
 def test_fast_beam_search_nbest_with_one_path_is_the_best_path():
@@ -303,19 +313,19 @@ def test_fast_beam_search_nbest_with_one_path_is_the_best_path():
     encoder_out = torch.randn(4, 10, 8)
     lens = torch.tensor([10, 9, 6, 3])
     graph = trivial_graph(7)
-    one_best = bs.fast_beam_search_one_best(model, graph, encoder_out, lens, 8.0, 16, 4)
-    nbest = bs.fast_beam_search_nbest(model, graph, encoder_out, lens, 8.0, 16, 4, num_paths=1)
+    one_best = fs.fast_beam_search_one_best(model, graph, encoder_out, lens, 8.0, 16, 4)
+    nbest = fs.fast_beam_search_nbest(model, graph, encoder_out, lens, 8.0, 16, 4, num_paths=1)
     assert nbest == one_best
     # A lattice pruned to a single path: every sample is that path.
-    lattice = bs.fast_beam_search(model, graph, encoder_out[:1], lens[:1], 8.0, 1, 1)[0]
+    lattice = fs.fast_beam_search(model, graph, encoder_out[:1], lens[:1], 8.0, 1, 1)[0]
     assert lattice.num_arcs == 10
-    assert bs.nbest_best_sequence(lattice, 20) == lattice.best_path().tokens
+    assert fs.nbest_best_sequence(lattice, 20) == lattice.best_path().tokens
 
 
 def test_fast_beam_search_random_paths_follow_the_distribution():
     model = ToyModel(3, 1, 1.0, seed=5)
     encoder_out = torch.randn(1, 3, 8)
-    lattice = bs.fast_beam_search(model, trivial_graph(3), encoder_out, torch.tensor([3]),
+    lattice = fs.fast_beam_search(model, trivial_graph(3), encoder_out, torch.tensor([3]),
                                   **LARGE)[0]
     gen = torch.Generator().manual_seed(0)
     paths = lattice.random_paths(4000, 1.0, gen)
@@ -333,15 +343,15 @@ def test_fast_beam_search_batch_and_chunks_equal_single_utterances():
     encoder_out = torch.randn(3, 12, 8)
     lens = torch.tensor([12, 7, 4])
     graph = trivial_graph(8)
-    config = bs.FastBeamSearchConfig(beam=6.0, max_states=8, max_contexts=4)
-    batch = bs.fast_beam_search(model, graph, encoder_out, lens, 6.0, 8, 4)
-    single = [bs.fast_beam_search(model, graph, encoder_out[i : i + 1, : lens[i]],
+    config = fs.FastBeamSearchConfig(beam=6.0, max_states=8, max_contexts=4)
+    batch = fs.fast_beam_search(model, graph, encoder_out, lens, 6.0, 8, 4)
+    single = [fs.fast_beam_search(model, graph, encoder_out[i : i + 1, : lens[i]],
                                   lens[i : i + 1], 6.0, 8, 4)[0] for i in range(3)]
     # Streaming: chunks of 5 frames, partial results along the way.
-    streams = [bs.FastBeamSearchStream(graph, context_size=2) for _ in range(3)]
+    streams = [fs.FastBeamSearchStream(graph, context_size=2) for _ in range(3)]
     for start in range(0, 12, 5):
         chunk_lens = (lens - start).clamp(min=0, max=5)
-        bs.FastBeamSearchStreams(model, streams, config).advance(
+        fs.FastBeamSearchStreams(model, streams, config).advance(
             encoder_out[:, start : start + 5], chunk_lens)
         for stream, n in zip(streams, chunk_lens.tolist()):
             assert stream.best_path(final=False).score > -math.inf or n == 0
@@ -363,7 +373,7 @@ def test_fast_beam_search_pruning_limits():
     model = ToyModel(20, 2, 0.5, seed=4)
     encoder_out = torch.randn(2, 15, 8)
     lens = torch.tensor([15, 11])
-    lattices = bs.fast_beam_search(model, trivial_graph(20), encoder_out, lens, 5.0, 6, 3)
+    lattices = fs.fast_beam_search(model, trivial_graph(20), encoder_out, lens, 5.0, 6, 3)
     for lattice in lattices:
         counts = lattice.state_offsets[1:] - lattice.state_offsets[:-1]
         # trivial graph: states == contexts
@@ -391,16 +401,16 @@ def test_graph_accepting_one_word_sequence_forces_the_output(tmp_path):
         model = ToyModel(5, 2, 3.0, seed=seed)
         encoder_out = torch.randn(2, 9, 8)
         lens = torch.tensor([9, 6])
-        free = bs.fast_beam_search_one_best(model, trivial_graph(5), encoder_out, lens)
+        free = fs.fast_beam_search_one_best(model, trivial_graph(5), encoder_out, lens)
         assert free != [[1, 2, 3], [1, 2, 3]]  # the model alone says something else
-        words = bs.fast_beam_search_LG(model, graph, encoder_out, lens, ngram_lm_scale=0.01)
+        words = fs.fast_beam_search_LG(model, graph, encoder_out, lens, ngram_lm_scale=0.01)
         assert words == [[1, 2], [1, 2]]
-        tokens = bs.fast_beam_search_one_best(model, graph, encoder_out, lens)
+        tokens = fs.fast_beam_search_one_best(model, graph, encoder_out, lens)
         assert tokens == [[1, 2, 3], [1, 2, 3]]
-        nbest = bs.fast_beam_search_nbest_LG(model, graph, encoder_out, lens, num_paths=5)
+        nbest = fs.fast_beam_search_nbest_LG(model, graph, encoder_out, lens, num_paths=5)
         assert nbest == [[1, 2], [1, 2]]
     # Too few frames for the three tokens: no final state, empty result.
-    assert bs.fast_beam_search_LG(model, graph, encoder_out[:1, :2], torch.tensor([2])) == [[]]
+    assert fs.fast_beam_search_LG(model, graph, encoder_out[:1, :2], torch.tensor([2])) == [[]]
 
 
 def backoff_graph() -> DecodingGraph:
@@ -458,7 +468,7 @@ def test_fast_beam_search_with_backoff_graph_agrees_with_exhaustive_search(scale
                 candidates.append((max(scores) + scale * graph_score, seq, words))
         candidates.sort(reverse=True)
         assert candidates[0][0] > candidates[1][0] + 1e-5
-        lattice = bs.fast_beam_search(model, graph, encoder_out, torch.tensor([num_frames]),
+        lattice = fs.fast_beam_search(model, graph, encoder_out, torch.tensor([num_frames]),
                                       ngram_lm_scale=scale, **LARGE)[0]
         path = lattice.best_path()
         assert path.score == pytest.approx(candidates[0][0], abs=1e-4), seed

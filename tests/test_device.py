@@ -5,8 +5,8 @@ so that a tensor a CUDA run would leave on the CPU fails here on CPU."""
 import pytest
 import torch
 
-from pruned_transducer_stateless4.beam_search import Lattice
 from shared.device_guard import DeviceMismatch, device_guard
+from shared.fsa_search import Lattice
 from shared.utils import RecipeError, get_device
 from tests.helpers import two_frame_lattice_fields
 

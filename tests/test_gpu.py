@@ -4,7 +4,7 @@ runs them on the GPU machine): CUDA results equal CPU results."""
 import pytest
 import torch
 
-from pruned_transducer_stateless4.beam_search import Lattice
+from shared.fsa_search import Lattice
 from shared.utils import get_device
 from tests.helpers import two_frame_lattice_fields
 

@@ -1,5 +1,5 @@
 """Stage 5 of prepare.sh on a tiny corpus: words.txt, lexicon, L, the ARPA LM,
-G, LG, and the tensor format of shared/fsa_graph.py.
+G, LG, and the tensor format of shared/fsa_search.py.
 
 The corpus and its sentencepiece model are made in a temporary directory with
 stage 4's settings (<blk> = 0, <sos/eos> = 1, <unk> = 2). Graphs are checked by
@@ -20,7 +20,7 @@ import sentencepiece as spm
 import torch
 
 from local import compile_lg, prepare_lang_bpe, prepare_lm
-from shared.fsa_graph import (
+from shared.fsa_search import (
     DecodingGraph,
     load_decoding_graph,
     read_word_table,
@@ -180,7 +180,7 @@ def arpa_sentence_log_prob(arpa: Path, words: list[str], order: int = 3) -> floa
 
 
 def check_graph_invariants(graph: DecodingGraph) -> None:
-    """The layout promised by shared/fsa_graph.py."""
+    """The layout promised by shared/fsa_search.py."""
     num_arcs, num_states = graph.num_arcs, graph.num_states
     for name in ("arc_src", "arc_dst", "arc_label", "arc_word"):
         tensor = getattr(graph, name)

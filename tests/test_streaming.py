@@ -45,7 +45,7 @@ from pruned_transducer_stateless4.streaming_decode import (
     make_search_config,
 )
 from shared.features import LOG_EPS, make_fbank_extractor
-from shared.fsa_graph import trivial_graph
+from shared.fsa_search import trivial_graph
 from shared.utils import AttributeDict
 from tests.helpers import run_script
 
