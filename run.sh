@@ -31,10 +31,10 @@ perturb_speed=false
 num_epochs=30
 # A fixed amount of work, not of time, so that the run trains the same model on
 # every machine (CPUs of this class differ by up to 2x in speed; a time budget
-# gave a different model, and a different WER, on each).  6000 batches take
-# about the 28 minutes of optimizer steps the earlier encoder was given on a
-# 2-core machine (docs/experiments.md, "icefall's encoder on 2 CPU cores");
-# a slower CPU takes longer for the same model.
+# gave a different model, and a different WER, on each).  6000 batches took
+# 27.9 minutes of optimizer steps on the 2-core machine where the earlier
+# encoder's 28 minutes gave 5,349 batches (docs/experiments.md, "icefall's
+# encoder on 2 CPU cores"); a slower CPU takes longer for the same model.
 max_train_batches=6000
 max_train_minutes=0
 world_size=1
