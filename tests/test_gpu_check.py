@@ -4,6 +4,7 @@ decoding under the device-mismatch guard), and its pass/fail logic: a step
 that did not learn fails, a failed step does not stop the others, and the
 bundle unpacks only the wheels of modules the machine lacks."""
 
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -46,8 +47,8 @@ def test_gpu_check_dry_run_on_cpu(prepared_dir: Path, tmp_path: Path):
                  "loss benchmark | ok", "pytest -m cuda | ok"):
         assert step in output, step
     assert "fast_beam_search_nbest_LG" in output
-    # float16 ran with its GradScaler and learned: the scale stayed at its start.
-    assert "grad scale 65536" in output
+    # float16 ran with its GradScaler, which never met a non-finite gradient.
+    assert re.search(r"0 non-finite gradients, grad scale (\d+) -> \1\b", output), output
 
 
 def test_learn_step_fails_when_nothing_learns(prepared_dir: Path, monkeypatch, tmp_path: Path):

@@ -330,6 +330,7 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
         sampler = None
 
     loader = FixedLoader(batches[i % len(batches)] for i in range(args.learn_steps))
+    scale_start = grad_scaler.get_scale() if grad_scaler.is_enabled() else None
     start = time.time()
     try:
         train_py.train_one_epoch(
@@ -351,7 +352,7 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
                f">= {args.learn_batch_seconds:g} s in {seconds:.1f} s: loss {loss_before:.3f} -> "
                f"{loss_after:.3f}, {len(before) - len(unchanged)}/{len(before)} parameters "
                f"changed, {int(nonfinite)} non-finite gradients"
-               + (f", grad scale {scale:g}" if scale is not None else ""))
+               + (f", grad scale {scale_start:g} -> {scale:g}" if scale is not None else ""))
     print(summary, flush=True)
     if failures:
         raise CheckFailed("; ".join(failures))
