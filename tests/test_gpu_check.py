@@ -31,7 +31,7 @@ def test_gpu_check_dry_run_on_cpu(prepared_dir: Path, tmp_path: Path):
          "--loss-benchmark-args", "--batch-size 2 --num-frames 40 --num-symbols 10 "
          "--vocab-size 50 --num-iters 2 --threads 1",
          # The CPU's share: fewer, shorter learning steps than on a GPU.
-         "--", "--learn-steps", "8", "--learn-batch-seconds", "10"],
+         "--", "--learn-steps", "4", "--learn-batch-seconds", "10"],
         prepared_dir, timeout=900)
     output = result.stdout + result.stderr
     # The dry-run's own lines (steps, throughput, summary table) are on stdout;

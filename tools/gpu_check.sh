@@ -39,7 +39,7 @@ usage="Usage: $0 [--device cuda|cpu] [--bundle DIR] [--work DIR] [--python PY]
   --guard       run decoding under shared/device_guard.py (needs --device cpu) [$guard]
   --cache-dir   where fast_rnnt wheels are cached [WORK/cache]
   --loss-benchmark-args  extra options of benchmarks/loss_benchmark.py
-  -- ARGS       the rest goes to tools/gpu_check.py (e.g. -- --learn-steps 8)"
+  -- ARGS       the rest goes to tools/gpu_check.py (e.g. -- --learn-steps 4)"
 
 while [ $# -gt 0 ]; do
   case "$1" in
