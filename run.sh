@@ -5,7 +5,7 @@
 #
 # Steps (each prints a progress line; a finished step leaves a stamp in
 # $exp_dir/.done and is skipped when run.sh is run again):
-#   1 set-up          shared/setup.sh (venv, Debian packages, fast_rnnt)
+#   1 set-up          shared/setup.sh (venv, fast_rnnt; --dev for the generated corpus)
 #   2 data            prepare.sh (generated corpus, manifests, noise, fbank, BPE, LG)
 #   3 train           pruned_transducer_stateless4/train.py (streaming, dynamic chunks);
 #                     an interrupted run resumes from its newest checkpoint-B.pt
@@ -165,7 +165,9 @@ done_or_run() {
 }
 
 step "set-up: checking the environment"
-./shared/setup.sh
+# The generated corpus needs TTS voices, sox and their Python packages
+# (requirements-dev.txt); real LibriSpeech needs none of them.
+if [ "$corpus" = synth ]; then ./shared/setup.sh --dev; else ./shared/setup.sh; fi
 . shared/path.sh
 
 done_or_run data ./prepare.sh --corpus "$corpus" --dl-dir "$dl_dir" --synth-hours "$synth_hours" \

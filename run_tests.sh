@@ -4,7 +4,8 @@
 #   ./run_tests.sh -k conformer -x
 set -euo pipefail
 cd "$(dirname "$0")"
-./shared/setup.sh
+# --dev: the tests, the generated corpus and the browser test need requirements-dev.txt.
+./shared/setup.sh --dev
 . shared/path.sh
 echo "[run_tests] ruff check"
 ruff check .

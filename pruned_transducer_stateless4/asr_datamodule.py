@@ -8,6 +8,7 @@ A batch from the dataloaders is lhotse's K2SpeechRecognitionDataset dict:
 """
 
 import argparse
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,34 @@ from lhotse.dataset import (
 from torch.utils.data import DataLoader
 
 from shared.utils import str2bool
+
+
+def sampler_state_for_world_size(state: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """A sampler state saved by a run of N ranks, made loadable by one of
+    `world_size` ranks (lhotse refuses a different world size).
+
+    The resumed epoch goes on after the same amount of data: the N ranks had
+    taken b batches each (N * b in all), so each of the M ranks skips
+    round(N * b / M).  lhotse's bucket choice depends on the world size, so
+    the rest of that epoch is not the batches the N ranks would have seen
+    (some cuts may come twice or not at all in it); the epochs after it are
+    the M-rank run's own order.  The same world size is returned unchanged.
+    """
+    saved = state["world_size"]
+    if saved == world_size:
+        return state
+    state = copy.deepcopy(state)
+    diagnostics = state["diagnostics"]
+    epoch_stats = diagnostics["stats_per_epoch"][diagnostics["current_epoch"]]
+    taken = epoch_stats["kept_batches"] + epoch_stats["discarded_batches"]
+    skip = round(taken * saved / world_size)
+    logging.warning(f"the training sampler was saved by {saved} rank(s) and resumes on "
+                    f"{world_size}: after {taken} batches per rank ({taken * saved} in all) "
+                    f"this epoch goes on after {skip} batches per rank, in the bucket order "
+                    f"of {world_size} rank(s)")
+    epoch_stats["kept_batches"], epoch_stats["discarded_batches"] = skip, 0
+    state["world_size"] = world_size
+    return state
 
 
 class LibriSpeechAsrDataModule:
@@ -125,7 +154,8 @@ class LibriSpeechAsrDataModule:
             )
         if sampler_state_dict is not None:
             logging.info("restoring the training sampler's state")
-            sampler.load_state_dict(sampler_state_dict)
+            sampler.load_state_dict(sampler_state_for_world_size(sampler_state_dict,
+                                                                 world_size or 1))
         return DataLoader(dataset, sampler=sampler, batch_size=None,
                           num_workers=args.num_workers, persistent_workers=False)
 

@@ -25,7 +25,9 @@ Usage (from the project root, after ./prepare.sh):
   torchrun --nnodes 2 --nproc-per-node 4 --node-rank 0 --master-addr 10.0.0.1 \
     --master-port 29500 ./pruned_transducer_stateless4/train.py --full-libri true ...
 
-  # resume: from epoch-3.pt, or from checkpoint-2000.pt (same data order)
+  # resume: from epoch-3.pt, or from checkpoint-2000.pt (same data order; each
+  # rank restores its own RNG state, and a checkpoint of N ranks resumes on M:
+  # shared/checkpoint.py rank_rng_state, asr_datamodule.sampler_state_for_world_size)
   ./pruned_transducer_stateless4/train.py --start-epoch 4 ...
   ./pruned_transducer_stateless4/train.py --start-batch 2000 ...
 
@@ -65,8 +67,10 @@ from pruned_transducer_stateless4.model_config import add_model_arguments, get_t
 from pruned_transducer_stateless4.scaling import set_balancer_prob
 from shared import run_record
 from shared.checkpoint import (
+    gather_rng_states,
     load_checkpoint_file,
     load_model_state,
+    rank_rng_state,
     remove_old_checkpoints,
     save_checkpoint,
     set_rng_state,
@@ -407,7 +411,7 @@ def train_one_epoch(
     # restored; then the next batch draws exactly what the interrupted run drew.
     batches = iter(train_dl)
     if rng_state is not None:
-        set_rng_state(rng_state)
+        set_rng_state(rng_state, device)
 
     num_batches = 0
     audio_seconds_local = 0.0
@@ -509,12 +513,11 @@ def train_one_epoch(
             interval_start = time.time()
 
         if params.save_every_n > 0 and params.batch_idx_train % params.save_every_n == 0:
+            save_training_checkpoint(
+                params.exp_dir / f"checkpoint-{params.batch_idx_train}.pt", params, model,
+                model_avg, optimizer, scheduler, train_dl.sampler, grad_scaler, device, rank,
+                world_size)
             if rank == 0:
-                save_checkpoint(
-                    params.exp_dir / f"checkpoint-{params.batch_idx_train}.pt", model, params,
-                    model_avg=model_avg, optimizer=optimizer, scheduler=scheduler,
-                    sampler=train_dl.sampler, grad_scaler=grad_scaler,
-                )
                 remove_old_checkpoints(params.exp_dir, params.keep_last_k)
         if out_of_batches:
             logging.info(f"--max-train-batches {params.max_train_batches} reached")
@@ -531,6 +534,20 @@ def train_one_epoch(
         logging.info(f"epoch {params.cur_epoch} done after {num_batches} batches per rank: "
                      f"{tracker.summary()}")
     return True, num_batches, float(audio_seconds.item())
+
+
+def save_training_checkpoint(
+    path: Path, params: AttributeDict, model: torch.nn.Module,
+    model_avg: torch.nn.Module | None, optimizer: torch.optim.Optimizer, scheduler: Eden,
+    sampler: Any, grad_scaler: torch.amp.GradScaler, device: torch.device, rank: int,
+    world_size: int,
+) -> None:
+    """Rank 0 writes the checkpoint, with every rank's RNG state; all ranks
+    must call it at the same batch (gathering the states is a collective)."""
+    rng = gather_rng_states(device, world_size)
+    if rank == 0:
+        save_checkpoint(path, model, params, model_avg=model_avg, optimizer=optimizer,
+                        scheduler=scheduler, sampler=sampler, grad_scaler=grad_scaler, rng=rng)
 
 
 def check_epoch_size(
@@ -702,7 +719,10 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     rng_state = None
     if params.start_batch > 0 and checkpoint is not None:
         sampler_state = checkpoint.get("sampler")
-        rng_state = checkpoint.get("rng")
+        # Each rank its own state; a checkpoint of N ranks resumes on M.
+        rng_state, rng_message = rank_rng_state(checkpoint.get("rng"), rank, params.seed,
+                                                params.batch_idx_train, device)
+        logging.info(rng_message)
     train_dl = datamodule.train_dataloaders(
         train_cuts, sampler_state_dict=sampler_state,
         world_size=world_size if distributed else None, rank=rank if distributed else None,
@@ -738,21 +758,17 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         sampler_state = None
         rng_state = None
         if not finished:
-            if rank == 0:
-                save_checkpoint(
-                    params.exp_dir / f"checkpoint-{params.batch_idx_train}.pt", model, params,
-                    model_avg=model_avg, optimizer=optimizer, scheduler=scheduler,
-                    sampler=train_dl.sampler, grad_scaler=grad_scaler,
-                )
+            save_training_checkpoint(
+                params.exp_dir / f"checkpoint-{params.batch_idx_train}.pt", params, model,
+                model_avg, optimizer, scheduler, train_dl.sampler, grad_scaler, device, rank,
+                world_size if distributed else 1)
             break
         run_validation(params, model, sp, valid_dl, wer_dl, device, tb_writer, rank,
                        world_size if distributed else 1)
-        if rank == 0:
-            save_checkpoint(
-                params.exp_dir / f"epoch-{epoch}.pt", model, params, model_avg=model_avg,
-                optimizer=optimizer, scheduler=scheduler, sampler=train_dl.sampler,
-                grad_scaler=grad_scaler,
-            )
+        save_training_checkpoint(
+            params.exp_dir / f"epoch-{epoch}.pt", params, model, model_avg, optimizer,
+            scheduler, train_dl.sampler, grad_scaler, device, rank,
+            world_size if distributed else 1)
     if tb_writer is not None:
         tb_writer.close()
     # Every rank logs this to its own log file: under DDP all ranks must hold

@@ -4,8 +4,10 @@ Layout of a checkpoint file (a dict):
   model        model.state_dict() (DDP prefix removed)
   model_avg    running average of the weights (optional), see `update_averaged_model`
   optimizer, scheduler, grad_scaler, sampler   state dicts (optional)
-  rng          python/numpy/torch RNG states, so a resumed run draws the same
-               random numbers as an uninterrupted one
+  rng          {"world_size": N, "ranks": [...]}: each rank's python/numpy/torch
+               (CPU, and its own GPU's) RNG states, so that every rank of a
+               resumed run draws what it would have drawn uninterrupted
+               (`gather_rng_states`, `rank_rng_state`)
   params       the AttributeDict of the run (hyper-parameters, counters,
                model options), so that decode/export rebuild the same model
 """
@@ -31,21 +33,95 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def get_rng_state() -> dict[str, Any]:
+def get_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's random generators: python, numpy, torch's CPU one and,
+    when `device` is a GPU, that GPU's (only its own: another rank's GPU, or a
+    GPU the resuming run may not have, is none of its business)."""
+    cuda = None
+    if device is not None and device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(device)
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": cuda,
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restores what `get_rng_state` returned; the CUDA state goes to `device`
+    when both exist (a GPU run resumed on the CPU keeps only the CPU ones)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # checkpoints before per-rank states: one per visible GPU
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def gather_rng_states(device: torch.device, world_size: int) -> dict[str, Any]:
+    """Every rank's `get_rng_state`, collected on every rank (a collective:
+    all ranks must call it at the same point), for rank 0's checkpoint.
+
+    One file holding all ranks' states rather than a file per rank: it is
+    written atomically with the rest of the checkpoint, `--keep-last-k`
+    removes it with it, and a multi-node run whose ranks write to different
+    disks still finds every rank's state in rank 0's checkpoint.
+
+    Returns:
+      {"world_size": N, "ranks": [state of rank 0, ..., state of rank N-1]}.
+    """
+    state = get_rng_state(device)
+    if world_size <= 1:
+        return {"world_size": 1, "ranks": [state]}
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world_size
+    dist.all_gather_object(states, state)
+    return {"world_size": world_size, "ranks": states}
+
+
+def resume_seed(seed: int, rank: int, batch_idx_train: int) -> int:
+    """The seed of a rank that the resumed checkpoint holds no RNG state for
+    (a run resumed on more ranks than wrote the checkpoint): seed + 1000 *
+    rank + batch, so it differs between ranks and between resume points, and
+    the same resume gives the same draws."""
+    return seed + 1000 * rank + batch_idx_train
+
+
+def rank_rng_state(
+    saved: dict[str, Any] | None, rank: int, seed: int, batch_idx_train: int,
+    device: torch.device | None = None,
+) -> tuple[dict[str, Any], str]:
+    """The RNG state that `rank` of a resumed run restores.
+
+    A checkpoint written by N ranks (`gather_rng_states`) resumes on M ranks:
+    rank r < N restores rank r's state; rank r >= N seeds its generators with
+    `resume_seed(seed, r, batch_idx_train)`.  The states of ranks >= M are
+    not used.  A checkpoint written before per-rank states holds rank 0's.
+
+    Note: a rank with no saved state has its generators seeded here.
+
+    Returns:
+      (state, a line for the log saying which it is).
+    """
+    if saved is None:
+        saved = {"world_size": 0, "ranks": []}
+    elif "ranks" not in saved:  # older checkpoints: rank 0's state only
+        saved = {"world_size": 1, "ranks": [saved]}
+    written_by = saved["world_size"]
+    if rank < len(saved["ranks"]):
+        return saved["ranks"][rank], (f"rank {rank}: restoring its RNG state from the "
+                                      f"checkpoint (written by {written_by} rank(s))")
+    derived = resume_seed(seed, rank, batch_idx_train)
+    random.seed(derived)
+    np.random.seed(derived % 2**32)
+    torch.manual_seed(derived)
+    return get_rng_state(device), (
+        f"rank {rank}: the checkpoint holds RNG states of {written_by} rank(s) only; seeding "
+        f"this rank with --seed + 1000 * rank + batch = {derived}")
 
 
 def save_checkpoint(
@@ -57,8 +133,13 @@ def save_checkpoint(
     scheduler: Any = None,
     sampler: Any = None,
     grad_scaler: torch.amp.GradScaler | None = None,
+    rng: dict[str, Any] | None = None,
 ) -> None:
-    """Writes a checkpoint atomically (see `shared.utils.atomic_torch_save`)."""
+    """Writes a checkpoint atomically (see `shared.utils.atomic_torch_save`).
+
+    rng: every rank's RNG state (`gather_rng_states`); default: this
+    process's, as the only rank.
+    """
     checkpoint = {
         "model": unwrap(model).state_dict(),
         "model_avg": model_avg.state_dict() if model_avg is not None else None,
@@ -66,7 +147,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "sampler": sampler.state_dict() if sampler is not None else None,
         "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
-        "rng": get_rng_state(),
+        "rng": rng if rng is not None else {"world_size": 1, "ranks": [get_rng_state()]},
         "params": dict(params),
     }
     atomic_torch_save(checkpoint, path)

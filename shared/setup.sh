@@ -1,36 +1,74 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the project's virtual environment in .venv and installs
-# everything the recipe needs: Debian packages (TTS engines, sox, text corpora,
-# build tools), the pinned Python requirements, and fast_rnnt built from its
-# PyPI sdist (with CUDA when torch is a CUDA build: docs/gpu.md).  Running it twice does no work twice: each step checks first.
+# what the recipe needs: the pinned Python requirements, fast_rnnt built from
+# its PyPI sdist (with CUDA when torch is a CUDA build: docs/gpu.md) and, with
+# --dev, what the generated corpus, the tests and the browser test need.
+# Running it twice does no work twice: each step checks first.
 #
-# Usage: shared/setup.sh        (from the project root; CI and run.sh call it)
+# Usage (from the project root):
+#   shared/setup.sh          train, decode, export and serve on real LibriSpeech
+#                            (requirements.txt; Debian cmake and g++ for fast_rnnt)
+#   shared/setup.sh --dev    and the generated corpus, the tests, the browser test
+#                            (requirements-dev.txt; Debian TTS voices, sox, text
+#                            corpora, chromium): what run.sh and run_tests.sh use
+#
+# Debian packages are installed only as root (apt-get); without root, or if
+# apt-get fails, setup.sh says which it skipped and what that disables, and goes
+# on: nothing it installs with pip needs them.
 set -euo pipefail
 
 project_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$project_dir/.venv"
 cache_dir="$project_dir/.cache"
 python_bin=${PYTHON:-python3}
+dev=false
+case "${1:-}" in
+  "") ;;
+  --dev) dev=true;;
+  -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
+  *) echo "setup.sh: error: unknown option '$1' (use --dev or nothing)" >&2; exit 1;;
+esac
 
 log() { echo "[setup $(date +%H:%M:%S)] $*"; }
 
 # ---------------------------------------------------------------- Debian ----
-debian_packages=(sox libsox-fmt-all flite espeak-ng festival festvox-kallpc16k
-  festvox-kdlpc16k festvox-us-slt-hts wordnet-base fortunes bible-kjv-text
-  cmake g++ chromium chromium-driver)
-missing=()
-for pkg in "${debian_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-    || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: missing Debian packages; run: sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
+# Each group: the packages, and what is lost without them.  SETUP_FAKE_NONROOT=1
+# behaves as an unprivileged user (tests/test_setup.py).
+is_root() { [ "${SETUP_FAKE_NONROOT:-0}" != 1 ] && [ "$(id -u)" -eq 0 ]; }
+debian_group() {
+  # debian_group WHAT_IT_DISABLES PACKAGE...
+  local disables=$1; shift
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+      || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  if is_root; then
+    log "installing Debian packages: ${missing[*]}"
+    if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+           apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+      return 0
+    fi
+    log "apt-get failed; skipping Debian packages ${missing[*]}: no $disables"
+  else
+    log "not root: skipping Debian packages ${missing[*]}: no $disables" \
+        "(to install them: sudo apt-get install -y ${missing[*]}, then run setup.sh again)"
   fi
-  log "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  log "no dpkg-query (not Debian): installing no system packages; fast_rnnt's build needs" \
+      "cmake and a C++ compiler, the generated corpus sox, flite, espeak-ng and festival"
+else
+  debian_group "fast_rnnt build (training then uses the slower pure-PyTorch pruned loss)" \
+    cmake g++
+  if [ "$dev" = true ]; then
+    debian_group "generated corpus (prepare.sh --corpus synth, run.sh's default) and no tests that prepare one" \
+      sox libsox-fmt-all flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k \
+      festvox-us-slt-hts wordnet-base fortunes bible-kjv-text
+    debian_group "browser test of the streaming server's web page (tests/test_deployment.py)" \
+      chromium chromium-driver
+  fi
 fi
 
 # ---------------------------------------------------------------- venv ------
@@ -50,6 +88,8 @@ if [ -n "${TORCH_INDEX_URL:-}" ] && ! "$venv/bin/python" -c "import torch" 2>/de
   "${pip[@]}" install "$torch_pin" --index-url "$TORCH_INDEX_URL"
 fi
 
+# Stamps: the hash of each requirements file as last installed, so that an
+# unchanged file is not installed again.
 requirements_stamp="$venv/.requirements.sha256"
 requirements_hash=$(sha256sum "$project_dir/requirements.txt" "$project_dir/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]; then
@@ -60,6 +100,16 @@ if [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]; then
   # without PYTHONPATH.
   "${pip[@]}" install --no-deps --no-build-isolation -e "$project_dir"
   echo "$requirements_hash" > "$requirements_stamp"
+fi
+if [ "$dev" = true ]; then
+  dev_stamp="$venv/.requirements-dev.sha256"
+  # requirements.txt is in the key: the dev file is installed with its pins.
+  dev_hash=$(sha256sum "$project_dir/requirements.txt" "$project_dir/requirements-dev.txt" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$dev_stamp" 2>/dev/null)" != "$dev_hash" ]; then
+    log "installing the corpus, test and browser requirements (requirements-dev.txt)"
+    "${pip[@]}" install -r "$project_dir/requirements.txt" -r "$project_dir/requirements-dev.txt"
+    echo "$dev_hash" > "$dev_stamp"
+  fi
 fi
 
 # ---------------------------------------------------------------- fast_rnnt -

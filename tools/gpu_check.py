@@ -10,18 +10,28 @@ Usage (from tools/gpu_check.sh; the current directory is the prepared corpus):
   tools/gpu_check.py --device cpu --guard true   # the CPU dry-run, under the
                                                   # device-mismatch guard
 
-Steps, each timed and reported in a final summary:
-  train      torchrun --standalone --nproc-per-node 1 train.py --use-fp16 1,
-             past the averaging period; prints the training throughput
-  decode     decode.py, all 7 methods, simulated streaming, averaged model
-  streaming  streaming_decode.py, real chunk-by-chunk streaming, 3 methods
-  export     export.py: pretrained.pt, cpu_jit.pt, ONNX (+ int8)
-  pretrained pretrained.py on one test recording
-  loss       benchmarks/loss_benchmark.py: pruned path vs fast_rnnt's full loss
-  pytest     the tests marked cuda (skipped without a GPU)
+Steps, each timed and reported ok/FAIL in a final table; a failed step does
+not stop the others:
+  loss backend X   each RNN-T loss backend of shared/rnnt_loss.py (fast_rnnt,
+                   triton, torch) against the pure-PyTorch reference on the
+                   device: simple, pruned and full losses and their gradients
+  learn DTYPE      float32, then float16 with its GradScaler: the recipe's model
+                   trained in-process by train.py's own step on a few fixed
+                   batches; every parameter must change, every gradient stay
+                   finite, the grad scale stay >= 1, and the loss on those batches
+                   fall below --learn-max-ratio of its start (overfitting them)
+  train            torchrun --standalone --nproc-per-node 1 train.py --use-fp16 1,
+                   past the averaging period; prints the training throughput
+  decode           decode.py, all 7 methods, simulated streaming, averaged model
+  streaming        streaming_decode.py, real chunk-by-chunk streaming, 3 methods
+  export           export.py: pretrained.pt, cpu_jit.pt, ONNX (+ int8)
+  pretrained       pretrained.py on one test recording
+  loss             benchmarks/loss_benchmark.py: pruned path vs fast_rnnt's full loss
+  pytest           the tests marked cuda (skipped without a GPU)
 """
 
 import argparse
+import math
 import os
 import re
 import statistics
@@ -29,6 +39,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import torch
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
@@ -70,6 +83,19 @@ def get_parser() -> argparse.ArgumentParser:
                         "device-mismatch guard (shared/device_guard.py; --device cpu only).")
     parser.add_argument("--loss-benchmark-args", default="",
                         help="Extra options of benchmarks/loss_benchmark.py.")
+    parser.add_argument("--learn-steps", type=int, default=30,
+                        help="Optimizer steps of each learn step, over its fixed batches.")
+    parser.add_argument("--learn-batches", type=int, default=2,
+                        help="Number of fixed training batches the learn steps overfit.")
+    parser.add_argument("--learn-batch-seconds", type=float, default=30.0,
+                        help="Seconds of audio per fixed batch (at least; float16's "
+                        "overflows showed from about 10 s per batch).")
+    parser.add_argument("--learn-max-ratio", type=float, default=0.7,
+                        help="The learn steps pass if the loss on the fixed batches ends "
+                        "below this fraction of where it started.")
+    parser.add_argument("--learn-lr", type=float, default=0.003,
+                        help="train.py --initial-lr of the learn steps (0 makes them fail: "
+                        "the test of the check itself).")
     return parser
 
 
@@ -89,8 +115,8 @@ class Report:
                 raise
             seconds = time.time() - start
             message = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-            self.rows.append((name, "FAILED", seconds, f"{type(error).__name__}: {message}"))
-            print(f"=== gpu_check: {name} FAILED after {seconds:.1f} s: {error!r}", flush=True)
+            self.rows.append((name, "FAIL", seconds, f"{type(error).__name__}: {message}"))
+            print(f"=== gpu_check: {name} FAIL after {seconds:.1f} s: {error!r}", flush=True)
             return None
         seconds = time.time() - start
         self.rows.append((name, "ok", seconds, str(result or "")))
@@ -102,6 +128,235 @@ class Report:
         for name, status, seconds, note in self.rows:
             print(f"| {name} | {status} | {seconds:.1f} | {note} |")
         return all(status == "ok" for _, status, _, _ in self.rows)
+
+
+class CheckFailed(RuntimeError):
+    """A step ran but what it checks does not hold."""
+
+
+# ------------------------------------------------------------ loss backends --
+def loss_backend_inputs(device: torch.device) -> dict[str, Any]:
+    """A small RNN-T problem on `device`: two sequences of different lengths.
+
+    am (2, 24, 16), lm (2, 6, 16), full-loss logits (2, 24, 6, 16), symbols (2, 5)
+    and boundary (2, 4); the float tensors are leaves that require grad.
+    """
+    generator = torch.Generator().manual_seed(0)
+    batch, frames, num_symbols, vocab = 2, 24, 5, 16
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator).to(device).requires_grad_()
+
+    return {
+        "am": leaf(batch, frames, vocab),
+        "lm": leaf(batch, num_symbols + 1, vocab),
+        "logits": leaf(batch, frames, num_symbols + 1, vocab),
+        "symbols": torch.randint(1, vocab, (batch, num_symbols), generator=generator).to(device),
+        "boundary": torch.tensor([[0, 0, num_symbols, frames],
+                                  [0, 0, num_symbols - 2, frames - 5]], device=device),
+    }
+
+
+def loss_backend_outputs(backend: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """The recipe's three losses (smoothed simple, pruned, full) per sequence,
+    the prune ranges and the gradients of their sum, computed by `backend`."""
+    from shared import rnnt_loss
+
+    rnnt_loss.set_backend(backend)
+    used = rnnt_loss.resolve_backend(device)  # raises if it cannot run here
+    if used != backend:
+        raise CheckFailed(f"backend {backend} resolves to {used} on {device}")
+    x = loss_backend_inputs(device)
+    simple, (px_grad, py_grad) = rnnt_loss.rnnt_loss_smoothed(
+        lm=x["lm"], am=x["am"], symbols=x["symbols"], termination_symbol=0,
+        lm_only_scale=0.25, am_only_scale=0.0, boundary=x["boundary"], reduction="none",
+        return_grad=True)
+    ranges = rnnt_loss.get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad,
+                                             boundary=x["boundary"], s_range=3)
+    am_pruned, lm_pruned = rnnt_loss.do_rnnt_pruning(am=x["am"], lm=x["lm"], ranges=ranges)
+    pruned = rnnt_loss.rnnt_loss_pruned(
+        logits=(am_pruned + lm_pruned).log_softmax(-1), symbols=x["symbols"], ranges=ranges,
+        termination_symbol=0, boundary=x["boundary"], reduction="none")
+    full = rnnt_loss.rnnt_loss(logits=x["logits"], symbols=x["symbols"], termination_symbol=0,
+                               boundary=x["boundary"], reduction="none")
+    (simple.sum() + pruned.sum() + full.sum()).backward()
+    return {"simple": simple.detach(), "pruned": pruned.detach(), "full": full.detach(),
+            "ranges": ranges, "am.grad": x["am"].grad, "lm.grad": x["lm"].grad,
+            "logits.grad": x["logits"].grad}
+
+
+def compare_loss_backend(backend: str, device: torch.device) -> str:
+    """`backend` against the pure-PyTorch reference on the same device: equal
+    prune ranges, losses and gradients within float32 rounding."""
+    from shared import rnnt_loss
+
+    requested = rnnt_loss.BACKEND
+    try:
+        expected = loss_backend_outputs("reference", device)
+        got = loss_backend_outputs(backend, device)
+    finally:
+        rnnt_loss.set_backend(requested)
+    worst = 0.0
+    mismatches = []
+    for name, reference in expected.items():
+        value = got[name]
+        if value.device != reference.device:
+            mismatches.append(f"{name} on {value.device}, not {reference.device}")
+        elif name == "ranges":
+            if not torch.equal(value, reference):
+                mismatches.append("prune ranges differ")
+        elif not torch.isfinite(value).all():
+            mismatches.append(f"{name} not finite")
+        else:
+            error = float((value - reference).abs().max() / (reference.abs().max() + 1e-6))
+            worst = max(worst, error)
+            if not torch.allclose(value, reference, rtol=1e-4, atol=1e-4):
+                mismatches.append(f"{name} off by {error:.1e} (relative to its largest)")
+    if mismatches:
+        raise CheckFailed("; ".join(mismatches))
+    return (f"simple/pruned/full loss and gradients = reference on {device} "
+            f"(largest relative difference {worst:.1e})")
+
+
+# ---------------------------------------------------------------- learning --
+def fixed_batches(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """--learn-batches batches of at least --learn-batch-seconds of audio each,
+    the first training cuts of 1-20 s (train.py's duration filter), in a fixed order."""
+    from lhotse import load_manifest
+    from lhotse.dataset import K2SpeechRecognitionDataset
+
+    cuts = load_manifest(Path("data/fbank/librispeech_cuts_train-clean-100.jsonl.gz"))
+    dataset = K2SpeechRecognitionDataset(return_cuts=True)
+    batches, current, seconds = [], [], 0.0
+    for cut in cuts:
+        if not 1.0 <= cut.duration <= 20.0:
+            continue
+        current.append(cut)
+        seconds += cut.duration
+        if seconds >= args.learn_batch_seconds:
+            batches.append(dataset[cuts.subset(cut_ids=[c.id for c in current])])
+            current, seconds = [], 0.0
+            if len(batches) == args.learn_batches:
+                return batches
+    raise CheckFailed(f"the training cuts hold fewer than {args.learn_batches} batches of "
+                      f"{args.learn_batch_seconds:g} s")
+
+
+def learning_failures(
+    loss_before: float, loss_after: float, unchanged: list[str], nonfinite_grads: int,
+    scale: float | None, max_ratio: float,
+) -> list[str]:
+    """What a learn step found wrong (empty: it learned)."""
+    failures = []
+    if unchanged:
+        failures.append(f"{len(unchanged)} parameters never changed ({', '.join(unchanged[:3])}"
+                        f"{', ...' if len(unchanged) > 3 else ''})")
+    if nonfinite_grads:
+        failures.append(f"{nonfinite_grads} non-finite parameter gradients")
+    if scale is not None and not scale >= 1.0:
+        failures.append(f"grad scale fell to {scale:g}")
+    if not (math.isfinite(loss_after) and loss_after < max_ratio * loss_before):
+        failures.append(f"loss on the fixed batches {loss_before:.3f} -> {loss_after:.3f}, "
+                        f"not below {max_ratio:g}x")
+    return failures
+
+
+def learn(args: argparse.Namespace, dtype_name: str) -> str:
+    """Trains the recipe's model (TINY_MODEL_ARGS) with train.py's own
+    train_one_epoch for --learn-steps steps over the same fixed batches, in
+    float32 or under float16 autocast with its GradScaler, and checks that it
+    learned (`learning_failures`)."""
+    import sentencepiece as spm
+
+    from pruned_transducer_stateless4 import train as train_py
+
+    device = torch.device(args.device)
+    exp_dir = args.exp_dir / f"learn-{dtype_name}"
+    parser = train_py.get_parser()
+    argv = ["--exp-dir", str(exp_dir), "--bpe-model", str(args.lang_dir / "bpe.model"),
+            "--initial-lr", str(args.learn_lr), "--model-warm-step", "1",
+            "--valid-interval", "100000", "--log-interval", "10", "--save-every-n", "0",
+            "--use-fp16", str(dtype_name != "float32"), *TINY_MODEL_ARGS]
+    # --amp-dtype float16: float16 (and its GradScaler) on a CPU too, for the dry-run.
+    if dtype_name == "float16" and "--amp-dtype" in parser._option_string_actions:
+        argv += ["--amp-dtype", "float16"]
+    params = train_py.get_params()
+    params.update(vars(parser.parse_args(argv)))
+    sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
+    params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
+    exp_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(0)
+    model = train_py.get_transducer_model(params).to(device)
+    optimizer = train_py.Eve(model.parameters(), lr=params.initial_lr)
+    scheduler = train_py.Eden(optimizer, params.lr_batches, params.lr_epochs)
+    if hasattr(train_py, "make_grad_scaler"):
+        grad_scaler = train_py.make_grad_scaler(params, device)
+    else:  # before --amp-dtype: float16 and its scaler on CUDA only
+        grad_scaler = torch.amp.GradScaler(device.type,
+                                           enabled=params.use_fp16 and device.type == "cuda")
+    autocast_dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(
+        train_py.autocast_context(params, device).fast_dtype
+        if params.use_fp16 else None, "float32")
+    if autocast_dtype != dtype_name:
+        raise CheckFailed(f"train.py trains in {autocast_dtype} here, not {dtype_name} "
+                          "(needs train.py --amp-dtype)")
+    batches = fixed_batches(args)
+
+    def loss_on_fixed_batches() -> float:
+        """Per-frame simple + pruned loss, eval mode (no dropout, no chunk draw)."""
+        model.eval()
+        totals = [0.0, 0.0]
+        with torch.no_grad():
+            for batch in batches:
+                _, stats = train_py.compute_loss(params, model, sp, batch, device)
+                totals[0] += stats["simple_loss"] + stats["pruned_loss"]
+                totals[1] += stats["frames"]
+        model.train()
+        return totals[0] / totals[1]
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss_before = loss_on_fixed_batches()
+    # Counted on the device, read once at the end (no sync per gradient).
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+
+    def count_nonfinite(parameter: torch.Tensor) -> None:
+        nonlocal nonfinite
+        nonfinite = nonfinite + (~torch.isfinite(parameter.grad)).any()
+
+    hooks = [p.register_post_accumulate_grad_hook(count_nonfinite) for p in model.parameters()]
+
+    class FixedLoader(list):
+        sampler = None
+
+    loader = FixedLoader(batches[i % len(batches)] for i in range(args.learn_steps))
+    scale_start = grad_scaler.get_scale() if grad_scaler.is_enabled() else None
+    start = time.time()
+    try:
+        train_py.train_one_epoch(
+            params=params, model=model, model_avg=None, optimizer=optimizer,
+            scheduler=scheduler, grad_scaler=grad_scaler, sp=sp, train_dl=loader,
+            valid_dl=[], wer_dl=[], device=device, tb_writer=None, rank=0, world_size=1,
+            epoch_audio_seconds=1.0, rng_state=None)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    seconds = time.time() - start
+    loss_after = loss_on_fixed_batches()
+    unchanged = [name for name, p in model.named_parameters()
+                 if torch.equal(p.detach(), before[name])]
+    scale = grad_scaler.get_scale() if grad_scaler.is_enabled() else None
+    failures = learning_failures(loss_before, loss_after, unchanged, int(nonfinite),
+                                 scale, args.learn_max_ratio)
+    summary = (f"{args.learn_steps} steps on {len(batches)} batches of "
+               f">= {args.learn_batch_seconds:g} s in {seconds:.1f} s: loss {loss_before:.3f} -> "
+               f"{loss_after:.3f}, {len(before) - len(unchanged)}/{len(before)} parameters "
+               f"changed, {int(nonfinite)} non-finite gradients"
+               + (f", grad scale {scale_start:g} -> {scale:g}" if scale is not None else ""))
+    print(summary, flush=True)
+    if failures:
+        raise CheckFailed("; ".join(failures))
+    return summary
 
 
 def train(args: argparse.Namespace) -> str:
@@ -124,8 +379,6 @@ def train(args: argparse.Namespace) -> str:
     sys.stdout.write(result.stderr[-6000:])
     if result.returncode != 0:
         raise RuntimeError(f"train.py under torchrun exited with {result.returncode}")
-    import torch
-
     checkpoint = torch.load(args.exp_dir / f"epoch-{args.num_epochs}.pt", map_location="cpu",
                             weights_only=False)
     batches = checkpoint["params"]["batch_idx_train"]
@@ -217,8 +470,6 @@ def export(args: argparse.Namespace) -> str:
             "--exp-dir", str(args.exp_dir), "--epoch", str(args.num_epochs), "--avg", "1",
             "--bpe-model", str(args.lang_dir / "bpe.model"), "--device", args.device, *extra]))
         written += [path.name for path in paths]
-    import torch
-
     for name in ("pretrained.pt", "cpu_jit.pt"):
         if name == "cpu_jit.pt":
             module = torch.jit.load(str(args.exp_dir / name), map_location="cpu")
@@ -281,7 +532,6 @@ def cuda_tests(args: argparse.Namespace) -> str:
 
 def main() -> int:
     args = get_parser().parse_args()
-    import torch
 
     print(f"gpu_check: python {sys.version.split()[0]}, torch {torch.__version__} "
           f"(CUDA {torch.version.cuda}), device {args.device}, "
@@ -295,8 +545,21 @@ def main() -> int:
         print("gpu_check: error: --guard needs --device cpu", file=sys.stderr)
         return 1
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    if args.device == "cpu":
+        # Triton kernels run on a CPU only in its interpreter, set before it is imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from shared import rnnt_loss
+
     report = Report()
     start = time.time()
+    device = torch.device(args.device)
+    for backend in rnnt_loss.BACKENDS:
+        if backend not in ("auto", "reference"):
+            report.run(f"loss backend {backend}", compare_loss_backend, backend, device)
+    print(f"gpu_check: training uses the RNN-T loss backend "
+          f"{rnnt_loss.resolve_backend(device)} (auto) on {device}", flush=True)
+    for dtype_name in ("float32", "float16"):
+        report.run(f"learn {dtype_name}", learn, args, dtype_name)
     trained = report.run("train (torchrun, fp16)", train, args)
     if trained is not None:
         report.run("decode (7 methods)", decode, args)
