@@ -214,7 +214,8 @@ def test_plan_without_nvcc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     fake_nvcc(tmp_path / "nvidia" / "cu13" / "bin" / "nvcc", "13.0")
     plan = bfr.plan_build({"PATH": ""}, [str(tmp_path)], [])
     assert plan.archs == [CudaArch(90, True)]
-    assert plan.key == f"torch-{torch.__version__}-cuda-13.0-sm_90ptx-{bfr.python_tag()}-b2"
+    assert plan.key == bfr.wheel_key(torch.__version__, "13.0", plan.archs, bfr.python_tag())
+    assert "-cuda-13.0-sm_90ptx-" in plan.key
 
 
 # ---------------------------------------------------------- import check --
@@ -299,3 +300,13 @@ def test_the_installed_fast_rnnt_passes_the_check() -> None:
     """What shared/setup.sh installed (with this script) suits this torch."""
     pytest.importorskip("fast_rnnt")
     assert bfr.check_fast_rnnt_build() is None
+
+
+def test_first_error_line_of_a_build_log() -> None:
+    log = """  building '_fast_rnnt' extension
+  /usr/include/c++/12/bits/stl_vector.h:123: warning: unused variable
+  nvcc fatal   : Unsupported gpu architecture 'compute_50'
+  error: command '/usr/bin/nvcc' failed with exit code 1
+"""
+    assert bfr._first_error_line(log) == "nvcc fatal   : Unsupported gpu architecture 'compute_50'"
+    assert bfr._first_error_line("just\nthe last line\n") == "the last line"
