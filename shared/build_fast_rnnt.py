@@ -386,10 +386,10 @@ def find_nvcc(
 def nvcc_install_hint(torch_cuda: tuple[int, int]) -> str:
     major, minor = torch_cuda
     if major >= 13:
-        return (
-            f"install one: pip install 'nvidia-cuda-nvcc=={major}.{minor}.*' "
-            f"'nvidia-cuda-cccl=={major}.{minor}.*' (or set CUDA_HOME/CUDACXX)"
-        )
+        # nvcc's own dependencies (cicc, crt headers) unpinned would be the newest.
+        packages = " ".join(f"'{name}=={major}.{minor}.*'" for name in (
+            "nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-cccl"))
+        return f"install one: pip install {packages} (or set CUDA_HOME/CUDACXX)"
     return (
         f"install a CUDA {major}.x toolkit and set CUDA_HOME (the package index's "
         f"nvidia-cuda-nvcc-cu{major} holds no nvcc)"
