@@ -40,7 +40,7 @@ from torch import Tensor
 
 from shared.mutual_information_torch import run_recursion
 
-__all__ = ["mutual_information_recursion"]
+__all__ = ["INTERPRETED", "mutual_information_recursion"]
 
 # Lanes per chunk of a diagonal: a diagonal has at most S + 1 nodes.
 _MAX_BLOCK = 1024
@@ -165,6 +165,11 @@ def _backward_kernel(
             s_first += BLOCK
         tl.debug_barrier()
         d -= 1
+
+
+#: Whether these kernels run in Triton's interpreter (TRITON_INTERPRET=1 when triton
+#: compiled them, i.e. at this module's import), the only way they run on a CPU.
+INTERPRETED: bool = isinstance(_forward_kernel, triton.runtime.interpreter.InterpretedFunction)
 
 
 def _launch_config(num_symbols: int) -> tuple[int, int]:

@@ -146,8 +146,7 @@ def resolve_backend(device: torch.device | str) -> str:
         return "torch"
     if BACKEND == "fast_rnnt" and device_type == "cuda" and not _fast_rnnt_has_cuda():
         raise RuntimeError("RNN-T loss backend 'fast_rnnt': this fast_rnnt was built without CUDA")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if BACKEND == "triton" and device_type != "cuda" and not interpreted:
+    if BACKEND == "triton" and device_type != "cuda" and not _triton_module().INTERPRETED:
         raise RuntimeError(
             f"RNN-T loss backend 'triton' on {device_type} needs Triton's interpreter: "
             f"set TRITON_INTERPRET=1 before triton is imported"
@@ -168,6 +167,12 @@ def _backend_for(tensor: Tensor) -> str:
     return name
 
 
+def _triton_module() -> ModuleType:
+    # Imported on first use only: importing triton costs time and, on the CPU,
+    # must happen after TRITON_INTERPRET is set.
+    return importlib.import_module("shared.mutual_information_triton")
+
+
 def _loss_module(name: str) -> ModuleType:
     """The module whose loss functions backend ``name`` (fast_rnnt or reference) calls."""
     return _fast_rnnt() if name == "fast_rnnt" else reference
@@ -178,9 +183,7 @@ def _recursion_module(name: str) -> ModuleType:
     if name == "fast_rnnt":
         return _fast_rnnt()
     if name == "triton":
-        # Imported on first use only: importing triton costs time and, on the CPU,
-        # must happen after TRITON_INTERPRET is set.
-        return importlib.import_module("shared.mutual_information_triton")
+        return _triton_module()
     if name == "torch":
         return mutual_information_torch
     return reference
