@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
 
 from shared.mutual_information_torch import run_recursion
 
@@ -169,7 +170,7 @@ def _backward_kernel(
 
 #: Whether these kernels run in Triton's interpreter (TRITON_INTERPRET=1 when triton
 #: compiled them, i.e. at this module's import), the only way they run on a CPU.
-INTERPRETED: bool = isinstance(_forward_kernel, triton.runtime.interpreter.InterpretedFunction)
+INTERPRETED: bool = isinstance(_forward_kernel, InterpretedFunction)
 
 
 def _launch_config(num_symbols: int) -> tuple[int, int]:
