@@ -12,6 +12,9 @@ Paths (forward + backward, through ``shared.rnnt_loss``):
 ``full``
     the same joiner on the full ``[B, T, S + 1, J]`` grid and the full
     (unpruned) ``rnnt_loss`` (fast_rnnt's, as k2 users know it).
+``recursion``
+    the backend's part alone: ``mutual_information_recursion`` (forward and
+    backward) on random ``px [B, S, T + 1]``, ``py [B, S + 1, T]`` log-probs.
 ``torchaudio_full``
     the same full grid and ``torchaudio.functional.rnnt_loss`` (only where
     torchaudio imports, e.g. the GPU image; independent of ``--rnnt-backend``).
@@ -63,7 +66,7 @@ import sys
 import time
 from pathlib import Path
 
-PATHS = ("recipe", "full", "full_fused", "torchaudio_full")
+PATHS = ("recipe", "full", "full_fused", "recursion", "torchaudio_full")
 BACKENDS = ("auto", "fast_rnnt", "triton", "torch", "reference")
 
 
@@ -185,6 +188,12 @@ def run_worker(args: argparse.Namespace) -> dict:
         every_node = torch.arange(S + 1, device=device).expand(B, T, S + 1)
         return rnnt_loss.rnnt_loss_pruned(logits, symbols, every_node, 0, boundary, reduction="sum")
 
+    px_leaf = torch.randn(B, S, T + 1).log_softmax(dim=1).to(device).requires_grad_()
+    py_leaf = torch.randn(B, S + 1, T).log_softmax(dim=1).to(device).requires_grad_()
+
+    def recursion_step() -> torch.Tensor:
+        return -rnnt_loss.mutual_information_recursion(px_leaf, py_leaf, boundary).sum()
+
     def torchaudio_full_step() -> torch.Tensor:
         import torchaudio
 
@@ -197,7 +206,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         )
 
     step = {"recipe": recipe_step, "full": full_step, "full_fused": full_fused_step,
-            "torchaudio_full": torchaudio_full_step}[args.worker]
+            "recursion": recursion_step, "torchaudio_full": torchaudio_full_step}[args.worker]
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -213,7 +222,7 @@ def run_worker(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         elapsed_ms = (time.perf_counter() - start) * 1000
         cpu_ms = (time.process_time() - cpu_start) * 1000
-        for tensor in [encoder_out, decoder_out, *parameters]:
+        for tensor in [encoder_out, decoder_out, px_leaf, py_leaf, *parameters]:
             tensor.grad = None
         if i >= args.num_warmup:
             times_ms.append(elapsed_ms)
