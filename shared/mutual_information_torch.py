@@ -138,16 +138,18 @@ def _recursion(
         first = s_lo * num_frames + d + offset
         return slice(first, first + (s_hi - s_lo) * num_frames + 1, num_frames)
 
-    first_diagonal = int((s_begin + t_begin).min())
-    last_diagonal = int((s_end + t_end).max())
+    begin_diagonals = set((s_begin + t_begin).tolist())
+    end_diagonals = set((s_end + t_end).tolist())
+    first_diagonal, last_diagonal = min(begin_diagonals), max(end_diagonals)
     for d in range(first_diagonal, last_diagonal + 1):
         here = diagonal(d, 0)
+        out = alpha[:, diagonal(d, width)]  # a view: the ops below write into alpha
         from_symbol = alpha[:, here] + px_pad[:, here]  # alpha[s - 1, t] + px[s - 1, t]
         from_blank = alpha[:, diagonal(d, width - 1)] + py_pad[:, here]  # alpha[s, t - 1] + ...
-        # The begin node scores 0; its incoming arcs are all masked to -inf.
-        alpha[:, diagonal(d, width)] = torch.maximum(
-            torch.logaddexp(from_symbol, from_blank), start[:, here]
-        )
+        torch.logaddexp(from_symbol, from_blank, out=out)
+        if d in begin_diagonals:
+            # The begin node scores 0 (its incoming arcs are all masked to -inf).
+            torch.maximum(out, start[:, here], out=out)
     alpha = alpha[:, width:].reshape(batch_size, num_symbols + 1, width)
     total = alpha[batch_index, s_end, t_end]
     if not need_grad:
@@ -161,7 +163,10 @@ def _recursion(
         here, below, right = diagonal(d, 0), diagonal(d, width), diagonal(d, 1)
         to_symbol = beta[:, below] + px_pad[:, below]  # beta[s + 1, t] + px[s, t]
         to_blank = beta[:, right] + py_pad[:, right]  # beta[s, t + 1] + py[s, t]
-        beta[:, here] = torch.maximum(torch.logaddexp(to_symbol, to_blank), end[:, here])
+        out = beta[:, here]
+        torch.logaddexp(to_symbol, to_blank, out=out)
+        if d in end_diagonals:
+            torch.maximum(out, end[:, here], out=out)
     beta = beta.reshape(batch_size, num_symbols + 2, width)
 
     # A sequence without any path (total -inf) gets zero gradients, like fast_rnnt.
