@@ -33,14 +33,19 @@ needs_fast_rnnt = pytest.mark.skipif(fast_rnnt is None, reason="fast_rnnt is not
 BLANK = 0
 
 
-def _import_interpreted_triton():
-    """shared.mutual_information_triton with its kernels in Triton's interpreter, or None."""
+def _import_triton_module():
+    """shared.mutual_information_triton, or None without triton.
+
+    Without a GPU its kernels are put in Triton's interpreter: TRITON_INTERPRET=1 only
+    while the module is imported (when triton wraps its kernels).  With a GPU they are
+    compiled, for the cuda-marked test.
+    """
     try:
         import triton  # noqa: F401
     except ImportError:
         return None
     name = "shared.mutual_information_triton"
-    if name not in sys.modules:
+    if name not in sys.modules and not torch.cuda.is_available():
         previous = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = "1"
         try:
@@ -50,17 +55,17 @@ def _import_interpreted_triton():
                 del os.environ["TRITON_INTERPRET"]
             else:
                 os.environ["TRITON_INTERPRET"] = previous
-    module = sys.modules[name]
-    return module if module.INTERPRETED else None
+    return importlib.import_module(name)
 
 
-triton_module = _import_interpreted_triton()
+triton_module = _import_triton_module()
+triton_interpreted = triton_module is not None and triton_module.INTERPRETED
 needs_triton = pytest.mark.skipif(
-    triton_module is None, reason="triton missing, or its kernels were compiled for a GPU"
+    not triton_interpreted, reason="triton missing, or its kernels were compiled for a GPU"
 )
 RECURSIONS = {
     "torch": mutual_information_torch.mutual_information_recursion,
-    "triton": None if triton_module is None else triton_module.mutual_information_recursion,
+    "triton": triton_module.mutual_information_recursion if triton_interpreted else None,
 }
 BACKEND_PARAMS = [
     "torch",
@@ -167,6 +172,47 @@ def test_recursion_autograd_and_sequences_without_a_path(backend: str) -> None:
             lambda x, y: RECURSIONS[backend](x, y, small[2]),
             (small[0].requires_grad_(True), small[1].requires_grad_(True)),
         )
+
+
+@needs_triton
+def test_triton_splits_long_diagonals_into_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Diagonals longer than the block (S + 1 > 1024 on a GPU) go in several chunks."""
+    monkeypatch.setattr(triton_module, "_MAX_BLOCK", 4)
+    assert triton_module._launch_config(9)[0] == 4
+    px, py, boundary = random_lattice(5, 2, 9, 6, torch.float64)
+    expected, expected_grads = reference.mutual_information_recursion(
+        px, py, boundary, return_grad=True
+    )
+    total, grads = triton_module.mutual_information_recursion(px, py, boundary, return_grad=True)
+    torch.testing.assert_close(total, expected, rtol=1e-10, atol=1e-10)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or triton_module is None,
+                    reason="needs a CUDA GPU and triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES + [(32, 100, 500), (3, 1500, 40)])
+def test_triton_on_cuda_matches_the_torch_backend(
+    shape: tuple[int, int, int], dtype: torch.dtype
+) -> None:
+    """The compiled kernels on a real GPU (tools/gpu_check runs the cuda tests): the
+    icefall shape, and S + 1 > 1024 (several chunks per diagonal)."""
+    px, py, boundary = random_lattice(sum(shape), *shape, dtype)
+    expected, (expected_px_grad, expected_py_grad) = RECURSIONS["torch"](
+        px.double(), py.double(), boundary, return_grad=True
+    )
+    total, (px_grad, py_grad) = triton_module.mutual_information_recursion(
+        px.cuda(), py.cuda(), boundary.cuda(), return_grad=True
+    )
+    # float32 against float64: over 500+ diagonals the occupation probabilities of the
+    # float32 torch backend itself differ from float64 by up to 6e-4 at these shapes.
+    total_tolerance, grad_tolerance = (1e-5, 1e-3) if dtype == torch.float32 else (1e-10, 1e-10)
+    torch.testing.assert_close(total.cpu().double(), expected, rtol=total_tolerance, atol=0)
+    for grad, expected_grad in ((px_grad, expected_px_grad), (py_grad, expected_py_grad)):
+        torch.testing.assert_close(grad.cpu().double(), expected_grad, rtol=0,
+                                   atol=grad_tolerance)
 
 
 def test_recursion_rejects_bad_input() -> None:
@@ -312,7 +358,7 @@ def _model_step(backend: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 @needs_fast_rnnt
 def test_one_training_step_is_the_same_with_every_backend(restore_backend) -> None:
     expected_loss, expected_grads = _model_step("fast_rnnt")
-    for backend in ("torch",) + (("triton",) if triton_module is not None else ()):
+    for backend in ("torch",) + (("triton",) if triton_interpreted else ()):
         loss, grads = _model_step(backend)
         torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0, msg=backend)
         assert grads.keys() == expected_grads.keys()
@@ -347,7 +393,7 @@ for dtype in ("fp32", "fp64"):
 """
 
 
-@pytest.mark.skipif(rnnt_loss._triton_error() is not None, reason="triton is not installed")
+@pytest.mark.skipif(triton_module is None, reason="triton is not installed")
 def test_triton_kernels_compile_for_a_gpu_with_a_barrier_per_diagonal() -> None:
     """No GPU needed: triton compiles to PTX and, with its bundled ptxas, to sm_90 code.
 
