@@ -12,6 +12,12 @@ Paths (forward + backward, through ``shared.rnnt_loss``):
 ``full``
     the same joiner on the full ``[B, T, S + 1, J]`` grid and the full
     (unpruned) ``rnnt_loss`` (fast_rnnt's, as k2 users know it).
+``recursion``
+    the backend's part alone: ``mutual_information_recursion`` (forward and
+    backward) on random ``px [B, S, T + 1]``, ``py [B, S + 1, T]`` log-probs.
+``torchaudio_full``
+    the same full grid and ``torchaudio.functional.rnnt_loss`` (only where
+    torchaudio imports, e.g. the GPU image; independent of ``--rnnt-backend``).
 ``full_fused``
     the same full grid, its arc log-probs computed the way the recipe's pruned
     loss computes them (``shared.rnnt_loss.get_rnnt_logprobs_pruned``, one
@@ -20,7 +26,14 @@ Paths (forward + backward, through ``shared.rnnt_loss``):
     recipe's lead over ``full`` comes from pruning and how much from that
     cheaper log-prob computation, which the full loss could use too.
 
-Each path runs in a fresh subprocess so that its peak resident set size
+Each path runs once per backend of ``--rnnt-backend`` (a comma-separated list of
+``shared.rnnt_loss`` backends; ``auto`` is resolved for the device and printed).  The
+ratio columns compare each row with fast_rnnt's ``full`` row (the anchor; else the
+first ``full`` row).  **Triton on the CPU runs in Triton's interpreter
+(``TRITON_INTERPRET=1``, set for its worker): its time is a correctness run, not a
+speed figure.**
+
+Each (backend, path) runs in a fresh subprocess so that its peak resident set size
 (``getrusage(RUSAGE_SELF).ru_maxrss``) is its own; the table reports the
 absolute peak and the peak minus the RSS after building inputs and modules
 (i.e. what the loss computation itself added).  "CPU ms" is the process CPU
@@ -34,8 +47,9 @@ that peak minus what was allocated after building inputs and modules.
 
 Usage::
 
-    python benchmarks/loss_benchmark.py                    # fast_rnnt, defaults
-    python benchmarks/loss_benchmark.py --backend reference
+    python benchmarks/loss_benchmark.py                    # auto backend, defaults
+    python benchmarks/loss_benchmark.py --rnnt-backend fast_rnnt,torch --paths recipe,full
+    python benchmarks/loss_benchmark.py --rnnt-backend triton --num-iters 1  # interpreter
     python benchmarks/loss_benchmark.py --rounds 3   # best of 3 on a busy machine
     python benchmarks/loss_benchmark.py --device cuda --batch-size 32   # on a GPU
 """
@@ -52,7 +66,8 @@ import sys
 import time
 from pathlib import Path
 
-PATHS = ("recipe", "full", "full_fused")
+PATHS = ("recipe", "full", "full_fused", "recursion", "torchaudio_full")
+BACKENDS = ("auto", "fast_rnnt", "triton", "torch", "reference")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -81,14 +96,16 @@ def get_parser() -> argparse.ArgumentParser:
         "fastest median (robust to other load on a shared machine)",
     )
     parser.add_argument(
-        "--backend", choices=("fast_rnnt", "reference"), default="fast_rnnt",
-        help="RNNT_LOSS_BACKEND for shared.rnnt_loss",
+        "--rnnt-backend", default="auto",
+        help=f"comma-separated shared.rnnt_loss backends, one row per backend and path: "
+        f"{', '.join(BACKENDS)}",
     )
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
     parser.add_argument("--device", default="cpu",
                         help="cpu, cuda or cuda:N (memory columns: CUDA memory on a GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-backend", choices=BACKENDS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -110,7 +127,8 @@ def run_worker(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.set_device(device)
 
-    assert rnnt_loss.BACKEND == args.backend, (rnnt_loss.BACKEND, args.backend)
+    rnnt_loss.set_backend(args.worker_backend)
+    backend = rnnt_loss.resolve_backend(device)
     B, T, S, V = args.batch_size, args.num_frames, args.num_symbols, args.vocab_size
     D, J = args.encoder_dim, args.joiner_dim
 
@@ -170,7 +188,25 @@ def run_worker(args: argparse.Namespace) -> dict:
         every_node = torch.arange(S + 1, device=device).expand(B, T, S + 1)
         return rnnt_loss.rnnt_loss_pruned(logits, symbols, every_node, 0, boundary, reduction="sum")
 
-    step = {"recipe": recipe_step, "full": full_step, "full_fused": full_fused_step}[args.worker]
+    px_leaf = torch.randn(B, S, T + 1).log_softmax(dim=1).to(device).requires_grad_()
+    py_leaf = torch.randn(B, S + 1, T).log_softmax(dim=1).to(device).requires_grad_()
+
+    def recursion_step() -> torch.Tensor:
+        return -rnnt_loss.mutual_information_recursion(px_leaf, py_leaf, boundary).sum()
+
+    def torchaudio_full_step() -> torch.Tensor:
+        import torchaudio
+
+        am = encoder_proj(encoder_out).unsqueeze(2)  # [B, T, 1, J]
+        lm = decoder_proj(decoder_out).unsqueeze(1)  # [B, 1, S+1, J]
+        logits = output_linear(torch.tanh(am + lm))  # [B, T, S+1, V]
+        return torchaudio.functional.rnnt_loss(
+            logits, symbols.int(), boundary[:, 3].int(), boundary[:, 2].int(), blank=0,
+            reduction="sum",
+        )
+
+    step = {"recipe": recipe_step, "full": full_step, "full_fused": full_fused_step,
+            "recursion": recursion_step, "torchaudio_full": torchaudio_full_step}[args.worker]
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -186,7 +222,7 @@ def run_worker(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         elapsed_ms = (time.perf_counter() - start) * 1000
         cpu_ms = (time.process_time() - cpu_start) * 1000
-        for tensor in [encoder_out, decoder_out, *parameters]:
+        for tensor in [encoder_out, decoder_out, px_leaf, py_leaf, *parameters]:
             tensor.grad = None
         if i >= args.num_warmup:
             times_ms.append(elapsed_ms)
@@ -194,6 +230,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _max_rss_mb()
     return {
         "path": args.worker,
+        "backend": "torchaudio" if args.worker == "torchaudio_full" else backend,
         "median_ms": statistics.median(times_ms),
         "median_cpu_ms": statistics.median(cpu_times_ms),
         "peak_rss_mb": peak_mb,
@@ -202,12 +239,16 @@ def run_worker(args: argparse.Namespace) -> dict:
     }
 
 
-def run_in_subprocess(args: argparse.Namespace, path: str) -> dict:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", path]
+def run_in_subprocess(args: argparse.Namespace, path: str, backend: str) -> dict:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", path,
+            "--worker-backend", backend]
     for name, value in vars(args).items():
-        if name not in ("worker", "paths", "rounds"):
+        if name not in ("worker", "worker_backend", "paths", "rounds", "rnnt_backend"):
             argv += [f"--{name.replace('_', '-')}", str(value)]
-    env = dict(os.environ, RNNT_LOSS_BACKEND=args.backend)
+    env = dict(os.environ)
+    env.pop("RNNT_LOSS_BACKEND", None)
+    if backend == "triton" and not args.device.startswith("cuda"):
+        env["TRITON_INTERPRET"] = "1"  # the only way Triton runs on a CPU
     # Make `import shared` work even without the editable install.
     repo_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
@@ -218,17 +259,20 @@ def run_in_subprocess(args: argparse.Namespace, path: str) -> dict:
 
 
 def format_table(results: list[dict], memory: str = "RSS") -> str:
-    by_path = {r["path"]: r for r in results}
-    full, full_fused = by_path.get("full"), by_path.get("full_fused")
+    full_rows = [r for r in results if r["path"] == "full"]
+    full = next((r for r in full_rows if r["backend"] == "fast_rnnt"), None) or next(
+        iter(full_rows), None
+    )
+    full_fused = next((r for r in results if r["path"] == "full_fused"), None)
 
     def ratio(baseline: dict | None, key: str, r: dict, digits: int) -> str:
         return "-" if baseline is None else f"{baseline[key] / max(r[key], 1e-9):.{digits}f}x"
 
     lines = [
-        f"| path | median ms | CPU ms | peak {memory} MB | {memory} added MB | speed-up vs full "
-        f"| speed-up vs full_fused | peak {memory} ratio (full/this) "
-        f"| {memory}-added ratio (full/this) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| path | backend | median ms | CPU ms | peak {memory} MB | {memory} added MB "
+        f"| speed-up vs full | speed-up vs full_fused | peak {memory} ratio (full/this) "
+        f"| {memory}-added ratio (full/this) | loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ratios = [
@@ -238,9 +282,9 @@ def format_table(results: list[dict], memory: str = "RSS") -> str:
             ratio(full, "delta_rss_mb", r, 1),
         ]
         lines.append(
-            f"| {r['path']} | {r['median_ms']:.1f} | {r['median_cpu_ms']:.0f} "
+            f"| {r['path']} | {r['backend']} | {r['median_ms']:.1f} | {r['median_cpu_ms']:.0f} "
             f"| {r['peak_rss_mb']:.0f} "
-            f"| {r['delta_rss_mb']:.0f} | " + " | ".join(ratios) + " |"
+            f"| {r['delta_rss_mb']:.0f} | " + " | ".join(ratios) + f" | {r['loss']:.4f} |"
         )
     return "\n".join(lines)
 
@@ -255,22 +299,36 @@ def main() -> None:
     unknown = set(paths) - set(PATHS)
     if unknown:
         raise SystemExit(f"unknown paths {sorted(unknown)}; choose from {PATHS}")
+    backends = [b for b in args.rnnt_backend.split(",") if b]
+    if not backends or set(backends) - set(BACKENDS):
+        raise SystemExit(f"--rnnt-backend {args.rnnt_backend!r}: choose from {BACKENDS}")
+    if "torchaudio_full" in paths:
+        try:
+            import torchaudio  # noqa: F401
+        except ImportError as error:
+            print(f"torchaudio_full skipped: torchaudio does not import ({error})")
+            paths.remove("torchaudio_full")
+    # torchaudio's row does not depend on the backend: measure it once.
+    runs = [(p, b) for b in backends for p in paths if p != "torchaudio_full"]
+    runs += [("torchaudio_full", backends[0])] if "torchaudio_full" in paths else []
     print(
-        f"backend={args.backend} B={args.batch_size} T={args.num_frames} S={args.num_symbols} "
-        f"V={args.vocab_size} D={args.encoder_dim} J={args.joiner_dim} "
+        f"backends={','.join(backends)} B={args.batch_size} T={args.num_frames} "
+        f"S={args.num_symbols} V={args.vocab_size} D={args.encoder_dim} J={args.joiner_dim} "
         f"s_range={args.prune_range} lm_scale={args.lm_scale} am_scale={args.am_scale} "
         f"device={args.device} threads={args.threads} "
         f"median of {args.num_iters} (+{args.num_warmup} warm-up), "
         f"forward+backward, one subprocess per path, best of {args.rounds} round(s)"
     )
-    best: dict[str, dict] = {}
+    best: dict[tuple[str, str], dict] = {}
     for _ in range(args.rounds):
-        for path in paths:
-            result = run_in_subprocess(args, path)
-            if path not in best or result["median_ms"] < best[path]["median_ms"]:
-                best[path] = result
+        for run in runs:
+            result = run_in_subprocess(args, *run)
+            if run not in best or result["median_ms"] < best[run]["median_ms"]:
+                best[run] = result
     memory = "CUDA" if args.device.startswith("cuda") else "RSS"
-    print(format_table([best[path] for path in paths], memory))
+    print(format_table([best[run] for run in runs], memory))
+    if not args.device.startswith("cuda") and any(r["backend"] == "triton" for r in best.values()):
+        print("triton rows on the CPU ran in Triton's interpreter: not a speed figure")
     print(f"load average after the run: {os.getloadavg()[0]:.2f} (the machine has "
           f"{os.cpu_count()} cores)")
 

@@ -65,7 +65,7 @@ from pruned_transducer_stateless4.beam_search import greedy_search_batch
 from pruned_transducer_stateless4.conformer import encode, subsampled_lengths
 from pruned_transducer_stateless4.model_config import add_model_arguments, get_transducer_model
 from pruned_transducer_stateless4.scaling import set_balancer_prob
-from shared import run_record
+from shared import rnnt_loss, run_record
 from shared.checkpoint import (
     gather_rng_states,
     load_checkpoint_file,
@@ -184,6 +184,12 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Drop training cuts shorter than this (seconds; icefall's 1).")
     parser.add_argument("--max-utt-duration", type=float, default=20.0,
                         help="Drop training cuts longer than this (seconds; icefall's 20).")
+    parser.add_argument("--rnnt-backend", default="auto",
+                        choices=[name for name in rnnt_loss.BACKENDS if name != "reference"],
+                        help="What computes the RNN-T loss's lattice recursion: fast_rnnt's "
+                        "extension, Triton kernels (GPU), plain PyTorch (any device); auto "
+                        "takes fast_rnnt where it supports the device, else Triton on CUDA, "
+                        "else PyTorch (shared/rnnt_loss.py). The choice goes into the record.")
     parser.add_argument("--num-threads", type=int, default=0,
                         help="Torch threads per process on CPU; 0 = cores / world size.")
     add_model_arguments(parser)
@@ -635,6 +641,11 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     if params.use_fp16 and device.type == "cpu":
         logging.info("--use-fp16 on CPU: using bfloat16 autocast (no grad scaling needed)")
     fix_random_seed(params.seed + rank)
+    rnnt_loss.set_backend(params.rnnt_backend)
+    # What auto means here, stored with the other params in the record and checkpoints.
+    params.rnnt_backend_used = rnnt_loss.resolve_backend(device)
+    logging.info(f"RNN-T loss backend: {params.rnnt_backend_used} "
+                 f"(--rnnt-backend {params.rnnt_backend})")
 
     if not params.bpe_model.is_file():
         raise FileNotFoundError(f"BPE model {params.bpe_model} not found; run ./prepare.sh "

@@ -1,31 +1,40 @@
-"""The (pruned) RNN-T loss used by the recipe: fast_rnnt if available, else a reference.
+"""The (pruned) RNN-T loss used by the recipe, over interchangeable backends.
 
 The model imports the loss functions below from here instead of from k2 /
-fast_rnnt, so that the recipe runs (slowly) even where the compiled
-``fast_rnnt`` extension cannot be built.  All functions follow fast_rnnt's
-contracts exactly (the pruned loss computes its arc log-probs itself, see
-:func:`get_rnnt_logprobs_pruned`); see :mod:`shared.rnnt_reference` for the shapes and the
-``boundary`` / ``ranges`` conventions.  In short:
+fast_rnnt.  All functions follow fast_rnnt's contracts exactly; see
+:mod:`shared.rnnt_reference` for the shapes and the ``boundary`` / ``ranges``
+conventions.  In short:
 
 * ``boundary``: int64 ``[B, 4]``, rows ``(begin_symbol, begin_frame,
   end_symbol, end_frame)``, ``None`` meaning ``(0, 0, S, T)``.
 * ``termination_symbol``: the blank id.
 * ``reduction``: ``"none"`` (``[B]``) | ``"mean"`` | ``"sum"``.
 
-Backend selection (once, at import time), via the environment variable
-``RNNT_LOSS_BACKEND``:
+Every loss ends in one lattice recursion, :func:`mutual_information_recursion`;
+the backend is what computes it:
 
-* unset, empty or ``"auto"``: ``fast_rnnt`` if it imports, else the reference;
-* ``"fast_rnnt"``: ``fast_rnnt``, failing with ``ImportError`` if missing;
-* ``"reference"``: always the pure-PyTorch reference.
+* ``"fast_rnnt"``: fast_rnnt's compiled extension (its own loss functions are
+  called, so losses are exactly what fast_rnnt gives);
+* ``"triton"``: :mod:`shared.mutual_information_triton`, Triton kernels compiled at
+  run time (GPUs; on the CPU only in Triton's interpreter, ``TRITON_INTERPRET=1``);
+* ``"torch"``: :mod:`shared.mutual_information_torch`, plain PyTorch on any device;
+* ``"reference"``: :mod:`shared.rnnt_reference` throughout, the slow checker;
+* ``"auto"`` (default): per device, fast_rnnt where its extension supports the
+  device (the CPU whenever it imports, CUDA if it was built with CUDA), else Triton
+  on CUDA when triton imports, else torch.
 
-Whenever the reference is used a single ``logging.warning`` is emitted (it is
-roughly an order of magnitude slower than fast_rnnt on CPU).  The chosen
-backend is available as :data:`BACKEND`.
+With triton and torch, the arc log-probs ``px`` / ``py`` are computed in PyTorch
+(:mod:`shared.rnnt_reference`'s functions, :func:`get_rnnt_logprobs_pruned` here)
+and the pruning ranges by :func:`shared.rnnt_reference.get_rnnt_prune_ranges`,
+which reproduces fast_rnnt's choice.  The backend is requested with
+:func:`set_backend` (``train.py --rnnt-backend``) or the environment variable
+``RNNT_LOSS_BACKEND`` (read at import); :func:`resolve_backend` says what a device
+gets.  The concrete choice is logged once per device type at first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from types import ModuleType
@@ -33,50 +42,205 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from shared import mutual_information_torch
+from shared import rnnt_reference as reference
+
 __all__ = [
     "BACKEND",
+    "BACKENDS",
     "do_rnnt_pruning",
     "get_rnnt_logprobs_pruned",
     "get_rnnt_prune_ranges",
+    "mutual_information_recursion",
+    "resolve_backend",
     "rnnt_loss",
     "rnnt_loss_pruned",
     "rnnt_loss_simple",
     "rnnt_loss_smoothed",
+    "set_backend",
 ]
 
 BACKEND_ENV_VAR = "RNNT_LOSS_BACKEND"
-_BACKEND_CHOICES = ("auto", "fast_rnnt", "reference")
+#: Names accepted by :func:`set_backend` and ``RNNT_LOSS_BACKEND``.
+BACKENDS: tuple[str, ...] = ("auto", "fast_rnnt", "triton", "torch", "reference")
+
+#: The requested backend name (one of :data:`BACKENDS`); see :func:`resolve_backend`
+#: for what it means on a given device.
+BACKEND: str = "auto"
+
+# Import attempts, cached: the module, or the error it raised.
+_imported: dict[str, ModuleType | ImportError] = {}
+# (device type, backend) pairs already logged.
+_logged: set[tuple[str, str]] = set()
 
 
-def _select_backend() -> tuple[str, ModuleType]:
-    requested = os.environ.get(BACKEND_ENV_VAR, "").strip().lower() or "auto"
-    if requested not in _BACKEND_CHOICES:
-        raise ValueError(f"{BACKEND_ENV_VAR}={requested!r}; expected one of {_BACKEND_CHOICES}")
-
-    import_error: ImportError | None = None
-    if requested != "reference":
+def _try_import(module_name: str) -> ModuleType | ImportError:
+    if module_name not in _imported:
         try:
-            import fast_rnnt
-
-            return "fast_rnnt", fast_rnnt
+            _imported[module_name] = importlib.import_module(module_name)
         except ImportError as error:
-            if requested == "fast_rnnt":
-                raise
-            import_error = error
+            _imported[module_name] = error
+    return _imported[module_name]
 
-    from shared import rnnt_reference
 
-    reason = f"{BACKEND_ENV_VAR}=reference" if import_error is None else f"{import_error}"
-    logging.warning(
-        f"RNN-T loss: using the slow pure-PyTorch reference implementation ({reason})"
+def _fast_rnnt() -> ModuleType | None:
+    module = _try_import("fast_rnnt")
+    return None if isinstance(module, ImportError) else module
+
+
+def _fast_rnnt_has_cuda() -> bool:
+    extension = _try_import("_fast_rnnt")  # fast_rnnt's compiled part
+    return not isinstance(extension, ImportError) and bool(extension.with_cuda())
+
+
+def _triton_error() -> ImportError | None:
+    module = _try_import("triton")
+    return module if isinstance(module, ImportError) else None
+
+
+def set_backend(name: str) -> None:
+    """Request a backend for all later calls (one of :data:`BACKENDS`).
+
+    Raises:
+      ValueError: unknown name.
+      ImportError: ``"fast_rnnt"`` without an importable fast_rnnt, or ``"triton"``
+        without an importable triton.
+    """
+    global BACKEND
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(
+            f"unknown RNN-T loss backend {name!r}; choose one of {', '.join(BACKENDS)}"
+        )
+    if name == "fast_rnnt" and _fast_rnnt() is None:
+        raise ImportError(
+            f"RNN-T loss backend 'fast_rnnt' requested but fast_rnnt does not import "
+            f"({_try_import('fast_rnnt')}); use 'auto' or 'torch', or build it with "
+            f"shared/build_fast_rnnt.sh"
+        )
+    if name == "triton" and _triton_error() is not None:
+        raise ImportError(
+            f"RNN-T loss backend 'triton' requested but triton does not import "
+            f"({_triton_error()}); pip install triton, or use 'torch'"
+        )
+    BACKEND = name
+    _logged.clear()
+
+
+def resolve_backend(device: torch.device | str) -> str:
+    """The concrete backend (``fast_rnnt``, ``triton``, ``torch`` or ``reference``) that
+    the requested one gives for tensors on ``device``.
+
+    Raises:
+      RuntimeError: a forced backend that cannot run on that device (fast_rnnt built
+        without CUDA for a CUDA device; triton on the CPU outside its interpreter).
+    """
+    device_type = torch.device(device).type
+    if BACKEND == "auto":
+        if _fast_rnnt() is not None and (
+            device_type == "cpu" or (device_type == "cuda" and _fast_rnnt_has_cuda())
+        ):
+            return "fast_rnnt"
+        if device_type == "cuda" and _triton_error() is None:
+            return "triton"
+        return "torch"
+    if BACKEND == "fast_rnnt" and device_type == "cuda" and not _fast_rnnt_has_cuda():
+        raise RuntimeError("RNN-T loss backend 'fast_rnnt': this fast_rnnt was built without CUDA")
+    if BACKEND == "triton" and device_type != "cuda" and not _triton_module().INTERPRETED:
+        raise RuntimeError(
+            f"RNN-T loss backend 'triton' on {device_type} needs Triton's interpreter: "
+            f"set TRITON_INTERPRET=1 before triton is imported"
+        )
+    return BACKEND
+
+
+def _backend_for(tensor: Tensor) -> str:
+    """:func:`resolve_backend` for ``tensor``'s device, logging a new choice once."""
+    name = resolve_backend(tensor.device)
+    if (tensor.device.type, name) not in _logged:
+        _logged.add((tensor.device.type, name))
+        message = f"RNN-T loss backend on {tensor.device.type}: {name} (requested: {BACKEND})"
+        if name == "reference":
+            logging.warning(f"{message}; the slow pure-PyTorch reference implementation")
+        else:
+            logging.info(message)
+    return name
+
+
+def _triton_module() -> ModuleType:
+    # Imported on first use only: importing triton costs time and, on the CPU,
+    # must happen after TRITON_INTERPRET is set.
+    return importlib.import_module("shared.mutual_information_triton")
+
+
+def _loss_module(name: str) -> ModuleType:
+    """The module whose loss functions backend ``name`` (fast_rnnt or reference) calls."""
+    return _fast_rnnt() if name == "fast_rnnt" else reference
+
+
+def _recursion_module(name: str) -> ModuleType:
+    """The module whose ``mutual_information_recursion`` backend ``name`` uses."""
+    if name == "fast_rnnt":
+        return _fast_rnnt()
+    if name == "triton":
+        return _triton_module()
+    if name == "torch":
+        return mutual_information_torch
+    return reference
+
+
+try:
+    set_backend(os.environ.get(BACKEND_ENV_VAR, "").strip() or "auto")
+except ValueError as error:
+    raise ValueError(f"{BACKEND_ENV_VAR}: {error}") from None
+
+
+def mutual_information_recursion(
+    px: Tensor,
+    py: Tensor,
+    boundary: Tensor | None = None,
+    return_grad: bool = False,
+) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Total log-probability ``[B]`` of all paths through the lattice (fast_rnnt's contract).
+
+    Args:
+      px: ``[B, S, T + 1]`` symbol-arc log-probs; py: ``[B, S + 1, T]`` blank-arc ones.
+      boundary: int64 ``[B, 4]`` or ``None`` (see the module docstring).
+      return_grad: also return ``(px_grad [B, S, T + 1], py_grad [B, S + 1, T])``,
+        the arc occupation probabilities (gradients of ``result.sum()``).
+    Returns:
+      ``result`` or ``(result, (px_grad, py_grad))``.
+    """
+    module = _recursion_module(_backend_for(px))
+    return module.mutual_information_recursion(
+        px=px, py=py, boundary=boundary, return_grad=return_grad
     )
-    return "reference", rnnt_reference
 
 
-_backend_name, _impl = _select_backend()
-
-#: Name of the implementation behind this module: ``"fast_rnnt"`` or ``"reference"``.
-BACKEND: str = _backend_name
+def _loss_from_logprobs(
+    px: Tensor,
+    py: Tensor,
+    boundary: Tensor | None,
+    delay_penalty: float,
+    reduction: str | None,
+    return_grad: bool,
+    backend: str,
+) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Negated total log-prob of arc log-probs ``px [B, S, T + 1]``, ``py [B, S + 1, T]``."""
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"reduction should be 'none', 'mean' or 'sum', given {reduction!r}")
+    px = reference.add_delay_penalty(px, boundary, delay_penalty)
+    result = _recursion_module(backend).mutual_information_recursion(
+        px=px, py=py, boundary=boundary, return_grad=return_grad
+    )
+    total_logprobs = result[0] if return_grad else result
+    if reduction == "mean":
+        loss = -total_logprobs.mean()
+    elif reduction == "sum":
+        loss = -total_logprobs.sum()
+    else:
+        loss = -total_logprobs
+    return (loss, result[1]) if return_grad else loss
 
 
 def rnnt_loss_simple(
@@ -98,7 +262,15 @@ def rnnt_loss_simple(
     Returns:
       ``loss`` or ``(loss, (px_grad, py_grad))``.
     """
-    return _impl.rnnt_loss_simple(
+    backend = _backend_for(am)
+    if backend not in ("fast_rnnt", "reference"):
+        px, py = reference.get_rnnt_logprobs(
+            lm, am, symbols, termination_symbol, rnnt_type, boundary
+        )
+        return _loss_from_logprobs(
+            px, py, boundary, delay_penalty, reduction, return_grad, backend
+        )
+    return _loss_module(backend).rnnt_loss_simple(
         lm=lm,
         am=am,
         symbols=symbols,
@@ -130,7 +302,16 @@ def rnnt_loss_smoothed(
     ``am_only_scale=am_scale``, ``reduction="sum"``, ``return_grad=True`` and
     feeds ``(px_grad, py_grad)`` to :func:`get_rnnt_prune_ranges`.
     """
-    return _impl.rnnt_loss_smoothed(
+    backend = _backend_for(am)
+    if backend not in ("fast_rnnt", "reference"):
+        px, py = reference.get_rnnt_logprobs_smoothed(
+            lm, am, symbols, termination_symbol, lm_only_scale, am_only_scale, boundary,
+            rnnt_type,
+        )
+        return _loss_from_logprobs(
+            px, py, boundary, delay_penalty, reduction, return_grad, backend
+        )
+    return _loss_module(backend).rnnt_loss_smoothed(
         lm=lm,
         am=am,
         symbols=symbols,
@@ -157,14 +338,14 @@ def get_rnnt_prune_ranges(
     and is capped at ``S + 1``; the last dimension of the result is the value
     actually used.
     """
-    return _impl.get_rnnt_prune_ranges(
+    return _loss_module(_backend_for(px_grad)).get_rnnt_prune_ranges(
         px_grad=px_grad, py_grad=py_grad, boundary=boundary, s_range=s_range
     )
 
 
 def do_rnnt_pruning(am: Tensor, lm: Tensor, ranges: Tensor) -> tuple[Tensor, Tensor]:
     """``am [B, T, D]``, ``lm [B, S + 1, D]`` -> both ``[B, T, s_range, D]`` on the kept nodes."""
-    return _impl.do_rnnt_pruning(am=am, lm=lm, ranges=ranges)
+    return _loss_module(_backend_for(am)).do_rnnt_pruning(am=am, lm=lm, ranges=ranges)
 
 
 def get_rnnt_logprobs_pruned(
@@ -238,12 +419,15 @@ def rnnt_loss_pruned(
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
     """RNN-T loss of a pruned joiner output ``logits [B, T, s_range, C]`` on ``ranges``.
 
-    With fast_rnnt, the regular topology without delay penalty (what the recipe uses)
-    takes its arc log-probs from :func:`get_rnnt_logprobs_pruned` and only the lattice
-    recursion from fast_rnnt; other cases call fast_rnnt's ``rnnt_loss_pruned``.
+    The arc log-probs come from :func:`get_rnnt_logprobs_pruned` and only the lattice
+    recursion from the backend; with fast_rnnt, other topologies or a delay penalty
+    call fast_rnnt's own ``rnnt_loss_pruned``.
     """
-    if BACKEND != "fast_rnnt" or rnnt_type != "regular" or delay_penalty != 0.0:
-        return _impl.rnnt_loss_pruned(
+    backend = _backend_for(logits)
+    if backend == "reference" or (
+        backend == "fast_rnnt" and (rnnt_type != "regular" or delay_penalty != 0.0)
+    ):
+        return _loss_module(backend).rnnt_loss_pruned(
             logits=logits,
             symbols=symbols,
             ranges=ranges,
@@ -254,20 +438,12 @@ def rnnt_loss_pruned(
             reduction=reduction,
             return_grad=return_grad,
         )
-    if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"reduction should be 'none', 'mean' or 'sum', given {reduction!r}")
+    if rnnt_type != "regular":
+        raise NotImplementedError(
+            f"RNN-T loss backend {backend!r} supports only rnnt_type='regular', got {rnnt_type!r}"
+        )
     px, py = get_rnnt_logprobs_pruned(logits, symbols, ranges, termination_symbol, boundary)
-    result = _impl.mutual_information_recursion(
-        px=px, py=py, boundary=boundary, return_grad=return_grad
-    )
-    total_logprobs = result[0] if return_grad else result
-    if reduction == "mean":
-        loss = -total_logprobs.mean()
-    elif reduction == "sum":
-        loss = -total_logprobs.sum()
-    else:
-        loss = -total_logprobs
-    return (loss, result[1]) if return_grad else loss
+    return _loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad, backend)
 
 
 def rnnt_loss(
@@ -281,7 +457,15 @@ def rnnt_loss(
     return_grad: bool = False,
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
     """Full (unpruned) RNN-T loss of a joiner output ``logits [B, T, S + 1, C]``."""
-    return _impl.rnnt_loss(
+    backend = _backend_for(logits)
+    if backend not in ("fast_rnnt", "reference"):
+        px, py = reference.get_rnnt_logprobs_joint(
+            logits, symbols, termination_symbol, boundary, rnnt_type
+        )
+        return _loss_from_logprobs(
+            px, py, boundary, delay_penalty, reduction, return_grad, backend
+        )
+    return _loss_module(backend).rnnt_loss(
         logits=logits,
         symbols=symbols,
         termination_symbol=termination_symbol,

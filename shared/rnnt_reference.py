@@ -5,9 +5,14 @@ This module mirrors the public API and argument conventions of k2 / fast_rnnt
 ``get_rnnt_prune_ranges``, ``do_rnnt_pruning``, ``rnnt_loss_pruned`` and the
 underlying ``mutual_information_recursion``) so that it can serve
 
-* as the oracle in tests (it is written for clarity, not speed), and
-* as a drop-in fallback when the compiled ``fast_rnnt`` extension is missing
-  (see :mod:`shared.rnnt_loss`).
+* as the oracle in tests (it is written for clarity, not speed: its recursion runs
+  autograd through every anti-diagonal), and
+* as the ``reference`` backend of :mod:`shared.rnnt_loss` (a slow checker; the
+  supported pure-PyTorch backend is :mod:`shared.mutual_information_torch`).
+
+Its other functions (arc log-probs, pruning ranges, delay penalty) are vectorised
+and are what the ``torch`` and ``triton`` backends of :mod:`shared.rnnt_loss` use
+around their own recursions.
 
 Conventions shared by every function here (identical to fast_rnnt):
 
@@ -58,6 +63,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "add_delay_penalty",
     "do_rnnt_pruning",
     "get_rnnt_logprobs",
     "get_rnnt_logprobs_joint",
@@ -361,7 +367,7 @@ def _append_no_emit_column(px: Tensor, boundary: Tensor | None) -> Tensor:
     return px
 
 
-def _add_delay_penalty(px: Tensor, boundary: Tensor | None, delay_penalty: float) -> Tensor:
+def add_delay_penalty(px: Tensor, boundary: Tensor | None, delay_penalty: float) -> Tensor:
     """Add ``delay_penalty * ((T_b - 1) / 2 - t)`` to ``px[b, :, t]`` (as fast_rnnt).
 
     This rewards emitting symbols early (relative to the utterance middle).
@@ -625,7 +631,7 @@ def _loss_from_logprobs(
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction should be one of {_REDUCTIONS}, given {reduction!r}")
-    px = _add_delay_penalty(px, boundary, delay_penalty)
+    px = add_delay_penalty(px, boundary, delay_penalty)
     result = mutual_information_recursion(px, py, boundary=boundary, return_grad=return_grad)
     if return_grad:
         scores, grads = result

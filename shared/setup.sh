@@ -91,7 +91,9 @@ fi
 # Stamps: the hash of each requirements file as last installed, so that an
 # unchanged file is not installed again.
 requirements_stamp="$venv/.requirements.sha256"
-requirements_hash=$(sha256sum "$project_dir/requirements.txt" "$project_dir/pyproject.toml" | sha256sum | cut -d' ' -f1)
+# Hash of the files' contents only (not their paths), so that another checkout
+# of the same project sees the same stamps.
+requirements_hash=$(cat "$project_dir/requirements.txt" "$project_dir/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]; then
   log "installing Python requirements (torch CPU build pinned with the rest)"
   "${pip[@]}" install -r "$project_dir/requirements.txt"
@@ -104,12 +106,22 @@ fi
 if [ "$dev" = true ]; then
   dev_stamp="$venv/.requirements-dev.sha256"
   # requirements.txt is in the key: the dev file is installed with its pins.
-  dev_hash=$(sha256sum "$project_dir/requirements.txt" "$project_dir/requirements-dev.txt" | sha256sum | cut -d' ' -f1)
+  dev_hash=$(cat "$project_dir/requirements.txt" "$project_dir/requirements-dev.txt" | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$dev_stamp" 2>/dev/null)" != "$dev_hash" ]; then
     log "installing the corpus, test and browser requirements (requirements-dev.txt)"
     "${pip[@]}" install -r "$project_dir/requirements.txt" -r "$project_dir/requirements-dev.txt"
     echo "$dev_hash" > "$dev_stamp"
   fi
+fi
+
+# ---------------------------------------------------------------- triton ----
+# The Triton backend of the RNN-T loss (shared/mutual_information_triton.py).
+# CUDA builds of torch bring the triton they were built with (never replace it:
+# a pin here would fight torch's own); torch's CPU wheel brings none, and there
+# the tests run the kernels in Triton's interpreter, with this version.
+if ! "$venv/bin/python" -c "import triton" 2>/dev/null; then
+  log "installing triton==3.6.0 (torch brought none; CPU: the interpreter runs its kernels)"
+  "${pip[@]}" install triton==3.6.0
 fi
 
 # ---------------------------------------------------------------- fast_rnnt -
