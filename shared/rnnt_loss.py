@@ -85,12 +85,38 @@ def _try_import(module_name: str) -> ModuleType | ImportError:
 
 def _fast_rnnt() -> ModuleType | None:
     module = _try_import("fast_rnnt")
-    return None if isinstance(module, ImportError) else module
+    if isinstance(module, ImportError):
+        _warn_fast_rnnt_build()
+        return None
+    return module
 
 
 def _fast_rnnt_has_cuda() -> bool:
+    """Whether fast_rnnt's loss runs on this machine's GPUs: built with CUDA and, by its
+    build record, with kernels for every visible GPU's architecture."""
     extension = _try_import("_fast_rnnt")  # fast_rnnt's compiled part
-    return not isinstance(extension, ImportError) and bool(extension.with_cuda())
+    if isinstance(extension, ImportError) or not extension.with_cuda():
+        return False
+    return _warn_fast_rnnt_build() is None
+
+
+_fast_rnnt_build_problem: list[str | None] = []
+
+
+def _warn_fast_rnnt_build() -> str | None:
+    """What :func:`shared.build_fast_rnnt.check_fast_rnnt_build` finds wrong with the
+    installed fast_rnnt (with the command that rebuilds it), logged once; None if fine."""
+    if not _fast_rnnt_build_problem:
+        from shared.build_fast_rnnt import REBUILD_HINT, check_fast_rnnt_build
+
+        try:
+            problem = check_fast_rnnt_build()
+        except Exception as error:  # a broken install must not stop the other backends
+            problem = f"fast_rnnt cannot be checked ({error!r}); {REBUILD_HINT}"
+        _fast_rnnt_build_problem.append(problem)
+        if problem is not None:
+            logging.warning(f"RNN-T loss: {problem}")
+    return _fast_rnnt_build_problem[0]
 
 
 def _triton_error() -> ImportError | None:

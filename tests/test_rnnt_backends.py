@@ -312,6 +312,37 @@ def test_auto_choice_follows_the_rule(monkeypatch: pytest.MonkeyPatch, restore_b
         rnnt_loss.set_backend("warp_rnnt")
 
 
+def test_auto_skips_a_fast_rnnt_build_that_does_not_suit_the_gpu(
+    monkeypatch: pytest.MonkeyPatch, restore_backend, caplog
+) -> None:
+    """A fast_rnnt with CUDA kernels that its build check rejects (e.g. none for this
+    GPU's architecture) is not chosen for CUDA tensors; the problem is logged once."""
+
+    class CudaExtension:
+        @staticmethod
+        def with_cuda() -> bool:
+            return True
+
+    rnnt_loss.set_backend("auto")
+    monkeypatch.setitem(rnnt_loss._imported, "_fast_rnnt", CudaExtension())
+    monkeypatch.setattr(rnnt_loss, "_fast_rnnt_build_problem", [])
+    monkeypatch.setattr(
+        "shared.build_fast_rnnt.check_fast_rnnt_build",
+        lambda: "fast_rnnt has no kernels for cuda:0 (sm_90)",
+    )
+    has_triton = rnnt_loss._triton_error() is None
+    with caplog.at_level("WARNING"):
+        assert rnnt_loss.resolve_backend("cuda") == ("triton" if has_triton else "torch")
+        rnnt_loss.resolve_backend("cuda")
+    assert [r.getMessage() for r in caplog.records] == [
+        "RNN-T loss: fast_rnnt has no kernels for cuda:0 (sm_90)"
+    ]
+    # With a build that passes the check, auto takes fast_rnnt on CUDA.
+    monkeypatch.setattr(rnnt_loss, "_fast_rnnt_build_problem", [None])
+    if fast_rnnt is not None:
+        assert rnnt_loss.resolve_backend("cuda") == "fast_rnnt"
+
+
 @needs_triton
 def test_forced_triton_runs_the_interpreter_on_cpu(restore_backend, caplog) -> None:
     rnnt_loss.set_backend("triton")
