@@ -262,7 +262,12 @@ class RelPositionMultiheadAttention(nn.Module):
         bias_v = self.pos_bias_v * self.pos_bias_v_scale.exp()
         content_scores = torch.matmul((q + bias_u).transpose(1, 2), k)  # (N, H, Tq, Tk)
         pos_scores = torch.matmul((q + bias_v).transpose(1, 2), p)
-        scores = content_scores + self.rel_shift(pos_scores, num_keys)
+        # The sum and the softmax in float32 (no-ops for float32): under
+        # float16 autocast the matmuls give float16 scores, whose sum could
+        # overflow and whose softmax would sum thousands of float16 terms.
+        score_dtype = torch.promote_types(content_scores.dtype, torch.float32)
+        scores = (content_scores.to(score_dtype)
+                  + self.rel_shift(pos_scores, num_keys).to(score_dtype))
 
         masked: Tensor | None = None
         if key_padding_mask is not None:
@@ -276,7 +281,7 @@ class RelPositionMultiheadAttention(nn.Module):
             # A query whose chunk window holds only padding has no key left
             # (NaN after softmax); icefall zeroes those weights.
             weights = weights.masked_fill(masked, 0.0)
-        weights = F.dropout(weights, p=self.dropout, training=self.training)
+        weights = F.dropout(weights, p=self.dropout, training=self.training).to(v.dtype)
         out = torch.matmul(weights, v)  # (N, H, Tq, D)
         out = out.transpose(1, 2).reshape(batch_size, num_queries, embed_dim)
         return self.out_proj(out)

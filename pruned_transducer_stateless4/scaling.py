@@ -194,8 +194,11 @@ class BasicNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Any shape with ``num_channels`` on ``channel_dim``; same shape out."""
         assert x.shape[self.channel_dim] == self.num_channels
-        mean_square = torch.mean(x * x, dim=self.channel_dim, keepdim=True)
-        return x * torch.rsqrt(mean_square + self.eps.exp())
+        # Squared in float32 (a no-op for float32 x): a float16 square
+        # overflows above 256, and rsqrt(inf) = 0 would zero the frame.
+        x_float = x.to(torch.promote_types(x.dtype, torch.float32))
+        mean_square = torch.mean(x_float * x_float, dim=self.channel_dim, keepdim=True)
+        return x * torch.rsqrt(mean_square + self.eps.exp()).to(x.dtype)
 
 
 class ActivationBalancerFunction(torch.autograd.Function):
@@ -225,9 +228,12 @@ class ActivationBalancerFunction(torch.autograd.Function):
         count = x.numel() // x.shape[channel_dim]
         x_positive = x > 0
         # Summing the bool tensor with a float dtype and taking the 1-norm
-        # avoid materialising float copies of x.
+        # avoid materialising float copies of x.  Both sums run over every
+        # frame of the batch: in float16 they overflow (65504) on ~8 s of
+        # audio in the subsampling, so they are at least float32.
+        stat_dtype = torch.promote_types(x.dtype, torch.float32)
         proportion_positive = torch.sum(x_positive, dim=sum_dims, keepdim=True,
-                                        dtype=x.dtype) / count
+                                        dtype=stat_dtype) / count
         factor = torch.zeros_like(proportion_positive)
         if min_positive != 0.0:
             factor = factor + (min_positive - proportion_positive).relu() * (
@@ -235,7 +241,8 @@ class ActivationBalancerFunction(torch.autograd.Function):
         if max_positive != 1.0:
             factor = factor + (proportion_positive - max_positive).relu() * (
                 max_factor / (max_positive - 1.0))
-        mean_abs = torch.linalg.vector_norm(x, ord=1, dim=sum_dims, keepdim=True) / count
+        mean_abs = torch.linalg.vector_norm(x, ord=1, dim=sum_dims, keepdim=True,
+                                            dtype=stat_dtype) / count
         below_threshold = mean_abs < min_abs
         above_threshold = mean_abs > max_abs
         # Which parts of the backward pass can change the gradient; parts
@@ -251,7 +258,8 @@ class ActivationBalancerFunction(torch.autograd.Function):
         if ctx.active:
             # scale_factor = 2 * max_factor * (below - above) * ([x > 0] - 0.5)
             #              = where(x > 0, d, -d), d = max_factor * (below - above)
-            direction = (below_threshold.to(x.dtype) - above_threshold.to(x.dtype)) * max_factor
+            direction = (below_threshold.to(stat_dtype) - above_threshold.to(stat_dtype)) \
+                * max_factor
             ctx.save_for_backward(factor, x_positive if ctx.abs_active else None, direction)
         return x
 

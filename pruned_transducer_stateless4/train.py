@@ -78,6 +78,7 @@ from shared.checkpoint import (
     update_averaged_model,
 )
 from shared.metrics import word_error_rate
+from shared.nonfinite_guard import NonFiniteGuard
 from shared.optim import Eden, Eve
 from shared.utils import (
     AttributeDict,
@@ -159,8 +160,19 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--average-period", type=int, default=100,
                         help="Update the running average of the weights every this many batches.")
     parser.add_argument("--use-fp16", type=str2bool, default=False,
-                        help="Mixed precision: float16 with grad scaling on CUDA, "
-                        "bfloat16 autocast on CPU.")
+                        help="Mixed precision (autocast): float16 with dynamic grad scaling on "
+                        "CUDA (icefall's), bfloat16 without scaling on CPU; --amp-dtype "
+                        "chooses otherwise.")
+    parser.add_argument("--amp-dtype", choices=("auto", "float16", "bfloat16"), default="auto",
+                        help="With --use-fp16 true, the autocast type: auto = float16 on CUDA "
+                        "and bfloat16 on CPU; float16 always comes with a GradScaler (on a "
+                        "CPU too, which then meets float16's range as a GPU run does: for "
+                        "tests); bfloat16 (float32's range) needs none.")
+    parser.add_argument("--max-nonfinite-batches", type=int, default=20,
+                        help="Stop with an error after this many consecutive batches that "
+                        "could not update the model (non-finite loss or gradients: the "
+                        "step is skipped) or ran with a float16 grad scale below 1; "
+                        "single such batches are logged and skipped. 0 = never stop.")
     parser.add_argument("--log-interval", type=int, default=50,
                         help="Log training progress every this many batches.")
     parser.add_argument("--valid-interval", type=int, default=None,
@@ -254,11 +266,39 @@ def fix_random_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_context(params: AttributeDict, device: torch.device):
+def amp_dtype(params: AttributeDict, device: torch.device) -> torch.dtype | None:
+    """The autocast type of --use-fp16/--amp-dtype on `device`; None = float32."""
     if not params.use_fp16:
+        return None
+    if params.amp_dtype == "auto":
+        # bfloat16 on CPU: CPUs have no fast float16, and float32's range
+        # needs no loss scaling.
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return getattr(torch, params.amp_dtype)
+
+
+def autocast_context(params: AttributeDict, device: torch.device):
+    dtype = amp_dtype(params, device)
+    if dtype is None:
         return torch.autocast(device_type=device.type, enabled=False)
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# The float16 loss scale to start from.  The loss is per frame (icefall's
+# stateless4 sums it), so the largest weight gradients start near 1 (1.0-1.5,
+# simple_lm_proj/simple_am_proj/joiner, at run.sh's and icefall's sizes):
+# GradScaler's default 2^16 overflows float16 (65504) in the first steps,
+# which are then skipped; 2^12 leaves 10x headroom and keeps gradients down
+# to ~1e-11 representable.  The scaler still doubles it after 2000 clean steps.
+GRAD_SCALE_INIT = 2.0**12
+
+
+def make_grad_scaler(params: AttributeDict, device: torch.device) -> torch.amp.GradScaler:
+    """A GradScaler on `device`, enabled for float16 only: small gradients
+    underflow float16 (smallest normal 6.1e-5) unless the loss is scaled up;
+    bfloat16 and float32 have float32's range."""
+    return torch.amp.GradScaler(device.type, init_scale=GRAD_SCALE_INIT,
+                                enabled=amp_dtype(params, device) == torch.float16)
 
 
 def warmup_value(params: AttributeDict) -> float:
@@ -398,8 +438,13 @@ def train_one_epoch(
     world_size: int,
     epoch_audio_seconds: float,
     rng_state: dict[str, Any] | None,
+    guard: NonFiniteGuard | None = None,
 ) -> tuple[bool, int, float]:
     """Trains one epoch.
+
+    `guard` counts batches that did not train across epochs (a new one
+    from --max-nonfinite-batches if None); it raises RecipeError when too
+    many come in a row.
 
     Returns:
       (finished, num_batches, audio_seconds): finished is False when
@@ -408,6 +453,8 @@ def train_one_epoch(
       over all ranks.
     """
     model.train()
+    if guard is None:
+        guard = NonFiniteGuard(params.max_nonfinite_batches)
     tracker = Tracker()
     interval_tracker = Tracker()
     interval_start = time.time()
@@ -449,9 +496,9 @@ def train_one_epoch(
             # Every rank must skip together, or DDP's gradient all-reduce hangs.
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() == 0.0:
-            logging.warning(f"batch {params.batch_idx_train}: non-finite loss "
-                            f"({stats['loss']}); skipping it, weights untouched")
+            # Skipped: the weights stay untouched (the guard logs it).
             optimizer.zero_grad(set_to_none=True)
+            guard.check(params.batch_idx_train, loss_finite=False)
             continue
 
         optimizer.zero_grad(set_to_none=True)
@@ -459,8 +506,15 @@ def train_one_epoch(
         grad_scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), params.grad_clip if params.grad_clip > 0 else math.inf)
-        grad_scaler.step(optimizer)
-        grad_scaler.update()
+        # The norm is non-finite iff a gradient is.  A float16 GradScaler
+        # skips such a step itself; without one it must not reach the weights.
+        # (DDP ranks hold the same all-reduced gradients: they agree.)
+        grads_finite = math.isfinite(float(grad_norm))
+        if grads_finite:
+            grad_scaler.step(optimizer)
+        grad_scaler.update()  # halves the float16 scale after non-finite gradients
+        guard.check(params.batch_idx_train, loss_finite=True, grads_finite=grads_finite,
+                    grad_scale=grad_scaler.get_scale() if grad_scaler.is_enabled() else None)
 
         tracker.add(stats)
         interval_tracker.add(stats)
@@ -638,8 +692,10 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         torch.set_num_threads(params.num_threads
                               or max(1, (os.cpu_count() or 1) // local_processes))
-    if params.use_fp16 and device.type == "cpu":
-        logging.info("--use-fp16 on CPU: using bfloat16 autocast (no grad scaling needed)")
+    if params.use_fp16:
+        dtype = amp_dtype(params, device)
+        logging.info(f"--use-fp16: {dtype} autocast on {device.type}, grad scaling "
+                     f"{'on' if dtype == torch.float16 else 'off'}")
     fix_random_seed(params.seed + rank)
     rnnt_loss.set_backend(params.rnnt_backend)
     # What auto means here, stored with the other params in the record and checkpoints.
@@ -710,9 +766,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs, params.warmup_batches,
                      decay_fraction=params.lr_decay_fraction,
                      final_factor=params.lr_final_factor)
-    grad_scaler = torch.amp.GradScaler(
-        device.type, enabled=params.use_fp16 and device.type == "cuda"
-    )
+    grad_scaler = make_grad_scaler(params, device)
     if checkpoint is not None:
         if checkpoint.get("optimizer") is not None:
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -749,6 +803,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
 
     logging.info(f"training on {device}, world size {world_size}, "
                  f"{epoch_audio_seconds / 3600:.2f} h of audio per epoch")
+    guard = NonFiniteGuard(params.max_nonfinite_batches)
     for epoch in range(params.start_epoch, params.num_epochs + 1):
         params.cur_epoch = epoch
         scheduler.step_epoch(epoch - 1)
@@ -760,7 +815,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         finished, num_batches, trained_seconds = train_one_epoch(
             params, model, model_avg, optimizer, scheduler, grad_scaler, sp, train_dl, valid_dl,
             wer_dl, device, tb_writer, rank, world_size if distributed else 1,
-            epoch_audio_seconds, rng_state,
+            epoch_audio_seconds, rng_state, guard,
         )
         if finished:
             # Every rank raises alike (the trained audio is summed over ranks).
@@ -817,6 +872,10 @@ def main() -> int:
         parser.error(f"--lr-decay-fraction must be in [0, 1], not {args.lr_decay_fraction}")
     if not 0.0 < args.balancer_prob <= 1.0:
         parser.error(f"--balancer-prob must be in (0, 1], not {args.balancer_prob}")
+    if args.amp_dtype != "auto" and not args.use_fp16:
+        parser.error(f"--amp-dtype {args.amp_dtype} needs --use-fp16 true")
+    if args.max_nonfinite_batches < 0:
+        parser.error(f"--max-nonfinite-batches must be >= 0, not {args.max_nonfinite_batches}")
     if args.dynamic_chunk_training and not args.causal_convolution:
         parser.error("--dynamic-chunk-training true needs --causal-convolution true "
                      "(a streaming model)")
