@@ -278,7 +278,7 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
             "--valid-interval", "100000", "--log-interval", "10", "--save-every-n", "0",
             "--use-fp16", str(dtype_name != "float32"), *TINY_MODEL_ARGS]
     # --amp-dtype float16: float16 (and its GradScaler) on a CPU too, for the dry-run.
-    if dtype_name == "float16" and "--amp-dtype" in parser._option_string_actions:
+    if dtype_name == "float16":
         argv += ["--amp-dtype", "float16"]
     params = train_py.get_params()
     params.update(vars(parser.parse_args(argv)))
@@ -290,17 +290,11 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
     model = train_py.get_transducer_model(params).to(device)
     optimizer = train_py.Eve(model.parameters(), lr=params.initial_lr)
     scheduler = train_py.Eden(optimizer, params.lr_batches, params.lr_epochs)
-    if hasattr(train_py, "make_grad_scaler"):
-        grad_scaler = train_py.make_grad_scaler(params, device)
-    else:  # before --amp-dtype: float16 and its scaler on CUDA only
-        grad_scaler = torch.amp.GradScaler(device.type,
-                                           enabled=params.use_fp16 and device.type == "cuda")
+    grad_scaler = train_py.make_grad_scaler(params, device)
     autocast_dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(
-        train_py.autocast_context(params, device).fast_dtype
-        if params.use_fp16 else None, "float32")
+        train_py.amp_dtype(params, device), "float32")
     if autocast_dtype != dtype_name:
-        raise CheckFailed(f"train.py trains in {autocast_dtype} here, not {dtype_name} "
-                          "(needs train.py --amp-dtype)")
+        raise CheckFailed(f"train.py trains in {autocast_dtype} here, not {dtype_name}")
     batches = fixed_batches(args)
 
     def loss_on_fixed_batches() -> float:
