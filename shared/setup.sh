@@ -7,7 +7,7 @@
 #
 # Usage (from the project root):
 #   shared/setup.sh          train, decode, export and serve on real LibriSpeech
-#                            (requirements.txt; Debian cmake and g++ for fast_rnnt)
+#                            (requirements.txt; Debian g++ for fast_rnnt)
 #   shared/setup.sh --dev    and the generated corpus, the tests, the browser test
 #                            (requirements-dev.txt; Debian TTS voices, sox, text
 #                            corpora, chromium): what run.sh and run_tests.sh use
@@ -58,10 +58,10 @@ debian_group() {
 }
 if ! command -v dpkg-query >/dev/null 2>&1; then
   log "no dpkg-query (not Debian): installing no system packages; fast_rnnt's build needs" \
-      "cmake and a C++ compiler, the generated corpus sox, flite, espeak-ng and festival"
+      "a C++ compiler, the generated corpus sox, flite, espeak-ng and festival"
 else
-  debian_group "fast_rnnt build (training then uses the slower pure-PyTorch pruned loss)" \
-    cmake g++
+  debian_group "fast_rnnt build (the RNN-T loss then runs on its Triton or PyTorch backend)" \
+    g++
   if [ "$dev" = true ]; then
     debian_group "generated corpus (prepare.sh --corpus synth, run.sh's default) and no tests that prepare one" \
       sox libsox-fmt-all flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k \
