@@ -3,14 +3,14 @@
 
 Usage:
 
-  ./pruned_transducer_stateless4/pretrained.py \\
-      --checkpoint exp/pruned_transducer_stateless4/pretrained.pt \\
-      --bpe-model data/lang_bpe_500/bpe.model \\
-      --method greedy_search \\
+  ./pruned_transducer_stateless4/pretrained.py \
+      --checkpoint exp/pruned_transducer_stateless4/pretrained.pt \
+      --bpe-model data/lang_bpe_500/bpe.model \
+      --method greedy_search \
       FILE1.wav FILE2.flac ...
 
   # as the streaming model runs: chunk-wise attention (simulated streaming)
-  ./pruned_transducer_stateless4/pretrained.py ... --simulate-streaming 1 \\
+  ./pruned_transducer_stateless4/pretrained.py ... --simulate-streaming 1 \
       --decode-chunk-size 16 --left-context 64 FILE.wav
 
   # icefall's own pretrained.pt ({"model": state_dict} only): its model
@@ -64,6 +64,7 @@ from shared.features import SAMPLE_RATE, make_fbank_extractor
 from shared.fsa_search import trivial_graph
 from shared.utils import (
     AttributeDict,
+    HelpFormatter,
     RecipeError,
     add_device_argument,
     get_device,
@@ -74,7 +75,7 @@ from shared.utils import (
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="pretrained.pt from export.py (or an epoch-N.pt checkpoint).")

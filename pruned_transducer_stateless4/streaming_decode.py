@@ -106,6 +106,7 @@ from shared.fsa_search import FastBeamSearchConfig, trivial_graph
 from shared.metrics import write_error_stats, write_recogs
 from shared.utils import (
     AttributeDict,
+    HelpFormatter,
     RecipeError,
     add_device_argument,
     get_device,
@@ -153,7 +154,7 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     add_checkpoint_arguments(parser)
     add_streaming_arguments(parser)

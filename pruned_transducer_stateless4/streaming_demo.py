@@ -37,12 +37,12 @@ from pruned_transducer_stateless4.streaming_decode import (
     load_tokenizer_and_model,
 )
 from shared.features import SAMPLE_RATE
-from shared.utils import AttributeDict, run_main, setup_logging
+from shared.utils import AttributeDict, HelpFormatter, run_main, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("sound_file", type=Path, help="The audio to recognise.")
     parser.add_argument("--no-realtime", action="store_true",

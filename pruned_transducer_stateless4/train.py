@@ -13,7 +13,7 @@ Usage (from the project root, after ./prepare.sh):
   ./pruned_transducer_stateless4/train.py --num-epochs 10 --exp-dir exp/pruned_transducer_stateless4
 
   # a streaming model
-  ./pruned_transducer_stateless4/train.py ... --causal-convolution true \\
+  ./pruned_transducer_stateless4/train.py ... --causal-convolution true \
       --dynamic-chunk-training true --short-chunk-size 25 --num-left-chunks 4
 
   # 4 processes on one machine: rank r on cuda:r (nccl), or gloo on CPU
@@ -82,6 +82,7 @@ from shared.nonfinite_guard import NonFiniteGuard
 from shared.optim import Eden, Eve
 from shared.utils import (
     AttributeDict,
+    HelpFormatter,
     RecipeError,
     get_device,
     run_main,
@@ -92,7 +93,7 @@ from shared.utils import (
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--world-size", type=int, default=1,
                         help="Number of training processes on this machine (DDP).")
