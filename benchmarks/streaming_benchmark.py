@@ -16,9 +16,9 @@ simulated clock, see streaming_decode.py for the exact definitions):
 
 Usage (a quiet machine gives meaningful numbers)::
 
-  python benchmarks/streaming_benchmark.py --exp-dir exp/pruned_transducer_stateless4 \
+  python benchmarks/streaming_benchmark.py --exp-dir exp/pruned_transducer_stateless4 \\
       --epoch 30 --avg 1 --bpe-model data/lang_bpe_500/bpe.model --cuts test-clean
-  python benchmarks/streaming_benchmark.py ... --chunk-sizes 8,16,32 --threads 1,2 \
+  python benchmarks/streaming_benchmark.py ... --chunk-sizes 8,16,32 --threads 1,2 \\
       --num-decode-streams 1 --max-utts 50 --output-json streaming.json
 """
 

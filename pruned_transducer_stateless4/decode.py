@@ -4,17 +4,17 @@
 Usage (from the project root, after ./prepare.sh and train.py):
 
   # greedy search, average of epochs 21..30 (running averages stored by train.py)
-  ./pruned_transducer_stateless4/decode.py --epoch 30 --avg 10 \
-      --exp-dir exp/pruned_transducer_stateless4 --bpe-model data/lang_bpe_500/bpe.model \
+  ./pruned_transducer_stateless4/decode.py --epoch 30 --avg 10 \\
+      --exp-dir exp/pruned_transducer_stateless4 --bpe-model data/lang_bpe_500/bpe.model \\
       --max-duration 100 --decoding-method greedy_search
 
   # modified beam search, simulated streaming (chunks of 16 frames, 64 of left context)
-  ./pruned_transducer_stateless4/decode.py ... --decoding-method modified_beam_search \
+  ./pruned_transducer_stateless4/decode.py ... --decoding-method modified_beam_search \\
       --beam-size 4 --simulate-streaming true --decode-chunk-size 16 --left-context 64
 
   # fast beam search with the LG graph of prepare.sh stage 5
-  ./pruned_transducer_stateless4/decode.py ... --decoding-method fast_beam_search_nbest_LG \
-      --lang-dir data/lang_bpe_500 --beam 20 --max-contexts 8 --max-states 64 \
+  ./pruned_transducer_stateless4/decode.py ... --decoding-method fast_beam_search_nbest_LG \\
+      --lang-dir data/lang_bpe_500 --beam 20 --max-contexts 8 --max-states 64 \\
       --num-paths 200 --nbest-scale 0.5 --ngram-lm-scale 0.01
 
   # average of checkpoint-B.pt files with B <= 8000 (newest 5)
@@ -25,7 +25,7 @@ Usage (from the project root, after ./prepare.sh and train.py):
 
   # icefall's own pretrained.pt (only {"model": state_dict}): the model options
   # on the command line, e.g. a streaming stateless4 model (docs/icefall-model.md)
-  ./pruned_transducer_stateless4/decode.py --epoch 999 --avg 1 --use-averaged-model false \
+  ./pruned_transducer_stateless4/decode.py --epoch 999 --avg 1 --use-averaged-model false \\
       --causal-convolution true --simulate-streaming true ...
 
 Decoding methods: greedy_search, beam_search, modified_beam_search,

@@ -3,19 +3,19 @@
 
 Usage:
 
-  ./pruned_transducer_stateless4/pretrained.py \
-      --checkpoint exp/pruned_transducer_stateless4/pretrained.pt \
-      --bpe-model data/lang_bpe_500/bpe.model \
-      --method greedy_search \
+  ./pruned_transducer_stateless4/pretrained.py \\
+      --checkpoint exp/pruned_transducer_stateless4/pretrained.pt \\
+      --bpe-model data/lang_bpe_500/bpe.model \\
+      --method greedy_search \\
       FILE1.wav FILE2.flac ...
 
   # as the streaming model runs: chunk-wise attention (simulated streaming)
-  ./pruned_transducer_stateless4/pretrained.py ... --simulate-streaming 1 \
+  ./pruned_transducer_stateless4/pretrained.py ... --simulate-streaming 1 \\
       --decode-chunk-size 16 --left-context 64 FILE.wav
 
   # icefall's own pretrained.pt ({"model": state_dict} only): its model
   # options on the command line (icefall's names and defaults)
-  ./pruned_transducer_stateless4/pretrained.py --checkpoint icefall-exp/pretrained.pt \
+  ./pruned_transducer_stateless4/pretrained.py --checkpoint icefall-exp/pretrained.pt \\
       --bpe-model icefall-exp/bpe.model --causal-convolution true FILE.wav
 
 --method is greedy_search, beam_search, modified_beam_search or

@@ -3,10 +3,10 @@
 
 Usage (from the project root, after training):
 
-  ./pruned_transducer_stateless4/streaming_decode.py \
-    --epoch 30 --avg 10 --use-averaged-model true \
-    --exp-dir exp/pruned_transducer_stateless4 --bpe-model data/lang_bpe_500/bpe.model \
-    --decode-chunk-size 16 --left-context 64 --num-decode-streams 100 \
+  ./pruned_transducer_stateless4/streaming_decode.py \\
+    --epoch 30 --avg 10 --use-averaged-model true \\
+    --exp-dir exp/pruned_transducer_stateless4 --bpe-model data/lang_bpe_500/bpe.model \\
+    --decode-chunk-size 16 --left-context 64 --num-decode-streams 100 \\
     --decoding-method greedy_search            # or modified_beam_search, fast_beam_search
 
 Every utterance of --test-sets is read as AUDIO (cut.load_audio()), not as

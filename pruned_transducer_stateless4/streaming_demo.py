@@ -4,8 +4,8 @@ real-time pace and prints the partial result whenever it changes.
 
 Usage:
 
-  ./pruned_transducer_stateless4/streaming_demo.py FILE.wav \
-    --exp-dir exp/pruned_transducer_stateless4 --epoch 30 --avg 1 \
+  ./pruned_transducer_stateless4/streaming_demo.py FILE.wav \\
+    --exp-dir exp/pruned_transducer_stateless4 --epoch 30 --avg 1 \\
     --bpe-model data/lang_bpe_500/bpe.model --decode-chunk-size 16 --left-context 64
 
   # as fast as possible instead of at real-time pace

@@ -13,7 +13,7 @@ Usage (from the project root, after ./prepare.sh):
   ./pruned_transducer_stateless4/train.py --num-epochs 10 --exp-dir exp/pruned_transducer_stateless4
 
   # a streaming model
-  ./pruned_transducer_stateless4/train.py ... --causal-convolution true \
+  ./pruned_transducer_stateless4/train.py ... --causal-convolution true \\
       --dynamic-chunk-training true --short-chunk-size 25 --num-left-chunks 4
 
   # 4 processes on one machine: rank r on cuda:r (nccl), or gloo on CPU
@@ -22,7 +22,7 @@ Usage (from the project root, after ./prepare.sh):
   # 2 machines x 4 GPUs: the same command on both, --node-rank 0 and 1;
   # torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, and each
   # process uses cuda:LOCAL_RANK (docs/gpu.md)
-  torchrun --nnodes 2 --nproc-per-node 4 --node-rank 0 --master-addr 10.0.0.1 \
+  torchrun --nnodes 2 --nproc-per-node 4 --node-rank 0 --master-addr 10.0.0.1 \\
     --master-port 29500 ./pruned_transducer_stateless4/train.py --full-libri true ...
 
   # resume: from epoch-3.pt, or from checkpoint-2000.pt (same data order; each
