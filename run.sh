@@ -118,7 +118,12 @@ Options:
   --enable-musan B       mix generated noise into training cuts (the generated
                          corpus already carries noise and reverberation) [$enable_musan]
   --model-args 'ARGS'    model options for train.py ['$model_args']
-  --train-args 'ARGS'    other train.py options ['$train_args']"
+  --train-args 'ARGS'    other train.py options ['$train_args']
+  --cpu-train-args 'ARGS'
+                         train.py options of the 2-core CPU demo (--train-args
+                         comes after them) ['$cpu_train_args']
+  --cpu-decode-args 'ARGS'
+                         decode options of the CPU demo ['$cpu_decode_args']"
 
 given_options=" $* "
 . shared/parse_options.sh

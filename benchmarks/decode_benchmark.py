@@ -26,6 +26,7 @@ from lhotse import load_manifest
 from linked_exp_dir import link_exp_dir
 
 from pruned_transducer_stateless4 import decode
+from shared.utils import HelpFormatter
 
 ALL_METHODS = ["greedy_search", "beam_search", "modified_beam_search", "fast_beam_search",
                "fast_beam_search_nbest", "fast_beam_search_LG", "fast_beam_search_nbest_LG"]
@@ -33,7 +34,7 @@ ALL_METHODS = ["greedy_search", "beam_search", "modified_beam_search", "fast_bea
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--exp-dir", type=Path, required=True, help="Experiment directory.")
     parser.add_argument("--epoch", type=int, default=0, help="As decode.py --epoch.")

@@ -66,13 +66,15 @@ import sys
 import time
 from pathlib import Path
 
+from shared.utils import HelpFormatter
+
 PATHS = ("recipe", "full", "full_fused", "recursion", "torchaudio_full")
 BACKENDS = ("auto", "fast_rnnt", "triton", "torch", "reference")
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--batch-size", type=int, default=8, help="B")
     parser.add_argument("--num-frames", type=int, default=150, help="T (max frames)")
@@ -103,7 +105,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
     parser.add_argument("--device", default="cpu",
                         help="cpu, cuda or cuda:N (memory columns: CUDA memory on a GPU)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="torch.manual_seed of the random inputs.")
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--worker-backend", choices=BACKENDS, help=argparse.SUPPRESS)
     return parser

@@ -41,19 +41,21 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from shared.utils import HelpFormatter
+
 SERVER = Path(__file__).resolve().parent.parent / "pruned_transducer_stateless4/streaming_server.py"
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--wavs", type=Path, nargs="+", required=True,
                         help="16 kHz mono files; every stream sends all of them in turn.")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16],
                         help="Numbers of concurrent streams to try (ascending; stops at the "
                         "first that is not served in real time).")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx"],
-                        choices=["torch", "onnx"])
+                        choices=["torch", "onnx"], help="Servers to measure, one after the other.")
     parser.add_argument("--cores", default="0,1", help="CPU cores of the server (taskset).")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch / onnxruntime threads of the server (--num-threads).  On "

@@ -62,7 +62,7 @@ from pruned_transducer_stateless4.streaming_decode import result_key as streamin
 from pruned_transducer_stateless4.streaming_decode import (
     result_suffix as streaming_result_suffix,
 )
-from shared.utils import RecipeError, run_main, str2bool
+from shared.utils import HelpFormatter, RecipeError, run_main, str2bool
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SCRIPTS = PROJECT_DIR / "pruned_transducer_stateless4"
@@ -70,7 +70,7 @@ SCRIPTS = PROJECT_DIR / "pruned_transducer_stateless4"
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
                         help="Holds the checkpoints (for streaming_decode.py) and the ONNX "

@@ -16,9 +16,9 @@ simulated clock, see streaming_decode.py for the exact definitions):
 
 Usage (a quiet machine gives meaningful numbers)::
 
-  python benchmarks/streaming_benchmark.py --exp-dir exp/pruned_transducer_stateless4 \
+  python benchmarks/streaming_benchmark.py --exp-dir exp/pruned_transducer_stateless4 \\
       --epoch 30 --avg 1 --bpe-model data/lang_bpe_500/bpe.model --cuts test-clean
-  python benchmarks/streaming_benchmark.py ... --chunk-sizes 8,16,32 --threads 1,2 \
+  python benchmarks/streaming_benchmark.py ... --chunk-sizes 8,16,32 --threads 1,2 \\
       --num-decode-streams 1 --max-utts 50 --output-json streaming.json
 """
 
@@ -46,7 +46,7 @@ from pruned_transducer_stateless4.streaming_decode import (
 )
 from shared.features import SAMPLE_RATE
 from shared.metrics import word_error_rate
-from shared.utils import AttributeDict, setup_logging
+from shared.utils import AttributeDict, HelpFormatter, setup_logging
 
 
 def _int_list(text: str) -> list[int]:
@@ -55,7 +55,7 @@ def _int_list(text: str) -> list[int]:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     add_checkpoint_arguments(parser)
     add_streaming_arguments(parser)

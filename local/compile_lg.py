@@ -61,12 +61,12 @@ from local.prepare_lang_bpe import (
     write_fst_atomically,
 )
 from shared.fsa_search import FstArrays, arrays_to_fst, fst_to_arrays
-from shared.utils import outputs_are_up_to_date, setup_logging, str2bool
+from shared.utils import HelpFormatter, outputs_are_up_to_date, setup_logging, str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--lang-dir",

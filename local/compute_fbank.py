@@ -35,14 +35,14 @@ import sys
 from pathlib import Path
 
 from shared.features import make_fbank_extractor
-from shared.utils import outputs_are_up_to_date, setup_logging, str2bool
+from shared.utils import HelpFormatter, outputs_are_up_to_date, setup_logging, str2bool
 
 TRAIN_960_PARTS = ("train-clean-100", "train-clean-360", "train-other-500")
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"),
                         help="Where stage 1 and 2 wrote the manifests.")

@@ -34,6 +34,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from shared.utils import HelpFormatter
+
 # Bump when the generated signals change: old outputs are then regenerated.
 GENERATOR_VERSION = 1
 
@@ -205,7 +207,7 @@ def options_hash(args: argparse.Namespace, sources: Sequence[Path]) -> str:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--out-dir",

@@ -60,6 +60,7 @@ from tqdm import tqdm
 
 from local.generate_noise import coloured_noise
 from local.text_sources import DEFAULT_TEXT_SOURCES, TEXT_SOURCES, load_sentences, split_held_out
+from shared.utils import HelpFormatter
 
 if TYPE_CHECKING:
     from hibari import Hibari
@@ -886,7 +887,7 @@ def usable_voices(voices: Iterable[Voice]) -> tuple[Voice, ...]:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--out-dir",
@@ -930,7 +931,7 @@ def get_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=PARTS,
         default=list(PARTS),
-        help="Parts to generate (default: all).",
+        help="Parts to generate.",
     )
     parser.add_argument(
         "--text-sources",

@@ -48,7 +48,7 @@ from pathlib import Path
 import kaldifst
 import sentencepiece as spm
 
-from shared.utils import outputs_are_up_to_date, setup_logging
+from shared.utils import HelpFormatter, outputs_are_up_to_date, setup_logging
 
 # Word-table entries that are not words of the transcripts, in icefall's order.
 # The first four come first (ids 0..3); the last three follow the real words.
@@ -65,7 +65,7 @@ Lexicon = list[tuple[str, list[str]]]
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--lang-dir",

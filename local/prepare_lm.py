@@ -51,7 +51,7 @@ from local.prepare_lang_bpe import (
     report_missing_input,
     write_text_atomically,
 )
-from shared.utils import outputs_are_up_to_date, setup_logging
+from shared.utils import HelpFormatter, outputs_are_up_to_date, setup_logging
 
 BOS = "<s>"
 EOS = "</s>"
@@ -65,7 +65,7 @@ NGram = tuple[str, ...]
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--lang-dir",

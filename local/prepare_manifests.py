@@ -17,7 +17,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from shared.utils import outputs_are_up_to_date, setup_logging
+from shared.utils import HelpFormatter, outputs_are_up_to_date, setup_logging
 
 LIBRISPEECH_PARTS = (
     "train-clean-100",
@@ -32,7 +32,7 @@ LIBRISPEECH_PARTS = (
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--corpus-dir",

@@ -13,14 +13,14 @@ import logging
 import sys
 from pathlib import Path
 
-from shared.utils import setup_logging
+from shared.utils import HelpFormatter, setup_logging
 
 MUSAN_PARTS = ("music", "speech", "noise")
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--musan-dir", type=Path, required=True,
                         help="Directory holding music/, speech/ and/or noise/.")

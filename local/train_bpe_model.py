@@ -23,12 +23,12 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from shared.utils import outputs_are_up_to_date, setup_logging
+from shared.utils import HelpFormatter, outputs_are_up_to_date, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--lang-dir", type=Path, required=True,
                         help="Output directory, e.g. data/lang_bpe_500.")

@@ -25,7 +25,7 @@ Usage (from the project root, after ./prepare.sh and train.py):
 
   # icefall's own pretrained.pt (only {"model": state_dict}): the model options
   # on the command line, e.g. a streaming stateless4 model (docs/icefall-model.md)
-  ./pruned_transducer_stateless4/decode.py --epoch 999 --avg 1 --use-averaged-model false \
+  ./pruned_transducer_stateless4/decode.py --epoch 999 --avg 1 --use-averaged-model false \\
       --causal-convolution true --simulate-streaming true ...
 
 Decoding methods: greedy_search, beam_search, modified_beam_search,
@@ -96,6 +96,7 @@ from shared.fsa_search import (
 from shared.metrics import write_error_stats, write_recogs
 from shared.utils import (
     AttributeDict,
+    HelpFormatter,
     RecipeError,
     add_device_argument,
     get_device,
@@ -117,7 +118,7 @@ DECODING_METHODS = (
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
                         help="Directory with the checkpoints; results go to "

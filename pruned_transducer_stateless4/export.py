@@ -81,6 +81,7 @@ from pruned_transducer_stateless4.scaling import fold_scales
 from shared.checkpoint import add_checkpoint_arguments, explicit_options, load_inference_model
 from shared.utils import (
     AttributeDict,
+    HelpFormatter,
     RecipeError,
     add_device_argument,
     atomic_torch_save,
@@ -95,7 +96,7 @@ ONNX_OPSET = 13
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
                         help="Where the checkpoints are; the exported files are written here.")

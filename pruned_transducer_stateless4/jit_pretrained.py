@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.utils import HelpFormatter
+
 SAMPLE_RATE = 16000
 # The training front end (shared/features.py: lhotse Fbank, 80 bins, 25/10 ms,
 # povey window, dither 0, snip_edges False, high_freq -400, low_freq 20,
@@ -384,7 +386,7 @@ def stream_encoder(
 # ---------------------------------------------------------------- main ----
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--nn-model-filename", type=Path, required=True,
                         help="cpu_jit.pt written by export.py --jit 1.")

@@ -82,7 +82,7 @@ from shared.run_record import (
     read_train_points,
     read_train_record,
 )
-from shared.utils import str2bool
+from shared.utils import HelpFormatter, str2bool
 
 # Test parts first, in this order; other parts (dev-clean, ...) follow alphabetically.
 PART_ORDER = ("test-clean", "test-other")
@@ -103,7 +103,7 @@ NOT_RUN = "not run"
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
                         help="Experiment directory to summarise; RESULTS.md, "

@@ -15,7 +15,7 @@ Usage:
 
   # icefall's own pretrained.pt ({"model": state_dict} only): its model
   # options on the command line (icefall's names and defaults)
-  ./pruned_transducer_stateless4/pretrained.py --checkpoint icefall-exp/pretrained.pt \
+  ./pruned_transducer_stateless4/pretrained.py --checkpoint icefall-exp/pretrained.pt \\
       --bpe-model icefall-exp/bpe.model --causal-convolution true FILE.wav
 
 --method is greedy_search, beam_search, modified_beam_search or
@@ -64,6 +64,7 @@ from shared.features import SAMPLE_RATE, make_fbank_extractor
 from shared.fsa_search import trivial_graph
 from shared.utils import (
     AttributeDict,
+    HelpFormatter,
     RecipeError,
     add_device_argument,
     get_device,
@@ -74,7 +75,7 @@ from shared.utils import (
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="pretrained.pt from export.py (or an epoch-N.pt checkpoint).")

@@ -82,7 +82,14 @@ from pruned_transducer_stateless4.timestamps import FRAME_SHIFT_SECONDS, word_st
 from shared import run_record
 from shared.features import SAMPLE_RATE
 from shared.metrics import read_recogs, write_error_stats, write_recogs
-from shared.utils import AttributeDict, RecipeError, run_main, setup_logging, str2bool
+from shared.utils import (
+    AttributeDict,
+    HelpFormatter,
+    RecipeError,
+    run_main,
+    setup_logging,
+    str2bool,
+)
 
 ONNX_PARTS = ("encoder", "decoder", "joiner")
 WORD_START = "\u2581"  # sentencepiece's word-start mark
@@ -90,7 +97,7 @@ WORD_START = "\u2581"  # sentencepiece's word-start mark
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--exp-dir", type=Path, default=Path("exp/pruned_transducer_stateless4"),
                         help="Where export.py --onnx 1 wrote the ONNX files and tokens.txt; "
@@ -100,7 +107,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iter", type=int, default=0,
                         help="If > 0, the export of export.py --iter B (suffix iter-B-avg-A).")
     parser.add_argument("--avg", type=int, default=9,
-                        help="The --avg of the export (default: export.py's).")
+                        help="The --avg of the export (the same default as export.py).")
     parser.add_argument("--use-averaged-model", type=str2bool, default=False,
                         help="Only for finding streaming_decode.py's recogs file: it was "
                         "decoded with --use-averaged-model true (the ONNX file names do not "

@@ -3,10 +3,10 @@
 
 Usage (from the project root, after training):
 
-  ./pruned_transducer_stateless4/streaming_decode.py \
-    --epoch 30 --avg 10 --use-averaged-model true \
-    --exp-dir exp/pruned_transducer_stateless4 --bpe-model data/lang_bpe_500/bpe.model \
-    --decode-chunk-size 16 --left-context 64 --num-decode-streams 100 \
+  ./pruned_transducer_stateless4/streaming_decode.py \\
+    --epoch 30 --avg 10 --use-averaged-model true \\
+    --exp-dir exp/pruned_transducer_stateless4 --bpe-model data/lang_bpe_500/bpe.model \\
+    --decode-chunk-size 16 --left-context 64 --num-decode-streams 100 \\
     --decoding-method greedy_search            # or modified_beam_search, fast_beam_search
 
 Every utterance of --test-sets is read as AUDIO (cut.load_audio()), not as
@@ -106,6 +106,7 @@ from shared.fsa_search import FastBeamSearchConfig, trivial_graph
 from shared.metrics import write_error_stats, write_recogs
 from shared.utils import (
     AttributeDict,
+    HelpFormatter,
     RecipeError,
     add_device_argument,
     get_device,
@@ -153,7 +154,7 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     add_checkpoint_arguments(parser)
     add_streaming_arguments(parser)

@@ -4,8 +4,8 @@ real-time pace and prints the partial result whenever it changes.
 
 Usage:
 
-  ./pruned_transducer_stateless4/streaming_demo.py FILE.wav \
-    --exp-dir exp/pruned_transducer_stateless4 --epoch 30 --avg 1 \
+  ./pruned_transducer_stateless4/streaming_demo.py FILE.wav \\
+    --exp-dir exp/pruned_transducer_stateless4 --epoch 30 --avg 1 \\
     --bpe-model data/lang_bpe_500/bpe.model --decode-chunk-size 16 --left-context 64
 
   # as fast as possible instead of at real-time pace
@@ -37,12 +37,12 @@ from pruned_transducer_stateless4.streaming_decode import (
     load_tokenizer_and_model,
 )
 from shared.features import SAMPLE_RATE
-from shared.utils import AttributeDict, run_main, setup_logging
+from shared.utils import AttributeDict, HelpFormatter, run_main, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("sound_file", type=Path, help="The audio to recognise.")
     parser.add_argument("--no-realtime", action="store_true",

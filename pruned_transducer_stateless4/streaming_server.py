@@ -76,14 +76,14 @@ from pruned_transducer_stateless4.streaming_decode import (
 from pruned_transducer_stateless4.timestamps import token_times
 from shared.checkpoint import explicit_options
 from shared.features import SAMPLE_RATE
-from shared.utils import AttributeDict, RecipeError, get_device, run_main, str2bool
+from shared.utils import AttributeDict, HelpFormatter, RecipeError, get_device, run_main, str2bool
 
 WEB_PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                         help="torch: our model and streaming decoder; onnx: the export of "

@@ -22,7 +22,7 @@ Usage (from the project root, after ./prepare.sh):
   # 2 machines x 4 GPUs: the same command on both, --node-rank 0 and 1;
   # torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, and each
   # process uses cuda:LOCAL_RANK (docs/gpu.md)
-  torchrun --nnodes 2 --nproc-per-node 4 --node-rank 0 --master-addr 10.0.0.1 \
+  torchrun --nnodes 2 --nproc-per-node 4 --node-rank 0 --master-addr 10.0.0.1 \\
     --master-port 29500 ./pruned_transducer_stateless4/train.py --full-libri true ...
 
   # resume: from epoch-3.pt, or from checkpoint-2000.pt (same data order; each
@@ -82,6 +82,7 @@ from shared.nonfinite_guard import NonFiniteGuard
 from shared.optim import Eden, Eve
 from shared.utils import (
     AttributeDict,
+    HelpFormatter,
     RecipeError,
     get_device,
     run_main,
@@ -92,7 +93,7 @@ from shared.utils import (
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--world-size", type=int, default=1,
                         help="Number of training processes on this machine (DDP).")

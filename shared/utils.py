@@ -1,14 +1,20 @@
 """Small recipe-agnostic helpers shared by every script."""
 
+from __future__ import annotations
+
 import argparse
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
+# torch is imported where it is used: scripts that need no torch (the corpus
+# and noise generators, tools, benchmark clients) import this module for
+# HelpFormatter and would otherwise pay seconds of torch import at start.
+if TYPE_CHECKING:
+    import torch
 
 
 class RecipeError(Exception):
@@ -79,6 +85,22 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got '{value}'")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every script's `formatter_class`: `--help` prints the description (the
+    module docstring, with its usage block) as written and ends each option's
+    help with "(default: X)", as icefall's and sherpa-onnx's scripts do.
+
+    An option whose default is None or "" gets no "(default: None)": both mean
+    "not given", and its help says what happens then.  A help that places
+    `%(default)s` itself keeps its own wording (argparse's rule), so no default
+    is printed twice."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save that never leaves a truncated file under `path`.
 
@@ -86,6 +108,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     a rename within one file system is atomic, so a kill leaves either the old
     file or the new one.
     """
+    import torch
+
     path = Path(path)
     tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp_path)
@@ -118,6 +142,8 @@ def get_device(
       cuda_available: default torch.cuda.is_available(); tests pass True to
         check the CUDA choice on a machine without a GPU.
     """
+    import torch
+
     environ = os.environ if environ is None else environ
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     if requested is not None and requested != "auto":

@@ -1,12 +1,14 @@
 """Test helpers: real audio made with espeak-ng or the corpus generator's
 voices, real recipe scripts, the trained demo model of tests/data/demo_model."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import soundfile as sf
@@ -92,6 +94,23 @@ def make_librispeech_tree(root: Path, parts: dict[str, list[tuple[str, str, str]
             with open(chapter_dir / f"{speaker}-{chapter}.trans.txt", "a") as trans:
                 trans.write(f"{utt_id} {sentence.upper()}\n")
     return corpus
+
+
+def import_script(script: Path) -> ModuleType:
+    """Imports a script from its file (in-process, nothing is run: its
+    `if __name__ == "__main__"` block stays out), e.g. to call its get_parser()."""
+    spec = importlib.util.spec_from_file_location(f"script_{script.stem}", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    # As `python SCRIPT` does: the script's folder comes first on sys.path
+    # (benchmarks import their sibling modules).
+    sys.path.insert(0, str(script.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(script.parent))
+    return module
 
 
 def run_script(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

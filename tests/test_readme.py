@@ -11,16 +11,14 @@ sourcing shared/parse_options.sh, as icefall's parse_options.sh does.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_DIR
+from tests.helpers import PROJECT_DIR, import_script
 
 README = PROJECT_DIR / "README.md"
 
@@ -123,12 +121,7 @@ def _substitute(word: str, variables: dict[str, str]) -> str:
 
 def python_script_options(script: Path) -> set[str]:
     """Every option string of the script's argparse parser (`get_parser()`)."""
-    spec = importlib.util.spec_from_file_location(f"readme_check_{script.stem}", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    parser: argparse.ArgumentParser = module.get_parser()
+    parser: argparse.ArgumentParser = import_script(script).get_parser()
     return {option for action in parser._actions for option in action.option_strings}
 
 

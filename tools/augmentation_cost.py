@@ -42,6 +42,7 @@ from local.generate_synth_corpus import (
     draw_style,
     render_utterance,
 )
+from shared.utils import HelpFormatter
 from tools.check_intelligibility import Utterance, make_decoder, read_utterances, recognise
 
 # Each rendering keeps one part of a fully augmented style and drops the rest.
@@ -125,7 +126,7 @@ def format_table(voices: Sequence[Voice], rows: dict[int, dict[str, float]]) -> 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--corpus-dir",

@@ -28,6 +28,8 @@ import kaldialign
 import soundfile as sf
 from pocketsphinx import Decoder
 
+from shared.utils import HelpFormatter
+
 SAMPLE_RATE = 16000
 
 
@@ -76,7 +78,7 @@ def recognise(decoder: Decoder, audio_path: Path) -> str:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--corpus-dir",

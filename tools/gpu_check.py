@@ -51,7 +51,7 @@ from pruned_transducer_stateless4.decode import DECODING_METHODS  # noqa: E402
 from pruned_transducer_stateless4.decode_stream import (  # noqa: E402
     STREAMING_DECODING_METHODS as STREAMING_METHODS,
 )
-from shared.utils import str2bool  # noqa: E402
+from shared.utils import HelpFormatter, str2bool  # noqa: E402
 
 # A tiny streaming model (train.py's defaults are icefall's non-streaming
 # 12 x 512): the check decodes in simulated and real streaming and exports ONNX.
@@ -64,7 +64,7 @@ TINY_MODEL_ARGS = [
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                         help="cuda: the GPU check; cpu: the dry-run of the same steps.")
