@@ -252,21 +252,11 @@ def _loss_from_logprobs(
     return_grad: bool,
     backend: str,
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Negated total log-prob of arc log-probs ``px [B, S, T + 1]``, ``py [B, S + 1, T]``."""
-    if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"reduction should be 'none', 'mean' or 'sum', given {reduction!r}")
-    px = reference.add_delay_penalty(px, boundary, delay_penalty)
-    result = _recursion_module(backend).mutual_information_recursion(
-        px=px, py=py, boundary=boundary, return_grad=return_grad
+    """:func:`shared.rnnt_reference.loss_from_logprobs` with ``backend``'s recursion."""
+    return reference.loss_from_logprobs(
+        px, py, boundary, delay_penalty, reduction, return_grad,
+        recursion=_recursion_module(backend).mutual_information_recursion,
     )
-    total_logprobs = result[0] if return_grad else result
-    if reduction == "mean":
-        loss = -total_logprobs.mean()
-    elif reduction == "sum":
-        loss = -total_logprobs.sum()
-    else:
-        loss = -total_logprobs
-    return (loss, result[1]) if return_grad else loss
 
 
 def rnnt_loss_simple(

@@ -58,6 +58,8 @@ precision inputs are promoted to float32 for the recursion.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,6 +72,7 @@ __all__ = [
     "get_rnnt_logprobs_pruned",
     "get_rnnt_logprobs_smoothed",
     "get_rnnt_prune_ranges",
+    "loss_from_logprobs",
     "mutual_information_recursion",
     "rnnt_loss",
     "rnnt_loss_pruned",
@@ -621,18 +624,25 @@ def get_rnnt_logprobs_pruned(
 # ---------------------------------------------------------------------------
 
 
-def _loss_from_logprobs(
+def loss_from_logprobs(
     px: Tensor,
     py: Tensor,
     boundary: Tensor | None,
     delay_penalty: float,
     reduction: str | None,
     return_grad: bool,
+    recursion: Callable[..., Any] | None = None,
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Negated total log-prob of arc log-probs ``px [B, S, T + 1]``, ``py [B, S + 1, T]``.
+
+    ``recursion``: a ``mutual_information_recursion`` with fast_rnnt's contract
+    (:mod:`shared.rnnt_loss` passes its backend's); default: this module's.
+    """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction should be one of {_REDUCTIONS}, given {reduction!r}")
     px = add_delay_penalty(px, boundary, delay_penalty)
-    result = mutual_information_recursion(px, py, boundary=boundary, return_grad=return_grad)
+    recursion = recursion or mutual_information_recursion
+    result = recursion(px=px, py=py, boundary=boundary, return_grad=return_grad)
     if return_grad:
         scores, grads = result
         return _reduce(scores, reduction), grads
@@ -671,7 +681,7 @@ def rnnt_loss_simple(
       ``loss`` (``[B]`` or scalar), or ``(loss, (px_grad, py_grad))``.
     """
     px, py = get_rnnt_logprobs(lm, am, symbols, termination_symbol, rnnt_type, boundary)
-    return _loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
+    return loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
 
 
 def rnnt_loss_smoothed(
@@ -694,7 +704,7 @@ def rnnt_loss_smoothed(
     px, py = get_rnnt_logprobs_smoothed(
         lm, am, symbols, termination_symbol, lm_only_scale, am_only_scale, boundary, rnnt_type
     )
-    return _loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
+    return loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
 
 
 def rnnt_loss(
@@ -714,7 +724,7 @@ def rnnt_loss(
     return value as :func:`rnnt_loss_simple`.
     """
     px, py = get_rnnt_logprobs_joint(logits, symbols, termination_symbol, boundary, rnnt_type)
-    return _loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
+    return loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
 
 
 def rnnt_loss_pruned(
@@ -743,7 +753,7 @@ def rnnt_loss_pruned(
     px, py = get_rnnt_logprobs_pruned(
         logits, symbols, ranges, termination_symbol, boundary, rnnt_type
     )
-    return _loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
+    return loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
 
 
 # ---------------------------------------------------------------------------
