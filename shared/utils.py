@@ -154,6 +154,9 @@ def get_device(
         if device.type == "cuda" and not cuda:
             raise RecipeError(f"--device {requested}: this torch sees no CUDA GPU "
                               "(use --device cpu or install a CUDA build of torch, docs/gpu.md)")
+        if device.type == "cuda" and device.index is None:
+            # An explicit index: torch.cuda.set_device and memory statistics reject "cuda".
+            device = torch.device("cuda", 0)
         return device
     if not cuda:
         return torch.device("cpu")

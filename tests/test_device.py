@@ -36,6 +36,8 @@ def test_device_for_every_launch_mode(rank, environ, cuda, expected):
 
 def test_requested_device_wins_and_is_checked():
     assert get_device(3, requested="cpu", environ={}, cuda_available=True).type == "cpu"
+    # "cuda" gets an index: torch.cuda.set_device and its memory statistics need one.
+    assert get_device(requested="cuda", environ={}, cuda_available=True) == torch.device("cuda", 0)
     assert get_device(requested="cuda:1", environ={}, cuda_available=True) == \
         torch.device("cuda", 1)
     assert get_device(requested="auto", environ={}, cuda_available=False).type == "cpu"
