@@ -124,8 +124,9 @@ def run_worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from shared import rnnt_loss
+    from shared.utils import get_device
 
-    device = torch.device(args.device)
+    device = get_device(requested=args.device)  # "cuda" -> cuda:0
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
@@ -323,17 +324,30 @@ def main() -> None:
         f"forward+backward, one subprocess per path, best of {args.rounds} round(s)"
     )
     best: dict[tuple[str, str], dict] = {}
+    failed: dict[tuple[str, str], str] = {}
     for _ in range(args.rounds):
         for run in runs:
-            result = run_in_subprocess(args, *run)
+            if run in failed:
+                continue
+            try:
+                result = run_in_subprocess(args, *run)
+            except RuntimeError as error:
+                # One backend that cannot run (e.g. fast_rnnt without CUDA kernels) must
+                # not hide the others' rows.
+                failed[run] = str(error).strip().splitlines()[-1]
+                continue
             if run not in best or result["median_ms"] < best[run]["median_ms"]:
                 best[run] = result
     memory = "CUDA" if args.device.startswith("cuda") else "RSS"
-    print(format_table([best[run] for run in runs], memory))
+    print(format_table([best[run] for run in runs if run in best], memory))
+    for (path, backend), reason in failed.items():
+        print(f"FAILED: path {path}, backend {backend}: {reason}")
     if not args.device.startswith("cuda") and any(r["backend"] == "triton" for r in best.values()):
         print("triton rows on the CPU ran in Triton's interpreter: not a speed figure")
     print(f"load average after the run: {os.getloadavg()[0]:.2f} (the machine has "
           f"{os.cpu_count()} cores)")
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

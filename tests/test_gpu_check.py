@@ -4,7 +4,9 @@ decoding under the device-mismatch guard), and its pass/fail logic: a step
 that did not learn fails, a failed step does not stop the others, and the
 bundle unpacks only the wheels of modules the machine lacks."""
 
+import os
 import re
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -124,3 +126,24 @@ def test_bundle_unpacks_only_the_wheels_of_missing_modules(tmp_path: Path):
     assert (site / "gpucheck_mixed.py").is_file()
     assert not (site / "pytest").exists() and not (site / "gpucheck_other.py").exists()
 
+
+
+def test_loss_benchmark_reports_a_failed_backend_and_keeps_the_others(tmp_path: Path):
+    """A backend that cannot run (here triton, hidden by a package that refuses to
+    import) is a FAILED line and exit status 1, and the other backends still get
+    their rows, which the GPU check reads back."""
+    hidden = tmp_path / "hidden" / "triton"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ImportError("hidden for the test")\n')
+    result = subprocess.run(
+        [sys.executable, "benchmarks/loss_benchmark.py", "--rnnt-backend", "triton,torch",
+         "--paths", "recursion", "--batch-size", "2", "--num-frames", "20",
+         "--num-symbols", "5", "--vocab-size", "20", "--num-iters", "1",
+         "--num-warmup", "0", "--threads", "1"],
+        cwd=gpu_check.PROJECT_DIR, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(hidden.parent)})
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    assert "FAILED: path recursion, backend triton:" in result.stdout
+    medians = gpu_check.benchmark_medians(result.stdout)
+    assert list(medians) == [("recursion", "torch")]
+    assert medians["recursion", "torch"] > 0
