@@ -60,6 +60,11 @@ if [ -z "$python_bin" ]; then
   if [ -x /opt/torch/.venv/bin/python3 ]; then python_bin=/opt/torch/.venv/bin/python3
   else python_bin=python3; fi
 fi
+# A relative --python (.venv/bin/python) must survive the cd into the work copy.
+case "$python_bin" in
+  /*) ;;
+  */*) python_bin="$(cd "$(dirname "$python_bin")" && pwd)/$(basename "$python_bin")";;
+esac
 [ -d "$bundle/recipe/data" ] || { echo "gpu_check.sh: error: no prepared corpus in $bundle/recipe; run tools/make_gpu_bundle.sh" >&2; exit 1; }
 bundle=$(cd "$bundle" && pwd)
 start=$(date +%s)
