@@ -8,9 +8,9 @@ Training computes two losses on the same (encoder, decoder) outputs:
 * the *pruned* loss: the real joiner evaluated only on `prune_range` symbol
   positions per frame chosen from those gradients.
 
-Both go through `shared.rnnt_loss` (fast_rnnt, or the pure-PyTorch reference
-when fast_rnnt is missing) and run in float32 even under autocast, because the
-recursions sum many log-probabilities.
+Both go through `shared.rnnt_loss` (its recursion by fast_rnnt, Triton or
+plain PyTorch: train.py's --rnnt-backend) and run in float32 even under
+autocast, because the recursions sum many log-probabilities.
 """
 
 import torch
