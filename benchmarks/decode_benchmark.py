@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Decoding speed of every decode.py method, as a markdown table.
 
-Each method decodes the same cut set through ``decode.main`` (the real script,
-simulated streaming by default), which writes its WER and a
-``speed-PART-KEY-SUFFIX.json`` (decoding seconds, RTF, utterances/s, threads);
-this script collects those into one table.  Model loading and graph loading
-are not timed.
+Each method decodes the same cut set with decode.py (the real script, run as a
+subprocess, simulated streaming by default), which writes its WER
+(``wer-summary-*``) and a ``speed-PART-KEY-SUFFIX.json`` (decoding seconds,
+RTF, utterances/s, threads); this script collects those into one table.
+Model loading and graph loading are not timed.
 
 Usage (a quiet machine gives meaningful numbers)::
 
@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from lhotse import load_manifest
 from linked_exp_dir import link_exp_dir
 
-from pruned_transducer_stateless4 import decode
-from shared.utils import HelpFormatter
+from shared.utils import HelpFormatter, RecipeError, str2bool
+
+DECODE_PY = Path(__file__).resolve().parent.parent / "pruned_transducer_stateless4/decode.py"
 
 ALL_METHODS = ["greedy_search", "beam_search", "modified_beam_search", "fast_beam_search",
                "fast_beam_search_nbest", "fast_beam_search_LG", "fast_beam_search_nbest_LG"]
@@ -40,7 +43,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epoch", type=int, default=0, help="As decode.py --epoch.")
     parser.add_argument("--iter", type=int, default=0, help="As decode.py --iter.")
     parser.add_argument("--avg", type=int, default=1, help="As decode.py --avg.")
-    parser.add_argument("--use-averaged-model", type=str, default="false",
+    parser.add_argument("--use-averaged-model", type=str2bool, default=True,
                         help="As decode.py --use-averaged-model.")
     parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_256/bpe.model"),
                         help="Sentencepiece model.")
@@ -62,6 +65,15 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_decode(options: list[str]) -> None:
+    """Runs decode.py; a failure ends the benchmark with its last error line."""
+    result = subprocess.run([sys.executable, str(DECODE_PY), *options], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["(no output)"]
+        raise RecipeError(f"decode.py failed: {lines[-1]}")
+
+
 def main() -> None:
     args = get_parser().parse_args()
     path = Path(args.test_set)
@@ -75,10 +87,10 @@ def main() -> None:
         cuts.subset(first=min(args.max_utts, len(cuts))).to_file(subset_path)
         for method in args.methods.split(","):
             model_args = ["--exp-dir", str(exp_dir), "--avg", str(args.avg),
-                          "--use-averaged-model", args.use_averaged_model]
+                          "--use-averaged-model", str(args.use_averaged_model).lower()]
             model_args += (["--iter", str(args.iter)] if args.iter > 0
                            else ["--epoch", str(args.epoch)])
-            wers = decode.main([
+            run_decode([
                 *model_args, "--bpe-model", str(args.bpe_model), "--lang-dir",
                 str(args.lang_dir), "--decoding-method", method, "--test-sets",
                 str(subset_path), "--num-threads", str(args.num_threads),
@@ -87,7 +99,9 @@ def main() -> None:
             ])
             speed_file, = (exp_dir / method).glob("speed-bench-*.json")
             speed = json.loads(speed_file.read_text())
-            rows.append({"method": method, "wer": wers["bench"] * 100, **speed})
+            wer_file, = (exp_dir / method).glob("wer-summary-bench-*.txt")
+            wer = float(wer_file.read_text().splitlines()[1].split("\t")[1])
+            rows.append({"method": method, "wer": wer, **speed})
     print(f"\n{rows[0]['utterances']} utterances of {args.test_set} "
           f"({rows[0]['audio_seconds']:.0f} s of audio), {args.num_threads} thread(s), "
           f"chunk {args.decode_chunk_size}, left context {args.left_context}\n")

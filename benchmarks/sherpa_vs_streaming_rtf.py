@@ -49,18 +49,17 @@ from linked_exp_dir import link_exp_dir
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
-from pruned_transducer_stateless4.sherpa_onnx_decode import (
+from pruned_transducer_stateless4.onnx_contract import (
     check_export,
     export_streaming_config,
     export_suffix,
     onnx_export_paths,
-    part_name,
-    result_key,
-    streaming_settings,
 )
-from pruned_transducer_stateless4.streaming_decode import result_key as streaming_result_key
-from pruned_transducer_stateless4.streaming_decode import (
-    result_suffix as streaming_result_suffix,
+from pruned_transducer_stateless4.result_files import (
+    part_name,
+    sherpa_result_key,
+    streaming_result_name,
+    streaming_settings,
 )
 from shared.utils import HelpFormatter, RecipeError, run_main, str2bool
 
@@ -81,7 +80,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="If > 0, checkpoint and export --iter instead of --epoch.")
     parser.add_argument("--avg", type=int, default=9,
                         help="Checkpoint and export --avg.")
-    parser.add_argument("--use-averaged-model", type=str2bool, default=False,
+    parser.add_argument("--use-averaged-model", type=str2bool, default=True,
                         help="streaming_decode.py --use-averaged-model (as the export was "
                         "made).")
     parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
@@ -153,7 +152,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
     res_dir = exp_dir / "streaming" / "greedy_search"
     settings = streaming_settings(args.epoch, args.iter, args.avg, chunk_size, left_context,
                                   args.use_averaged_model, flush_padding_seconds(chunk_size))
-    names = f"{part}-{streaming_result_key(settings)}-{streaming_result_suffix(settings)}"
+    names = streaming_result_name(part, settings)
     latency = read_json(res_dir / f"latency-{names}.json")
     rows.append({"system": "streaming_decode.py (PyTorch)", "threads": 1,
                  "num_utterances": latency["num_utterances"],
@@ -165,7 +164,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
         run_script("sherpa_onnx_decode.py", [
             *model, *common, "--parts", test_set, "--int8", str(int8).lower(),
             "--num-threads", "1"])
-        key = result_key(int8)
+        key = sherpa_result_key(int8)
         sherpa_dir = exp_dir / "sherpa_onnx"
         rtf = read_json(sherpa_dir / f"rtf-{part}-{key}.json")
         agreement = read_json(sherpa_dir / f"agreement-{part}-{key}.json")

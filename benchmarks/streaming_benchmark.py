@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
+from pruned_transducer_stateless4.audio_input import load_cut_audio
 from pruned_transducer_stateless4.model_config import add_model_arguments
-from pruned_transducer_stateless4.streaming_decode import (
+from pruned_transducer_stateless4.streaming_engine import (
     StreamingSetup,
     add_checkpoint_arguments,
     add_streaming_arguments,
     decode_dataset,
-    load_cut_audio,
     load_tokenizer_and_model,
     summarize,
 )

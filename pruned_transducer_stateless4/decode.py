@@ -77,23 +77,25 @@ from pruned_transducer_stateless4.conformer import encode
 from pruned_transducer_stateless4.context_graph import (
     add_context_arguments,
     context_graph_of,
-    context_key,
 )
-from pruned_transducer_stateless4.model_config import (
-    MODEL_OPTION_NAMES,
-    add_model_arguments,
-    get_transducer_model,
+from pruned_transducer_stateless4.model_config import MODEL_OPTION_NAMES, add_model_arguments
+from pruned_transducer_stateless4.model_loading import inference_params, load_model
+from pruned_transducer_stateless4.result_files import offline_result_key as result_key
+from pruned_transducer_stateless4.result_files import offline_result_suffix as result_suffix
+from pruned_transducer_stateless4.result_files import (
+    part_name,
+    write_wer_files,
 )
 from pruned_transducer_stateless4.timestamps import batch_word_times
+from pruned_transducer_stateless4.token_table import load_bpe_model
 from shared import run_record
-from shared.checkpoint import add_checkpoint_arguments, explicit_options, load_inference_model
+from shared.checkpoint import add_checkpoint_arguments, explicit_options
 from shared.fsa_search import (
     DecodingGraph,
     load_decoding_graph,
     read_word_table,
     trivial_graph,
 )
-from shared.metrics import write_error_stats, write_recogs
 from shared.utils import (
     AttributeDict,
     HelpFormatter,
@@ -172,48 +174,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def get_params() -> AttributeDict:
     """Fixed settings, as in train.py; the checkpoint's values win."""
-    return AttributeDict({"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0,
-                          "vocab_size": -1})
-
-
-# ------------------------------------------------------------- checkpoints --
-def load_model(params: AttributeDict, explicit: set[str], device: torch.device) -> torch.nn.Module:
-    """The model that --epoch/--iter/--avg/--use-averaged-model name
-    (shared.checkpoint.load_inference_model, shared by every script)."""
-    model, description = load_inference_model(params, explicit, get_transducer_model,
-                                              MODEL_OPTION_NAMES)
-    logging.info(f"loaded the {description}")
-    return model.to(device)
+    return inference_params()
 
 
 # ---------------------------------------------------------------- decoding --
-def result_key(params: AttributeDict) -> str:
-    """The search settings, as icefall names them."""
-    method = params.decoding_method
-    if method == "greedy_search":
-        return f"greedy_search_max_sym_per_frame_{params.max_sym_per_frame}"
-    if method in ("beam_search", "modified_beam_search"):
-        return f"beam_size_{params.beam_size}" + context_key(params)
-    key = f"beam_{params.beam}_max_contexts_{params.max_contexts}_max_states_{params.max_states}"
-    if "nbest" in method:
-        key += f"_num_paths_{params.num_paths}_nbest_scale_{params.nbest_scale}"
-    if "LG" in method:
-        key += f"_ngram_lm_scale_{params.ngram_lm_scale}"
-    return key
-
-
-def result_suffix(params: AttributeDict) -> str:
-    """The model and encoding settings."""
-    suffix = f"iter-{params.iter}" if params.iter > 0 else f"epoch-{params.epoch}"
-    suffix += f"-avg-{params.avg}"
-    if params.use_averaged_model:
-        suffix += "-use-averaged-model"
-    if params.simulate_streaming:
-        suffix += (f"-streaming-chunk-size-{params.decode_chunk_size}"
-                   f"-left-context-{params.left_context}")
-    return suffix
-
-
 @torch.no_grad()
 def decode_one_batch(
     params: AttributeDict,
@@ -277,15 +241,6 @@ def decode_one_batch(
     return texts if method.endswith("_LG") else sp.decode(tokens)
 
 
-def part_name(test_set: str) -> str:
-    """test-clean -> test-clean; data/fbank/librispeech_cuts_dev-clean.jsonl.gz -> dev-clean."""
-    name = Path(test_set).name
-    for ending in (".jsonl.gz", ".jsonl"):
-        if name.endswith(ending):
-            name = name[: -len(ending)]
-    return name.removeprefix("librispeech_cuts_")
-
-
 def decode_dataset(
     params: AttributeDict, model: torch.nn.Module, sp: spm.SentencePieceProcessor,
     dataloader: torch.utils.data.DataLoader, part: str,
@@ -314,15 +269,8 @@ def decode_dataset(
 
 def save_results(params: AttributeDict, part: str, results: list[tuple[str, str, str]]) -> float:
     key, suffix = result_key(params), result_suffix(params)
-    res_dir = params.res_dir
-    write_recogs(res_dir / f"recogs-{part}-{key}-{suffix}.txt", results,
-                 params.get("word_times"))
-    wer = write_error_stats(res_dir / f"errs-{part}-{key}-{suffix}.txt", f"{part}-{key}",
-                            results)
-    with open(res_dir / f"wer-summary-{part}-{key}-{suffix}.txt", "w") as out:
-        out.write("settings\tWER\n")
-        out.write(f"{key}\t{wer * 100:.2f}\n")
-    return wer
+    return write_wer_files(params.res_dir, part, key, f"{part}-{key}-{suffix}", results,
+                           params.get("word_times"))
 
 
 def save_record(params: AttributeDict, args: dict[str, Any], argv: list[str], part: str,
@@ -357,10 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if device.type == "cpu" and params.num_threads > 0:
         torch.set_num_threads(params.num_threads)
 
-    if not params.bpe_model.is_file():
-        raise FileNotFoundError(f"BPE model {params.bpe_model} not found; run ./prepare.sh "
-                                "--stage 4 --stop-stage 4")
-    sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
+    sp = load_bpe_model(params.bpe_model)
     params.blank_id = sp.piece_to_id("<blk>")
     params.vocab_size = sp.get_piece_size()
     params.context_graph = context_graph_of(params, sp)

@@ -32,6 +32,7 @@ import numpy as np
 
 from pruned_transducer_stateless4.beam_search import HypothesisList
 from pruned_transducer_stateless4.decode_stream import DecodeStream
+from pruned_transducer_stateless4.streaming_engine import StreamingSetup, decode_one_chunk
 from pruned_transducer_stateless4.timestamps import FRAME_SHIFT_SECONDS
 from shared.utils import str2bool
 
@@ -182,7 +183,7 @@ class SegmentTracker:
 
 
 def decode_with_endpoints(
-    setup,
+    setup: StreamingSetup,
     samples: np.ndarray,
     config: EndpointConfig,
     piece_samples: int = 1600,
@@ -193,7 +194,7 @@ def decode_with_endpoints(
     tokens (the last one closed by the end of the audio).
 
     Args:
-      setup: a streaming_decode.StreamingSetup (model, chunk, search).
+      setup: model, chunk size, left context and search of the stream.
       samples: (S,) float32 at 16 kHz.
       config: the endpoint rules.
       piece_samples: audio is fed in pieces of this many samples, each
@@ -202,8 +203,6 @@ def decode_with_endpoints(
         chunk as a client would).
       on_segment: called with every segment as it closes.
     """
-    from pruned_transducer_stateless4.streaming_decode import decode_one_chunk
-
     stream = setup.new_stream("recording")
     tracker = SegmentTracker(stream, config)
     segments: list[Segment] = []

@@ -65,20 +65,24 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import sentencepiece as spm
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from pruned_transducer_stateless4.conformer import Conformer
 from pruned_transducer_stateless4.model import Transducer
-from pruned_transducer_stateless4.model_config import (
-    MODEL_OPTION_NAMES,
-    add_model_arguments,
-    get_transducer_model,
+from pruned_transducer_stateless4.model_config import MODEL_OPTION_NAMES, add_model_arguments
+from pruned_transducer_stateless4.model_loading import inference_params, load_model
+from pruned_transducer_stateless4.onnx_contract import (
+    add_onnx_metadata,
+    decoder_metadata,
+    encoder_metadata,
+    export_suffix,
+    joiner_metadata,
 )
 from pruned_transducer_stateless4.scaling import fold_scales
-from shared.checkpoint import add_checkpoint_arguments, explicit_options, load_inference_model
+from pruned_transducer_stateless4.token_table import read_token_table
+from shared.checkpoint import add_checkpoint_arguments, explicit_options
 from shared.utils import (
     AttributeDict,
     HelpFormatter,
@@ -127,59 +131,32 @@ def get_parser() -> argparse.ArgumentParser:
 
 def get_params() -> AttributeDict:
     """Fixed settings of the recipe (as in train.py)."""
-    return AttributeDict({"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0,
-                          "vocab_size": -1})
-
-
-# -------------------------------------------------------------- tokens ----
-def read_token_table(args: argparse.Namespace) -> list[str]:
-    """The symbols of the vocabulary, by id, from --tokens or --bpe-model."""
-    if args.tokens is not None:
-        if not args.tokens.is_file():
-            raise FileNotFoundError(f"token table {args.tokens} not found")
-        table: dict[int, str] = {}
-        for line_number, line in enumerate(args.tokens.read_text().splitlines(), 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or not fields[1].isdigit():
-                raise RecipeError(f"{args.tokens}:{line_number}: expected 'symbol id', "
-                                  f"got {line!r}")
-            table[int(fields[1])] = fields[0]
-        if sorted(table) != list(range(len(table))):
-            raise RecipeError(f"{args.tokens}: ids are not 0 .. {len(table) - 1}")
-        return [table[i] for i in range(len(table))]
-    if not args.bpe_model.is_file():
-        raise FileNotFoundError(f"BPE model {args.bpe_model} not found (or pass --tokens)")
-    sp = spm.SentencePieceProcessor(model_file=str(args.bpe_model))
-    return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    return inference_params()
 
 
 # ---------------------------------------------------------- the model ----
-def load_model(args: argparse.Namespace, explicit: set[str] | frozenset[str] = frozenset()
-               ) -> tuple[Transducer, AttributeDict, str]:
-    """The model the --epoch/--iter/--avg/--use-averaged-model options select,
-    with the checkpoint's options, or the command-line ones (`explicit`: those
-    typed) for a file that has none, such as icefall's pretrained.pt
-    (shared.checkpoint.load_inference_model).
+def load_model_and_params(
+    args: argparse.Namespace, explicit: set[str] | frozenset[str] = frozenset()
+) -> tuple[Transducer, AttributeDict]:
+    """The model the --epoch/--iter/--avg/--use-averaged-model options select
+    (model_loading.load_model), with the vocabulary of --tokens or --bpe-model.
 
     Returns:
-      (model in eval mode, params, description of the weights).
+      (model in eval mode on the CPU, params with the model options).
     """
     params = get_params()
     params.update(vars(args))
-    symbols = read_token_table(args)
+    symbols = read_token_table(args.tokens, args.bpe_model)
     if "<blk>" not in symbols:
         raise RecipeError("the vocabulary has no '<blk>' symbol (the blank)")
     params.blank_id = symbols.index("<blk>")
     params.vocab_size = len(symbols)
-    model, description = load_inference_model(params, set(explicit), get_transducer_model,
-                                              MODEL_OPTION_NAMES)
+    model = load_model(params, explicit)
     if params.streaming_model and not params.causal_convolution:
         raise RecipeError("the model has non-causal convolution: not a streaming model "
                           "(pass --streaming-model false, or --causal-convolution true for "
                           "an icefall pretrained.pt of a streaming model)")
-    return model, params, description
+    return model, params
 
 
 def model_options(params: dict[str, Any]) -> dict[str, Any]:
@@ -299,42 +276,9 @@ class OnnxJoiner(nn.Module):
         return self.output_linear(torch.tanh(encoder_out + decoder_out))
 
 
-def add_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    existing = {prop.key: prop for prop in model.metadata_props}
-    for key, value in metadata.items():
-        prop = existing.get(key) or model.metadata_props.add()
-        prop.key = key
-        prop.value = str(value)
-    onnx.save(model, str(path))
-
-
-def onnx_encoder_metadata(params: dict[str, Any], encoder: Conformer) -> dict[str, Any]:
-    """sherpa-onnx's metadata, T and pad_length from the encoder's chunk
-    protocol: a window of 4 * chunk + pad_length feature frames per call."""
-    chunk = params["decode_chunk_size"] * encoder.subsampling_factor
-    pad_length = encoder.streaming_pad_length(0, encoder.subsampling_factor)
-    return {
-        "model_type": "conformer",
-        "version": "1",
-        "model_author": "pruned_transducer_stateless4 (icefall-style CPU recipe)",
-        "comment": "streaming reworked Conformer transducer (icefall's stateless4)",
-        "decode_chunk_len": chunk,
-        "T": chunk + pad_length,
-        "pad_length": pad_length,
-        "left_context": params["left_context"],
-        "num_encoder_layers": params["num_encoder_layers"],
-        "encoder_dim": params["encoder_dim"],
-        "cnn_module_kernel": params["cnn_module_kernel"],
-        "subsampling_factor": params["subsampling_factor"],
-    }
-
-
 def export_encoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -> None:
     encoder = model.encoder
-    metadata = onnx_encoder_metadata(params, encoder)
+    metadata = encoder_metadata(params, encoder)
     wrapper = OnnxEncoder(encoder, model.joiner.encoder_proj, params["left_context"]).eval()
     batch_size = 2
     device = next(model.parameters()).device  # the example inputs follow the model
@@ -367,8 +311,7 @@ def export_decoder_onnx(model: Transducer, params: dict[str, Any], path: Path) -
         dynamic_axes={"y": {0: "N"}, "decoder_out": {0: "N"}},
         opset_version=ONNX_OPSET, dynamo=False,
     )
-    add_onnx_metadata(path, {"vocab_size": params["vocab_size"],
-                             "context_size": model.decoder.context_size})
+    add_onnx_metadata(path, decoder_metadata(params, model.decoder.context_size))
 
 
 def export_joiner_onnx(model: Transducer, params: dict[str, Any], path: Path) -> None:
@@ -383,7 +326,7 @@ def export_joiner_onnx(model: Transducer, params: dict[str, Any], path: Path) ->
         dynamic_axes={"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}},
         opset_version=ONNX_OPSET, dynamo=False,
     )
-    add_onnx_metadata(path, {"joiner_dim": joiner_dim})
+    add_onnx_metadata(path, joiner_metadata(joiner_dim))
 
 
 def quantize_int8(path: Path) -> Path:
@@ -420,10 +363,6 @@ def quantize_int8(path: Path) -> Path:
     metadata = {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
     add_onnx_metadata(int8_path, metadata)
     return int8_path
-
-
-def onnx_suffix(args: argparse.Namespace) -> str:
-    return (f"iter-{args.iter}" if args.iter > 0 else f"epoch-{args.epoch}") + f"-avg-{args.avg}"
 
 
 def export_onnx(model: Transducer, params: AttributeDict, symbols: list[str], out_dir: Path,
@@ -485,16 +424,17 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.onnx and not args.streaming_model:
         raise RecipeError("--onnx is for streaming models (sherpa-onnx's online Conformer "
                           "transducer); drop --streaming-model false")
-    model, params, description = load_model(args, getattr(args, "explicit_options", frozenset()))
+    model, params = load_model_and_params(args, getattr(args, "explicit_options", frozenset()))
     device = get_device(requested=args.device)
     model.to(device)
-    logging.info(f"loaded the {description}; exporting on {device}")
+    logging.info(f"exporting on {device}")
     num_params = sum(p.numel() for p in model.parameters())
     logging.info(f"{num_params / 1e6:.2f} M parameters; options: {model_options(params)}")
 
     if args.onnx:
-        written = export_onnx(model, params, read_token_table(args), args.exp_dir,
-                              onnx_suffix(args), find_bpe_vocab(args))
+        written = export_onnx(model, params, read_token_table(args.tokens, args.bpe_model),
+                              args.exp_dir, export_suffix(args.epoch, args.iter, args.avg),
+                              find_bpe_vocab(args))
     elif args.jit:
         path = args.exp_dir / "cpu_jit.pt"
         # Its name promises CPU tensors: script the model once it is there.
@@ -512,11 +452,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Exports what the options ask for; returns the files written."""
     args = get_parser().parse_args(argv)
     args.explicit_options = explicit_options(sys.argv[1:] if argv is None else argv)
     setup_logging()
-    run(args)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ pretrained.pt, train.py's checkpoints), else from the command line
 (shared/features.py, lhotse).
 
 Any sample rate and channel count: channels are averaged and the audio is
-resampled to 16 kHz (jit_pretrained.read_audio; both said in the log).  One
+resampled to 16 kHz (audio_input.read_audio; both said in the log).  One
 line per file on stdout, "FILE: TEXT"; a file that cannot be decoded
 (missing, empty, corrupt, too short) gets one line on stderr and the others
 are still decoded; the exit code is then 1.
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from pruned_transducer_stateless4.audio_input import AudioError, read_audio
 from pruned_transducer_stateless4.beam_search import (
     beam_search,
     fast_beam_search_one_best,
@@ -47,23 +48,19 @@ from pruned_transducer_stateless4.beam_search import (
 )
 from pruned_transducer_stateless4.conformer import encode
 from pruned_transducer_stateless4.context_graph import add_context_arguments, context_graph_of
-from pruned_transducer_stateless4.jit_pretrained import AudioError, TokenDecoder, read_audio
 from pruned_transducer_stateless4.model import Transducer
-from pruned_transducer_stateless4.model_config import (
-    MODEL_OPTION_NAMES,
-    add_model_arguments,
-    get_transducer_model,
-)
+from pruned_transducer_stateless4.model_config import add_model_arguments
+from pruned_transducer_stateless4.model_loading import inference_params, load_model
 from pruned_transducer_stateless4.timestamps import (
     align_tokens,
     format_word_times,
     word_start_times,
 )
-from shared.checkpoint import explicit_options, load_inference_model
+from pruned_transducer_stateless4.token_table import TokenDecoder
+from shared.checkpoint import explicit_options
 from shared.features import SAMPLE_RATE, make_fbank_extractor
 from shared.fsa_search import trivial_graph
 from shared.utils import (
-    AttributeDict,
     HelpFormatter,
     RecipeError,
     add_device_argument,
@@ -117,23 +114,6 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(path: Path, vocab_size: int, args: argparse.Namespace | None = None,
-               explicit: set[str] | frozenset[str] = frozenset()) -> Transducer:
-    """The model of `path`, with the options it stores, or with the
-    command-line model options `args` if it stores none (an icefall
-    pretrained.pt); see shared.checkpoint.load_inference_model."""
-    params = AttributeDict({"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0,
-                            "vocab_size": vocab_size})
-    if args is None:
-        args = get_parser().parse_args(["--checkpoint", str(path), "-"])
-    for name in MODEL_OPTION_NAMES:
-        if hasattr(args, name):
-            params[name] = getattr(args, name)
-    model, _ = load_inference_model(params, set(explicit), get_transducer_model,
-                                    MODEL_OPTION_NAMES, checkpoint=path)
-    return model
-
-
 @torch.no_grad()
 def transcribe(model: Transducer, samples, args: argparse.Namespace, extractor) -> list[int]:
     """Token ids of one utterance (16 kHz mono samples), decoded on the
@@ -181,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         raise RecipeError("--context-file needs --bpe-model (to encode the phrases)")
     args.context_graph = context_graph_of(vars(args), tokens.sp)
     device = get_device(requested=args.device)
-    model = load_model(args.checkpoint, tokens.vocab_size, args,
-                       explicit_options(sys.argv[1:] if argv is None else argv)).to(device)
+    params = inference_params(**vars(args), vocab_size=tokens.vocab_size)
+    model = load_model(params, explicit_options(sys.argv[1:] if argv is None else argv), device,
+                       checkpoint=args.checkpoint)
     if args.simulate_streaming and not model.encoder.causal:
         raise RecipeError("--simulate-streaming needs a model with causal convolution")
     mode = (f"simulated streaming (chunks of {args.decode_chunk_size} frames, "

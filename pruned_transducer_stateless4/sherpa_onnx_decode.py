@@ -62,26 +62,36 @@ import glob
 import json
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
-from pruned_transducer_stateless4.decode_stream import flush_padding_seconds, with_tail_padding
-from pruned_transducer_stateless4.export import onnx_suffix
-from pruned_transducer_stateless4.streaming_decode import load_cut_audio
-from pruned_transducer_stateless4.streaming_decode import result_key as streaming_result_key
-from pruned_transducer_stateless4.streaming_decode import (
-    result_suffix as streaming_result_suffix,
+from pruned_transducer_stateless4.audio_input import load_cut_audio
+from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
+from pruned_transducer_stateless4.onnx_contract import (
+    check_export,
+    export_streaming_config,
+    export_suffix,
+    onnx_export_paths,
 )
-from pruned_transducer_stateless4.timestamps import FRAME_SHIFT_SECONDS, word_start_times
+from pruned_transducer_stateless4.result_files import (
+    part_name,
+    streaming_result_name,
+    streaming_settings,
+    write_wer_files,
+)
+from pruned_transducer_stateless4.result_files import sherpa_result_key as result_key
+from pruned_transducer_stateless4.sherpa_recognizer import (
+    build_recognizer,
+    decode_waves,
+    sherpa_word_times,
+)
 from shared import run_record
 from shared.features import SAMPLE_RATE
-from shared.metrics import read_recogs, write_error_stats, write_recogs
+from shared.metrics import read_recogs
 from shared.utils import (
     AttributeDict,
     HelpFormatter,
@@ -90,9 +100,6 @@ from shared.utils import (
     setup_logging,
     str2bool,
 )
-
-ONNX_PARTS = ("encoder", "decoder", "joiner")
-WORD_START = "\u2581"  # sentencepiece's word-start mark
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -152,178 +159,10 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ------------------------------------------------------------- the export ----
-def export_suffix(epoch: int, iter: int, avg: int) -> str:
-    """The file-name suffix export.py gives the ONNX files."""
-    return onnx_suffix(argparse.Namespace(epoch=epoch, iter=iter, avg=avg))
-
-
-def onnx_export_paths(exp_dir: Path, suffix: str, int8: bool = False) -> dict[str, Path]:
-    """{"encoder", "decoder", "joiner", "tokens"} -> the files of an ONNX export."""
-    ending = ".int8.onnx" if int8 else ".onnx"
-    paths = {name: Path(exp_dir) / f"{name}-{suffix}{ending}" for name in ONNX_PARTS}
-    paths["tokens"] = Path(exp_dir) / "tokens.txt"
-    return paths
-
-
-def check_export(paths: dict[str, Path], suffix: str) -> None:
-    """One-line RecipeError naming the first missing file of the export."""
-    for path in paths.values():
-        if not path.is_file():
-            raise RecipeError(
-                f"{path} not found; run ./pruned_transducer_stateless4/export.py --onnx 1 "
-                f"--exp-dir {path.parent} with the --epoch/--iter/--avg of {suffix}")
-
-
-def encoder_metadata(path: Path) -> dict[str, str]:
-    """The custom metadata of an exported encoder (see export.onnx_encoder_metadata)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {prop.key: prop.value for prop in model.metadata_props}
-
-
-def export_streaming_config(encoder_path: Path) -> tuple[int, int]:
-    """(chunk size, left context) in encoder frames of an exported encoder."""
-    metadata = encoder_metadata(encoder_path)
-    try:
-        return (int(metadata["decode_chunk_len"]) // int(metadata.get("subsampling_factor", 4)),
-                int(metadata["left_context"]))
-    except KeyError as error:
-        raise RecipeError(f"{encoder_path} has no {error} metadata: not written by "
-                          "export.py --onnx 1") from None
-
-
-def build_recognizer(exp_dir: Path, suffix: str = "epoch-30-avg-9", int8: bool = False,
-                     num_threads: int = 1, decoding_method: str = "greedy_search",
-                     max_active_paths: int = 4, hotwords_file: Path | None = None,
-                     hotwords_score: float = 1.5):
-    """A sherpa_onnx.OnlineRecognizer on the ONNX export in exp_dir.
-
-    The front end is sherpa-onnx's default (kaldi-native-fbank, 80 bins,
-    16 kHz), which computes the training features (export.py's docstring).
-    Hotwords (modified_beam_search only) are encoded with exp_dir/bpe.vocab.
-    """
-    import sherpa_onnx
-
-    paths = onnx_export_paths(exp_dir, suffix, int8)
-    check_export(paths, suffix)
-    hotwords = {}
-    if hotwords_file is not None:
-        if decoding_method != "modified_beam_search":
-            raise RecipeError("--hotwords-file needs --decoding-method modified_beam_search")
-        bpe_vocab = Path(exp_dir) / "bpe.vocab"
-        for path in (hotwords_file, bpe_vocab):
-            if not Path(path).is_file():
-                raise RecipeError(f"{path} not found" + (
-                    " (export.py --onnx 1 copies it next to tokens.txt)"
-                    if path == bpe_vocab else ""))
-        hotwords = dict(hotwords_file=str(hotwords_file), hotwords_score=hotwords_score,
-                        modeling_unit="bpe", bpe_vocab=str(bpe_vocab))
-    return sherpa_onnx.OnlineRecognizer.from_transducer(
-        tokens=str(paths["tokens"]), encoder=str(paths["encoder"]),
-        decoder=str(paths["decoder"]), joiner=str(paths["joiner"]), num_threads=num_threads,
-        sample_rate=SAMPLE_RATE, feature_dim=80, decoding_method=decoding_method,
-        max_active_paths=max_active_paths, **hotwords,
-    )
-
-
-# --------------------------------------------------------------- decoding ----
-@dataclass
-class SherpaResult:
-    tokens: list[str]  # token symbols as in tokens.txt (with the word-start mark)
-    text: str
-    timestamps: list[float] = field(default_factory=list)  # seconds of each token
-
-    @property
-    def words(self) -> list[str]:
-        return self.text.split()
-
-
-def decode_waves(
-    recognizer,
-    waves: Iterable[np.ndarray],
-    tail_padding_seconds: float,
-    num_streams: int = 100,
-    clock: Callable[[], float] = time.perf_counter,
-) -> tuple[list[SherpaResult], float]:
-    """Decodes every wave as a sherpa-onnx stream, up to num_streams at a time.
-
-    Each wave (S,) float32 mono 16 kHz samples in [-1, 1] is given to its
-    stream at once, followed by tail_padding_seconds of zeros (see
-    flush_padding_seconds), then input_finished(); every step
-    decodes one chunk of each ready stream as one batch, and a finished
-    stream's slot takes the next wave.
-
-    Returns:
-      (results in the order of `waves`, processing seconds): the time spent
-      in sherpa-onnx (front end, encoder, search), not in producing the waves
-      (`waves` may be a generator that reads audio files).
-    """
-    if num_streams < 1:
-        raise RecipeError(f"the number of streams must be >= 1, got {num_streams}")
-    wave_iter = iter(waves)
-    exhausted = False
-    active: list[tuple[int, Any]] = []  # (index of the wave, stream)
-    results: dict[int, SherpaResult] = {}
-    num_waves = 0
-    busy = 0.0
-    while True:
-        while not exhausted and len(active) < num_streams:
-            samples = next(wave_iter, None)  # reading audio: not timed
-            if samples is None:
-                exhausted = True
-                break
-            started = clock()
-            stream = recognizer.create_stream()
-            stream.accept_waveform(SAMPLE_RATE, with_tail_padding(samples, tail_padding_seconds))
-            stream.input_finished()
-            busy += clock() - started
-            active.append((num_waves, stream))
-            num_waves += 1
-        if not active:
-            break
-        started = clock()
-        ready = [stream for _, stream in active if recognizer.is_ready(stream)]
-        if ready:
-            recognizer.decode_streams(ready)
-        remaining = []
-        for index, stream in active:
-            if recognizer.is_ready(stream):
-                remaining.append((index, stream))
-            else:  # all its input is in and decoded
-                result = recognizer.get_result_all(stream)
-                # sherpa-onnx spells the word-start mark as a space.
-                tokens = [token.replace(" ", WORD_START) for token in result.tokens]
-                results[index] = SherpaResult(tokens, result.text.strip(),
-                                              list(result.timestamps))
-        busy += clock() - started
-        active = remaining
-    return [results[i] for i in range(num_waves)], busy
-
-
 # ---------------------------------------------------------------- agreement --
-def part_name(test_set: str) -> str:
-    """What streaming_decode.py calls a test set: the part name, or a file's stem."""
-    return Path(test_set).name.split(".")[0]
-
-
-def streaming_settings(epoch: int, iter: int, avg: int, chunk_size: int, left_context: int,
-                       use_averaged_model: bool,
-                       tail_padding_seconds: float = 0.0) -> AttributeDict:
-    """The options of a streaming_decode.py greedy run that decodes what this
-    export decodes (max_sym_per_frame 1: sherpa-onnx emits at most one token
-    per frame)."""
-    return AttributeDict(decoding_method="greedy_search", epoch=epoch, iter=iter, avg=avg,
-                         decode_chunk_size=chunk_size, left_context=left_context,
-                         max_sym_per_frame=1, use_averaged_model=use_averaged_model,
-                         tail_padding_seconds=tail_padding_seconds)
-
-
 def streaming_recogs_name(part: str, settings: AttributeDict) -> str:
     """The name streaming_decode.py gives its recogs file of `part`."""
-    return (f"recogs-{part}-{streaming_result_key(settings)}-"
-            f"{streaming_result_suffix(settings)}.txt")
+    return f"recogs-{streaming_result_name(part, settings)}.txt"
 
 
 def find_compare_file(compare_dir: Path, pattern: str | None, default_names: Sequence[str],
@@ -388,24 +227,12 @@ def cut_waves(cuts: Iterable, durations: list[float]) -> Iterable[np.ndarray]:
         yield samples
 
 
-def result_key(int8: bool, decoding_method: str = "greedy_search",
-               hotwords_score: float | None = None) -> str:
-    """greedy_search-float, modified_beam_search-int8-hotwords-1.5, ..."""
-    key = f"{decoding_method}-{'int8' if int8 else 'float'}"
-    return key if hotwords_score is None else f"{key}-hotwords-{hotwords_score}"
-
-
 def save_results(res_dir: Path, part: str, key: str,
                  results: list[tuple[str, str, str]],
                  word_times: dict[str, list[float]] | None = None) -> float:
     """recogs/errs/wer-summary files as decode.py writes them (word_times:
     {cut_id: start second of each word} for the recogs file); returns the WER."""
-    write_recogs(res_dir / f"recogs-{part}-{key}.txt", results, word_times)
-    wer = write_error_stats(res_dir / f"errs-{part}-{key}.txt", f"{part}-{key}", results)
-    with open(res_dir / f"wer-summary-{part}-{key}.txt", "w") as out:
-        out.write("settings\tWER\n")
-        out.write(f"{key}\t{wer * 100:.2f}\n")
-    return wer
+    return write_wer_files(res_dir, part, key, f"{part}-{key}", results, word_times)
 
 
 def save_record(res_dir: Path, key: str, args: argparse.Namespace, argv: list[str] | None,
@@ -432,12 +259,6 @@ def save_record(res_dir: Path, key: str, args: argparse.Namespace, argv: list[st
                              recogs=f"recogs-{part}-{key}.txt", args=vars(args), argv=argv,
                              speed=speed, agreement=agreed)
     return path
-
-
-def sherpa_word_times(result: SherpaResult) -> list[float]:
-    """Start second of each word of a sherpa-onnx result (its token times)."""
-    return [start for _, start in word_start_times(
-        result.tokens, [round(t / FRAME_SHIFT_SECONDS) for t in result.timestamps])]
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lhotse import Recording
 
+from pruned_transducer_stateless4.audio_input import load_recording
 from pruned_transducer_stateless4.decode_stream import token_latencies
 from pruned_transducer_stateless4.model_config import add_model_arguments
-from pruned_transducer_stateless4.streaming_decode import (
+from pruned_transducer_stateless4.streaming_engine import (
     add_checkpoint_arguments,
     add_streaming_arguments,
     decode_one_chunk,
@@ -55,24 +55,13 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_audio(path: Path) -> np.ndarray:
-    """Mono float32 samples in [-1, 1] at 16 kHz."""
-    if not path.is_file():
-        raise FileNotFoundError(f"sound file {path} not found")
-    recording = Recording.from_file(path)
-    if recording.sampling_rate != SAMPLE_RATE:
-        recording = recording.resample(SAMPLE_RATE)
-    audio = recording.load_audio()
-    return np.ascontiguousarray(audio.mean(axis=0), dtype=np.float32)
-
-
 @torch.no_grad()
 def run_demo(params: AttributeDict, out=None) -> str:
     """Streams params.sound_file and prints partial results (to `out`,
     default sys.stdout); returns the final text."""
     out = out if out is not None else sys.stdout
     sp, setup = load_tokenizer_and_model(params)
-    audio = read_audio(params.sound_file)
+    audio = load_recording(params.sound_file)
     piece = max(1, round(params.piece_ms * SAMPLE_RATE / 1000))
     stream = setup.new_stream(params.sound_file.name)
     realtime = not params.no_realtime
@@ -116,10 +105,11 @@ def run_demo(params: AttributeDict, out=None) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> str:
+    """Streams the file; returns the final text."""
     args = get_parser().parse_args(argv)
     setup_logging(level=logging.ERROR)
-    run_demo(AttributeDict(vars(args)))
+    return run_demo(AttributeDict(vars(args)))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ message.  After the last result the server sends the text message "Done!"
 Decoding: one asyncio task owns every stream.  Each step it moves the audio
 that arrived into the streams and decodes one chunk of every stream that has
 a chunk ready, as one batch (at most --max-batch-size streams): the batching
-of streaming_decode.py, whose decode_one_chunk and DecodeStream it uses; the
+of streaming_decode.py, whose engine (streaming_engine.py) it uses; the
 step runs in a worker thread so that the event loop keeps receiving audio.
 Endpoints (endpoint.py, sherpa-onnx's three rules) cut a stream into segments.
 The onnx backend does the same with sherpa_onnx.OnlineRecognizer's
@@ -67,13 +67,27 @@ from typing import Any
 import numpy as np
 
 from pruned_transducer_stateless4.context_graph import context_graph_of
+from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
 from pruned_transducer_stateless4.endpoint import EndpointConfig, SegmentTracker
 from pruned_transducer_stateless4.model_config import add_model_arguments
-from pruned_transducer_stateless4.streaming_decode import (
+from pruned_transducer_stateless4.model_loading import load_model
+from pruned_transducer_stateless4.onnx_contract import (
+    check_export,
+    export_streaming_config,
+    export_suffix,
+    onnx_export_paths,
+)
+from pruned_transducer_stateless4.streaming_engine import (
+    StreamingSetup,
     add_checkpoint_arguments,
     add_streaming_arguments,
+    check_streaming_options,
+    decode_one_chunk,
+    load_tokenizer_and_model,
+    make_search_config,
 )
 from pruned_transducer_stateless4.timestamps import token_times
+from pruned_transducer_stateless4.token_table import load_bpe_model
 from shared.checkpoint import explicit_options
 from shared.features import SAMPLE_RATE
 from shared.utils import AttributeDict, HelpFormatter, RecipeError, get_device, run_main, str2bool
@@ -137,38 +151,29 @@ class SegmentResult:
 
 
 class TorchBackend:
-    """Our model: DecodeStream + streaming_decode.decode_one_chunk + endpoint.py."""
+    """Our model: DecodeStream + streaming_engine.decode_one_chunk + endpoint.py."""
 
     def __init__(self, params: AttributeDict, endpoint: EndpointConfig | None) -> None:
-        from pruned_transducer_stateless4 import streaming_decode
-
         self.endpoint = endpoint
         self.tail_padding_seconds = 0.0
         if params.checkpoint is not None:
-            import sentencepiece as spm
             import torch
 
             if params.num_threads > 0:
                 torch.set_num_threads(params.num_threads)
-
-            from pruned_transducer_stateless4.pretrained import load_model
-
-            if not params.bpe_model.is_file():
-                raise FileNotFoundError(f"BPE model {params.bpe_model} not found")
-            self.sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
-            streaming_decode.check_streaming_options(params)
+            self.sp = load_bpe_model(params.bpe_model)
+            check_streaming_options(params)
             params.context_graph = context_graph_of(params, self.sp)
             device = get_device(requested=params.get("device"))
-            model = load_model(params.checkpoint, self.sp.get_piece_size(), params,
-                               params.get("explicit_options", frozenset())).to(device).eval()
+            params.vocab_size = self.sp.get_piece_size()
+            model = load_model(params, params.get("explicit_options", frozenset()), device,
+                               checkpoint=params.checkpoint)
             if not model.encoder.causal:
                 raise RecipeError(f"{params.checkpoint} is not a streaming model")
-            self.setup = streaming_decode.StreamingSetup(
-                model, params.decode_chunk_size, params.left_context,
-                streaming_decode.make_search_config(params), device)
+            self.setup = StreamingSetup(model, params.decode_chunk_size, params.left_context,
+                                        make_search_config(params), device)
         else:
-            self.sp, self.setup = streaming_decode.load_tokenizer_and_model(params)
-        self._decode_one_chunk = streaming_decode.decode_one_chunk
+            self.sp, self.setup = load_tokenizer_and_model(params)
 
     def new_stream(self) -> Any:
         stream = self.setup.new_stream()
@@ -188,7 +193,7 @@ class TorchBackend:
         return stream.done or (stream.input_is_finished and not stream.chunk_ready())
 
     def decode(self, streams: list) -> None:
-        self._decode_one_chunk(self.setup, streams)
+        decode_one_chunk(self.setup, streams)
 
     def results(self, stream) -> list[SegmentResult]:
         """The messages after a decoded chunk: a segment an endpoint closed,
@@ -216,14 +221,6 @@ class OnnxBackend:
 
     def __init__(self, params: AttributeDict, endpoint: EndpointConfig | None) -> None:
         import sherpa_onnx
-
-        from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
-        from pruned_transducer_stateless4.sherpa_onnx_decode import (
-            check_export,
-            export_streaming_config,
-            export_suffix,
-            onnx_export_paths,
-        )
 
         suffix = export_suffix(params.epoch, params.iter, params.avg)
         paths = onnx_export_paths(params.exp_dir, suffix, params.int8)

@@ -64,15 +64,20 @@ def demo_model_argv() -> list[str]:
 
 def load_demo_model():
     """The demo model in float32 and eval mode, through the recipe's one
-    loader (pretrained.load_model -> shared.checkpoint.load_inference_model,
+    loader (model_loading.load_model -> shared.checkpoint.load_inference_model,
     model options from the command line as for an icefall pretrained.pt)."""
-    from pruned_transducer_stateless4.pretrained import get_parser, load_model
+    import argparse
+
+    from pruned_transducer_stateless4.model_config import add_model_arguments
+    from pruned_transducer_stateless4.model_loading import inference_params, load_model
     from shared.checkpoint import explicit_options
 
-    argv = [*demo_model_argv(), "-"]
-    args = get_parser().parse_args(argv)
+    model_args = demo_model_options()["model_args"]
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
     vocab_size = len((DEMO_MODEL_DIR / "tokens.txt").read_text().splitlines())
-    return load_model(DEMO_CHECKPOINT, vocab_size, args, explicit_options(argv))
+    params = inference_params(**vars(parser.parse_args(model_args)), vocab_size=vocab_size)
+    return load_model(params, explicit_options(model_args), checkpoint=DEMO_CHECKPOINT)
 
 
 def make_librispeech_tree(root: Path, parts: dict[str, list[tuple[str, str, str]]]) -> Path:

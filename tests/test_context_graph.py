@@ -197,9 +197,9 @@ def test_hotwords_raise_recognition_of_rare_words(rare_word_wavs, capsys):
     --context-file, simulated streaming as the model is deployed: the listed
     words are recognised more often with the context file (measured: 0 -> 11
     of 22), and the sentences without them are recognised no worse."""
-    from pruned_transducer_stateless4 import pretrained
-    from tests.helpers import demo_model_argv, demo_model_options
+    from tests.helpers import PROJECT_DIR, demo_model_argv, demo_model_options, import_script
 
+    pretrained = import_script(PROJECT_DIR / "pruned_transducer_stateless4/pretrained.py")
     options = demo_model_options()
     argv = [*demo_model_argv(), "--method", "modified_beam_search", "--beam-size", "4",
             "--simulate-streaming", "1", "--decode-chunk-size",
@@ -231,9 +231,9 @@ def test_streaming_hotwords_raise_recognition_of_rare_words(rare_word_wavs):
     (measured: 0 -> 12 of 22)."""
     import sentencepiece as spm
 
+    from pruned_transducer_stateless4.audio_input import read_audio
     from pruned_transducer_stateless4.context_graph import context_graph_of
-    from pruned_transducer_stateless4.jit_pretrained import read_audio
-    from pruned_transducer_stateless4.streaming_decode import (
+    from pruned_transducer_stateless4.streaming_engine import (
         StreamingSetup,
         decode_dataset,
         make_search_config,

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruned_transducer_stateless4 import decode
+from shared.utils import RecipeError
 from tests.conftest import TINY_MODEL_ARGS
-from tests.helpers import run_script
+from tests.helpers import PROJECT_DIR, import_script, run_script
+
+decode = import_script(PROJECT_DIR / "pruned_transducer_stateless4/decode.py")
 
 SEARCH_ARGS = [
     "--bpe-model", "data/lang_bpe_100/bpe.model", "--lang-dir", "data/lang_bpe_100",
@@ -136,11 +138,11 @@ def test_decode_icefall_pretrained_with_options_on_the_command_line(in_recipe, d
               if "epoch-2-avg-1-streaming" in p.name]
     assert len(ours) == 1 and len(theirs) == 1, (ours, theirs)
     assert read_recogs(ours[0]) == read_recogs(theirs[0])
-    with pytest.raises(decode.RecipeError, match="does not fit the model") as error:
+    with pytest.raises(RecipeError, match="does not fit the model") as error:
         decode.main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
                      "--use-averaged-model", "0", *streaming, *SEARCH_ARGS])
     assert "\n" not in str(error.value)
-    with pytest.raises(decode.RecipeError, match="use-averaged-model false"):
+    with pytest.raises(RecipeError, match="use-averaged-model false"):
         decode.main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
                      *TINY_MODEL_ARGS, *streaming, *SEARCH_ARGS])
 
@@ -198,7 +200,7 @@ def test_decode_errors_are_one_line(in_recipe, decode_exp_dir, tmp_path):
           str(tmp_path / "none.model")], "BPE model", "not found"),
     ]
     for args, *phrases in cases:
-        with pytest.raises((FileNotFoundError, decode.RecipeError)) as error:
+        with pytest.raises((FileNotFoundError, RecipeError)) as error:
             decode.main([*common, *args])
         message = str(error.value)
         assert "\n" not in message and all(p in message for p in phrases), message

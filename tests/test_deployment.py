@@ -26,16 +26,16 @@ import pytest
 import soundfile as sf
 import torch
 
+from pruned_transducer_stateless4.audio_input import read_audio
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
 from pruned_transducer_stateless4.endpoint import EndpointConfig, decode_with_endpoints
-from pruned_transducer_stateless4.jit_pretrained import read_audio
-from pruned_transducer_stateless4.pretrained import load_model
-from pruned_transducer_stateless4.sherpa_onnx_decode import (
+from pruned_transducer_stateless4.model_loading import inference_params, load_model
+from pruned_transducer_stateless4.sherpa_recognizer import (
     build_recognizer,
     decode_waves,
     sherpa_word_times,
 )
-from pruned_transducer_stateless4.streaming_decode import (
+from pruned_transducer_stateless4.streaming_engine import (
     StreamingSetup,
     decode_dataset,
     make_search_config,
@@ -49,6 +49,7 @@ from tests.helpers import (
     PROJECT_DIR,
     demo_model_argv,
     demo_model_options,
+    import_script,
     load_demo_model,
     speak,
 )
@@ -87,7 +88,8 @@ def search_setup(model, method: str = "greedy_search", chunk: int = CHUNK,
 
 
 def emitting_model(exports):
-    return load_model(exports["emitting"] / "pretrained.pt", 100)
+    return load_model(inference_params(vocab_size=100),
+                      checkpoint=exports["emitting"] / "pretrained.pt")
 
 
 class WavCut:
@@ -239,16 +241,15 @@ def two_utterances() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def demo_export(tmp_path_factory) -> Path:
     """The demo model's ONNX export by export.py (its chunk and left context),
     with tokens.txt and bpe.vocab, as EXP_DIR/*-epoch-1-avg-1.onnx."""
-    from pruned_transducer_stateless4 import export as export_script
-
+    export_script = import_script(PROJECT_DIR / "pruned_transducer_stateless4/export.py")
     exp_dir = tmp_path_factory.mktemp("demo_export")
     shutil.copy(DEMO_CHECKPOINT, exp_dir / "epoch-1.pt")
     options = demo_model_options()
-    export_script.run(export_script.get_parser().parse_args(
+    export_script.main(
         ["--exp-dir", str(exp_dir), "--epoch", "1", "--avg", "1", "--use-averaged-model",
          "false", "--bpe-model", str(DEMO_MODEL_DIR / "bpe.model"), "--onnx", "1",
          "--decode-chunk-size", str(options["decode_chunk_size"]),
-         "--left-context", str(options["left_context"]), *options["model_args"]]))
+         "--left-context", str(options["left_context"]), *options["model_args"]])
     return exp_dir
 
 

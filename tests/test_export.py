@@ -22,44 +22,36 @@ import soundfile as sf
 import torch
 from lhotse import load_manifest
 
-from pruned_transducer_stateless4 import export as export_script
+from pruned_transducer_stateless4.audio_input import (
+    load_cut_audio,
+    make_online_fbank,
+    read_audio,
+    resample,
+)
 from pruned_transducer_stateless4.conformer import Conformer, encode
 from pruned_transducer_stateless4.decode_stream import (
     PAD_LENGTH,
     flush_padding_seconds,
     with_tail_padding,
 )
-from pruned_transducer_stateless4.export import get_params
-from pruned_transducer_stateless4.jit_pretrained import (
-    StreamingGreedySearch,
-    make_online_fbank,
-    read_audio,
-    resample,
-    stream_encoder,
-)
+from pruned_transducer_stateless4.jit_streaming import StreamingGreedySearch, stream_encoder
 from pruned_transducer_stateless4.model import Transducer
 from pruned_transducer_stateless4.model_config import (
     apply_checkpoint_model_options,
     get_transducer_model,
 )
-from pruned_transducer_stateless4.sherpa_onnx_decode import (
-    build_recognizer,
-    decode_waves,
-    onnx_export_paths,
-)
-from pruned_transducer_stateless4.streaming_decode import (
+from pruned_transducer_stateless4.model_loading import inference_params
+from pruned_transducer_stateless4.onnx_contract import onnx_export_paths
+from pruned_transducer_stateless4.result_files import streaming_result_name
+from pruned_transducer_stateless4.sherpa_recognizer import build_recognizer, decode_waves
+from pruned_transducer_stateless4.streaming_engine import (
     StreamingSetup,
     decode_dataset,
-    load_cut_audio,
     make_search_config,
-)
-from pruned_transducer_stateless4.streaming_decode import result_key as streaming_result_key
-from pruned_transducer_stateless4.streaming_decode import (
-    result_suffix as streaming_result_suffix,
 )
 from shared.metrics import read_recogs, word_error_rate, write_recogs
 from shared.utils import AttributeDict, RecipeError
-from tests.helpers import run_script
+from tests.helpers import PROJECT_DIR, import_script, run_script
 
 CHUNK = 4  # decode chunk size of the ONNX export, frames after subsampling
 LEFT = 8  # left context of the ONNX export
@@ -82,7 +74,7 @@ def clean_wavs(prepared_dir: Path) -> list[Path]:
 
 
 def build_model(checkpoint: dict) -> Transducer:
-    params = get_params()
+    params = inference_params()
     params.vocab_size = checkpoint["params"]["vocab_size"]
     apply_checkpoint_model_options(params, checkpoint["params"], "test")
     model = get_transducer_model(params)
@@ -153,10 +145,10 @@ def exports(prepared_dir: Path, trained_exp_dir: Path, tmp_path_factory) -> dict
 
 
 def export_in_process(exp_dir: Path, cwd: Path, *options: str) -> list[Path]:
-    args = export_script.get_parser().parse_args(
+    export_script = import_script(PROJECT_DIR / "pruned_transducer_stateless4/export.py")
+    return export_script.main(
         ["--exp-dir", str(exp_dir), "--epoch", "1", "--avg", "1", "--use-averaged-model",
          "false", "--bpe-model", str(cwd / BPE), *options])
-    return export_script.run(args)
 
 
 class CollectFrames:
@@ -592,8 +584,8 @@ def test_sherpa_onnx_decode_script(exports, prepared_dir: Path, tmp_path: Path, 
     settings = AttributeDict(decoding_method="greedy_search", iter=0, epoch=1, avg=1,
                              decode_chunk_size=CHUNK, left_context=LEFT, max_sym_per_frame=1,
                              use_averaged_model=False)
-    compare_file = (exp_dir / "streaming/greedy_search" / f"recogs-test-clean-"
-                    f"{streaming_result_key(settings)}-{streaming_result_suffix(settings)}.txt")
+    compare_file = (exp_dir / "streaming/greedy_search"
+                    / f"recogs-{streaming_result_name('test-clean', settings)}.txt")
     compare_file.parent.mkdir(parents=True)
     altered = cuts[1].id
     streaming = {cut_id: words + ["ALTERED"] if cut_id == altered else words

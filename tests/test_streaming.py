@@ -22,7 +22,7 @@ import pytest
 import torch
 from lhotse import CutSet, load_manifest
 
-from pruned_transducer_stateless4 import streaming_decode, streaming_demo
+from pruned_transducer_stateless4.audio_input import load_cut_audio
 from pruned_transducer_stateless4.beam_search import (
     fast_beam_search_one_best,
     greedy_search_batch,
@@ -37,19 +37,22 @@ from pruned_transducer_stateless4.decode_stream import (
     stack_streams,
     unstack_streams,
 )
-from pruned_transducer_stateless4.streaming_decode import (
+from pruned_transducer_stateless4.model_loading import load_model
+from pruned_transducer_stateless4.result_files import streaming_result_suffix
+from pruned_transducer_stateless4.streaming_engine import (
     StreamingSetup,
     decode_dataset,
     decode_one_chunk,
-    load_cut_audio,
     make_search_config,
 )
 from shared.features import LOG_EPS, make_fbank_extractor
 from shared.fsa_search import trivial_graph
 from shared.utils import AttributeDict
-from tests.helpers import run_script
+from tests.helpers import import_script, run_script
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+streaming_decode = import_script(PROJECT_DIR / "pruned_transducer_stateless4/streaming_decode.py")
+streaming_demo = import_script(PROJECT_DIR / "pruned_transducer_stateless4/streaming_demo.py")
 BPE = "data/lang_bpe_100/bpe.model"
 CHUNK, LEFT = 16, 64
 
@@ -115,7 +118,7 @@ def active_exp_dir(prepared_dir: Path, trained_exp_dir: Path, tmp_path_factory,
     bias_name = "joiner.output_linear.bias"
     bias = checkpoint["model"][bias_name].clone()
     with _Cwd(prepared_dir):
-        model = streaming_decode.load_model(_params(trained_exp_dir), torch.device("cpu"))
+        model = load_model(_params(trained_exp_dir))
     extractor = make_fbank_extractor()
     all_features = [torch.from_numpy(extractor.extract(audio[cut.id], 16000))
                     for cut in test_cuts]
@@ -144,7 +147,7 @@ def active_exp_dir(prepared_dir: Path, trained_exp_dir: Path, tmp_path_factory,
 @pytest.fixture(scope="module")
 def active_model(prepared_dir: Path, active_exp_dir: Path):
     with _Cwd(prepared_dir):
-        return streaming_decode.load_model(_params(active_exp_dir), torch.device("cpu"))
+        return load_model(_params(active_exp_dir))
 
 
 def _setup(model, method: str = "greedy_search", chunk: int = CHUNK) -> StreamingSetup:
@@ -483,9 +486,9 @@ def test_tail_padding_arrives_with_the_end_of_the_audio(active_model, test_cuts,
                                tail_padding_samples=padding)
     assert padded[0].duration == plain[0].duration == audio[cut.id].size / 16000
     assert padded[0].final_delay < flush_padding_seconds(CHUNK)
-    suffix = streaming_decode.result_suffix(_params(Path("."), "--tail-padding-seconds", "-1"))
+    suffix = streaming_result_suffix(_params(Path("."), "--tail-padding-seconds", "-1"))
     assert suffix.endswith(f"-tail-padding-{flush_padding_seconds(CHUNK):.2f}")
-    assert "tail-padding" not in streaming_decode.result_suffix(_params(Path(".")))
+    assert "tail-padding" not in streaming_result_suffix(_params(Path(".")))
 
 
 @pytest.mark.parametrize("bad_option, message", [
@@ -507,11 +510,10 @@ def test_bad_options_and_checkpoints_are_one_line_errors(active_exp_dir, bad_opt
 def test_demo_prints_growing_partial_results(active_exp_dir, test_cuts, audio, capsys):
     cut = next(iter(test_cuts))
     wav = Path(cut.recording.sources[0].source)
-    args = streaming_demo.get_parser().parse_args(
+    final = streaming_demo.main(
         [str(wav), "--no-realtime", "--exp-dir", str(active_exp_dir), "--epoch", "2",
          "--avg", "1", "--use-averaged-model", "false", "--bpe-model", BPE,
          "--decode-chunk-size", "8"])
-    final = streaming_demo.run_demo(AttributeDict(vars(args)))
     lines = capsys.readouterr().out.splitlines()
     partial = [line.split("] ", 1)[1] for line in lines if line.startswith("[")]
     # Known gap (see above): the tiny model may print few partial results.

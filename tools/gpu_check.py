@@ -31,6 +31,7 @@ not stop the others:
 """
 
 import argparse
+import importlib.util
 import math
 import os
 import re
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -47,11 +49,12 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
 # The method lists are the scripts' own, so the check covers whatever they offer.
-from pruned_transducer_stateless4.decode import DECODING_METHODS  # noqa: E402
 from pruned_transducer_stateless4.decode_stream import (  # noqa: E402
     STREAMING_DECODING_METHODS as STREAMING_METHODS,
 )
 from shared.utils import HelpFormatter, str2bool  # noqa: E402
+
+SCRIPTS_DIR = PROJECT_DIR / "pruned_transducer_stateless4"
 
 # A tiny streaming model (train.py's defaults are icefall's non-streaming
 # 12 x 512): the check decodes in simulated and real streaming and exports ONNX.
@@ -394,6 +397,19 @@ def train(args: argparse.Namespace) -> str:
             f"{statistics.median(rates[1:] or rates) if rates else 0:.1f} s audio/s")
 
 
+def load_script(name: str) -> ModuleType:
+    """The recipe script SCRIPTS_DIR/NAME.py loaded from its file, without
+    running its `__main__` block: the steps call its main() in this process,
+    so that the device guard can wrap its functions (no library imports a
+    script; this tool runs them, as their command line would)."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def maybe_guard(module, name: str, guard: bool, patches: list) -> None:
     if not guard:
         return
@@ -405,13 +421,12 @@ def maybe_guard(module, name: str, guard: bool, patches: list) -> None:
 
 
 def decode(args: argparse.Namespace) -> str:
-    from pruned_transducer_stateless4 import decode as decode_py
-
+    decode_py = load_script("decode")
     patches: list = []
     maybe_guard(decode_py, "decode_one_batch", args.guard, patches)
     wers = []
     try:
-        for method in DECODING_METHODS:
+        for method in decode_py.DECODING_METHODS:
             result = decode_py.main([
                 "--exp-dir", str(args.exp_dir), "--epoch", str(args.num_epochs),
                 "--avg", str(args.num_epochs - 1), "--use-averaged-model", "true",
@@ -430,11 +445,12 @@ def decode(args: argparse.Namespace) -> str:
 
 
 def streaming(args: argparse.Namespace) -> str:
-    from pruned_transducer_stateless4 import streaming_decode
+    from pruned_transducer_stateless4 import streaming_engine
 
+    streaming_decode = load_script("streaming_decode")
     patches: list = []
-    maybe_guard(streaming_decode, "decode_one_chunk", args.guard, patches)
-    maybe_guard(streaming_decode.StreamingSetup, "new_stream", args.guard, patches)
+    maybe_guard(streaming_engine, "decode_one_chunk", args.guard, patches)
+    maybe_guard(streaming_engine.StreamingSetup, "new_stream", args.guard, patches)
     done = []
     try:
         for method in STREAMING_METHODS:
@@ -456,13 +472,12 @@ def streaming(args: argparse.Namespace) -> str:
 
 
 def export(args: argparse.Namespace) -> str:
-    from pruned_transducer_stateless4 import export as export_py
-
+    export_py = load_script("export")
     written = []
     for extra in ([], ["--jit", "1"], ["--onnx", "1"]):
-        paths = export_py.run(export_py.get_parser().parse_args([
+        paths = export_py.main([
             "--exp-dir", str(args.exp_dir), "--epoch", str(args.num_epochs), "--avg", "1",
-            "--bpe-model", str(args.lang_dir / "bpe.model"), "--device", args.device, *extra]))
+            "--bpe-model", str(args.lang_dir / "bpe.model"), "--device", args.device, *extra])
         written += [path.name for path in paths]
     for name in ("pretrained.pt", "cpu_jit.pt"):
         if name == "cpu_jit.pt":
@@ -478,8 +493,7 @@ def export(args: argparse.Namespace) -> str:
 
 
 def pretrained(args: argparse.Namespace) -> str:
-    from pruned_transducer_stateless4 import pretrained as pretrained_py
-
+    pretrained_py = load_script("pretrained")
     wav = sorted(Path("download/LibriSpeech/test-clean").rglob("*.flac"))[0]
     patches: list = []
     maybe_guard(pretrained_py, "transcribe", args.guard, patches)
