@@ -12,7 +12,7 @@ Usage (a quiet machine gives meaningful numbers)::
   python benchmarks/decode_benchmark.py --exp-dir exp/pruned_transducer_stateless4 \\
       --iter 3000 --avg 2 --use-averaged-model true \\
       --bpe-model data/lang_bpe_256/bpe.model --lang-dir data/lang_bpe_256 \\
-      --test-set test-clean --max-utts 100 --num-threads 2
+      --test-sets test-clean --max-utts 100 --num-threads 2
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from pathlib import Path
 from lhotse import load_manifest
 from linked_exp_dir import link_exp_dir
 
+from pruned_transducer_stateless4.decoding_methods import methods
+from pruned_transducer_stateless4.result_files import add_test_sets_argument
 from shared.utils import HelpFormatter, RecipeError, str2bool
 
 DECODE_PY = Path(__file__).resolve().parent.parent / "pruned_transducer_stateless4/decode.py"
 
-ALL_METHODS = ["greedy_search", "beam_search", "modified_beam_search", "fast_beam_search",
-               "fast_beam_search_nbest", "fast_beam_search_LG", "fast_beam_search_nbest_LG"]
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -49,13 +49,13 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Sentencepiece model.")
     parser.add_argument("--lang-dir", type=Path, default=Path("data/lang_bpe_256"),
                         help="Directory with LG.fst and words.txt (LG methods).")
-    parser.add_argument("--test-set", type=str, default="test-clean",
-                        help="Part name or cut-set path to decode.")
+    add_test_sets_argument(parser, several=False)
     parser.add_argument("--max-utts", type=int, default=100,
                         help="Decode only the first this many cuts.")
-    parser.add_argument("--methods", type=str, default=",".join(ALL_METHODS),
-                        help="Comma-separated decoding methods.")
-    parser.add_argument("--num-threads", type=int, default=1, help="Torch threads.")
+    parser.add_argument("--methods", type=str, default=",".join(methods()),
+                        help="Comma-separated decoding methods (decoding_methods.py).")
+    parser.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=1,
+                        help="Torch threads.")
     parser.add_argument("--decode-chunk-size", type=int, default=16,
                         help="Simulated-streaming chunk (encoder frames).")
     parser.add_argument("--left-context", type=int, default=64,
@@ -76,9 +76,9 @@ def run_decode(options: list[str]) -> None:
 
 def main() -> None:
     args = get_parser().parse_args()
-    path = Path(args.test_set)
+    path = Path(args.test_sets)
     if not path.is_file():
-        path = Path("data/fbank") / f"librispeech_cuts_{args.test_set}.jsonl.gz"
+        path = Path("data/fbank") / f"librispeech_cuts_{args.test_sets}.jsonl.gz"
     cuts = load_manifest(path)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +102,7 @@ def main() -> None:
             wer_file, = (exp_dir / method).glob("wer-summary-bench-*.txt")
             wer = float(wer_file.read_text().splitlines()[1].split("\t")[1])
             rows.append({"method": method, "wer": wer, **speed})
-    print(f"\n{rows[0]['utterances']} utterances of {args.test_set} "
+    print(f"\n{rows[0]['utterances']} utterances of {args.test_sets} "
           f"({rows[0]['audio_seconds']:.0f} s of audio), {args.num_threads} thread(s), "
           f"chunk {args.decode_chunk_size}, left context {args.left_context}\n")
     print("| method | WER % | utterances/s | RTF |")

@@ -10,7 +10,7 @@ passed to streaming_server.py, for both backends):
       --bpe-model data/lang_bpe_500/bpe.model --decode-chunk-size 16 --left-context 64
 
 For each backend a server is started (pinned to --cores with taskset, with
---threads torch/onnxruntime threads, endpointing off), and for
+--num-threads torch/onnxruntime threads, endpointing off), and for
 each N of --streams, N clients each send the wavs (one after the other, as
 one stream) at real-time pace in pieces of --piece-ms, then "Done".
 
@@ -57,8 +57,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx"],
                         choices=["torch", "onnx"], help="Servers to measure, one after the other.")
     parser.add_argument("--cores", default="0,1", help="CPU cores of the server (taskset).")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch / onnxruntime threads of the server (--num-threads).  On "
+    parser.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=1,
+                        help="torch / onnxruntime threads of the server.  On "
                         "a loaded machine 2 torch threads made a chunk 18x slower than 1.")
     parser.add_argument("--chunk-size", type=int, default=16,
                         help="Encoder frames per chunk of the model (to map results to audio).")
@@ -148,7 +148,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends:
-            process, port = start_server(backend, options, args.cores, args.threads,
+            process, port = start_server(backend, options, args.cores, args.num_threads,
                                          Path(tmp) / f"{backend}.log")
             rows = []
             try:

@@ -25,7 +25,7 @@ Usage (the checkpoints and the ONNX export of the same --epoch/--avg in
 --exp-dir; a quiet machine gives meaningful numbers)::
 
   python benchmarks/sherpa_vs_streaming_rtf.py --exp-dir exp/pruned_transducer_stateless4 \\
-      --epoch 30 --avg 9 --bpe-model data/lang_bpe_500/bpe.model --part test-clean
+      --epoch 30 --avg 9 --bpe-model data/lang_bpe_500/bpe.model --test-sets test-clean
   python benchmarks/sherpa_vs_streaming_rtf.py ... --max-utts 20 --output-json rtf.json
 
 With --max-utts N the first N cuts are written to a temporary cut set named
@@ -49,6 +49,7 @@ from linked_exp_dir import link_exp_dir
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
+from pruned_transducer_stateless4.decoding_methods import SHERPA_ONNX, result_key
 from pruned_transducer_stateless4.onnx_contract import (
     check_export,
     export_streaming_config,
@@ -56,8 +57,8 @@ from pruned_transducer_stateless4.onnx_contract import (
     onnx_export_paths,
 )
 from pruned_transducer_stateless4.result_files import (
+    add_test_sets_argument,
     part_name,
-    sherpa_result_key,
     streaming_result_name,
     streaming_settings,
 )
@@ -85,8 +86,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "made).")
     parser.add_argument("--bpe-model", type=Path, default=Path("data/lang_bpe_500/bpe.model"),
                         help="Sentencepiece model, for streaming_decode.py.")
-    parser.add_argument("--part", type=str, default="test-clean",
-                        help="A LibriSpeech part name (in --manifest-dir) or a cut set path.")
+    add_test_sets_argument(parser, several=False)
     parser.add_argument("--manifest-dir", type=Path, default=Path("data/fbank"),
                         help="Directory with the cut sets of prepare.sh stage 3.")
     parser.add_argument("--max-utts", type=int, default=0,
@@ -126,11 +126,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
     chunk_size, left_context = export_streaming_config(
         onnx_export_paths(args.exp_dir, suffix)["encoder"])
 
-    test_set = args.part
+    test_set = args.test_sets
     if args.max_utts > 0:
         data = LibriSpeechAsrDataModule(argparse.Namespace(manifest_dir=args.manifest_dir))
-        cuts = data.cuts_by_name_or_path(args.part)
-        subset = work_dir / f"{part_name(args.part)}-first-{args.max_utts}.jsonl.gz"
+        cuts = data.cuts_by_name_or_path(args.test_sets)
+        subset = work_dir / f"{part_name(args.test_sets)}-first-{args.max_utts}.jsonl.gz"
         # Recording paths may be relative to the current directory: the
         # scripts run from it too.
         CutSet.from_cuts(islice(cuts, args.max_utts)).to_file(subset)
@@ -162,9 +162,9 @@ def run(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
 
     for int8 in (False, True):
         run_script("sherpa_onnx_decode.py", [
-            *model, *common, "--parts", test_set, "--int8", str(int8).lower(),
+            *model, *common, "--test-sets", test_set, "--int8", str(int8).lower(),
             "--num-threads", "1"])
-        key = sherpa_result_key(int8)
+        key = result_key(dict(decoding_method="greedy_search", int8=int8), SHERPA_ONNX)
         sherpa_dir = exp_dir / "sherpa_onnx"
         rtf = read_json(sherpa_dir / f"rtf-{part}-{key}.json")
         agreement = read_json(sherpa_dir / f"agreement-{part}-{key}.json")

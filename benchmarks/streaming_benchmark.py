@@ -3,7 +3,7 @@
 and thread counts, as a markdown table.
 
 For every (threads, chunk size) the cut set is decoded by
-``streaming_decode.decode_dataset`` (audio delivered at real-time pace on a
+``streaming_engine.decode_dataset`` (audio delivered at real-time pace on a
 simulated clock, see streaming_decode.py for the exact definitions):
 
 * RTF: processing time / audio duration;
@@ -17,8 +17,8 @@ simulated clock, see streaming_decode.py for the exact definitions):
 Usage (a quiet machine gives meaningful numbers)::
 
   python benchmarks/streaming_benchmark.py --exp-dir exp/pruned_transducer_stateless4 \\
-      --epoch 30 --avg 1 --bpe-model data/lang_bpe_500/bpe.model --cuts test-clean
-  python benchmarks/streaming_benchmark.py ... --chunk-sizes 8,16,32 --threads 1,2 \\
+      --epoch 30 --avg 1 --bpe-model data/lang_bpe_500/bpe.model --test-sets test-clean
+  python benchmarks/streaming_benchmark.py ... --chunk-sizes 8,16,32 --num-threads 1,2 \\
       --num-decode-streams 1 --max-utts 50 --output-json streaming.json
 """
 
@@ -36,6 +36,7 @@ import torch
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.audio_input import load_cut_audio
 from pruned_transducer_stateless4.model_config import add_model_arguments
+from pruned_transducer_stateless4.result_files import add_test_sets_argument
 from pruned_transducer_stateless4.streaming_engine import (
     StreamingSetup,
     add_checkpoint_arguments,
@@ -58,17 +59,16 @@ def get_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=HelpFormatter
     )
     add_checkpoint_arguments(parser)
-    add_streaming_arguments(parser)
-    parser.add_argument("--cuts", type=str, default="test-clean",
-                        help="A LibriSpeech part name (in --manifest-dir) or a cut set path.")
+    add_streaming_arguments(parser, num_threads=False)
+    add_test_sets_argument(parser, several=False)
     parser.add_argument("--manifest-dir", type=Path, default=Path("data/fbank"),
                         help="Directory with the cut sets of prepare.sh stage 3.")
     parser.add_argument("--max-utts", type=int, default=0,
                         help="Decode only the first N cuts (0 = all).")
     parser.add_argument("--chunk-sizes", type=_int_list, default=[8, 16, 32],
                         help="Comma-separated chunk sizes (encoder frames, 40 ms each).")
-    parser.add_argument("--threads", type=_int_list, default=[1, 2],
-                        help="Comma-separated torch thread counts.")
+    parser.add_argument("--num-threads", "--threads", dest="num_threads", type=_int_list,
+                        default=[1, 2], help="Comma-separated torch thread counts.")
     parser.add_argument("--num-decode-streams", type=int, default=1,
                         help="Concurrent streams (1 = one user; more = a loaded server).")
     parser.add_argument("--audio-piece-ms", type=float, default=100.0,
@@ -81,9 +81,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 def run(params: AttributeDict) -> list[dict]:
     """Decodes the cuts for every (threads, chunk size); returns the rows."""
-    sp, setup = load_tokenizer_and_model(params)
+    sp, setup = load_tokenizer_and_model(AttributeDict(params, num_threads=0))
     data = LibriSpeechAsrDataModule(argparse.Namespace(manifest_dir=params.manifest_dir))
-    cuts = data.cuts_by_name_or_path(params.cuts)
+    cuts = data.cuts_by_name_or_path(params.test_sets)
     if params.max_utts > 0:
         cuts = list(islice(cuts, params.max_utts))
     else:
@@ -91,7 +91,7 @@ def run(params: AttributeDict) -> list[dict]:
     audio = {cut.id: load_cut_audio(cut) for cut in cuts}  # read once, outside the timing
     piece = max(1, round(params.audio_piece_ms * SAMPLE_RATE / 1000))
     rows = []
-    for threads in params.threads:
+    for threads in params.num_threads:
         torch.set_num_threads(threads)
         for chunk_size in params.chunk_sizes:
             config = StreamingSetup(setup.model, chunk_size, params.left_context, setup.search,
@@ -118,7 +118,7 @@ def markdown_table(rows: list[dict], params: AttributeDict) -> str:
     lines = [
         f"Streaming {params.decoding_method}, left context {params.left_context} frames, "
         f"{params.num_decode_streams} concurrent stream(s), {rows[0]['num_utterances']} "
-        f"utterances ({rows[0]['audio_seconds']:.1f} s of audio) from {params.cuts}",
+        f"utterances ({rows[0]['audio_seconds']:.1f} s of audio) from {params.test_sets}",
         "",
         "| threads | chunk | RTF | token latency mean / p95 (ms) "
         "| frame latency mean / p95 (ms) | final delay mean / p95 (ms) | WER % |",

@@ -155,8 +155,8 @@ def read_context_file(path: Path, sp) -> list[list[int]]:
 def add_context_arguments(parser) -> None:
     """--context-file and --context-score (icefall's names and default)."""
     parser.add_argument("--context-file", type=Path, default=None,
-                        help="modified_beam_search: hotwords, one phrase a line; their tokens "
-                        "get --context-score each while matched (context_graph.py).")
+                        help="Hotwords of the methods that take them, one phrase a line; their "
+                        "tokens get --context-score each while matched (context_graph.py).")
     parser.add_argument("--context-score", type=float, default=2.0,
                         help="Bonus per token of a --context-file phrase (log-probability).")
 

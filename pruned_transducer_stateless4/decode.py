@@ -64,28 +64,24 @@ from pruned_transducer_stateless4.asr_datamodule import (
     batch_features,
     batch_texts,
 )
-from pruned_transducer_stateless4.beam_search import (
-    beam_search,
-    fast_beam_search_LG,
-    fast_beam_search_nbest,
-    fast_beam_search_nbest_LG,
-    fast_beam_search_one_best,
-    greedy_search_batch,
-    modified_beam_search,
-)
 from pruned_transducer_stateless4.conformer import encode
-from pruned_transducer_stateless4.context_graph import (
-    add_context_arguments,
-    context_graph_of,
+from pruned_transducer_stateless4.context_graph import context_graph_of
+from pruned_transducer_stateless4.decoding_methods import (
+    SearchInputs,
+    add_search_arguments,
+    get_method,
+    methods,
+    result_key,
+    search_settings,
 )
 from pruned_transducer_stateless4.model_config import MODEL_OPTION_NAMES, add_model_arguments
 from pruned_transducer_stateless4.model_loading import inference_params, load_model
-from pruned_transducer_stateless4.result_files import offline_result_key as result_key
-from pruned_transducer_stateless4.result_files import offline_result_suffix as result_suffix
 from pruned_transducer_stateless4.result_files import (
+    add_test_sets_argument,
     part_name,
     write_wer_files,
 )
+from pruned_transducer_stateless4.result_files import offline_result_suffix as result_suffix
 from pruned_transducer_stateless4.timestamps import batch_word_times
 from pruned_transducer_stateless4.token_table import load_bpe_model
 from shared import run_record
@@ -107,16 +103,6 @@ from shared.utils import (
     str2bool,
 )
 
-DECODING_METHODS = (
-    "greedy_search",
-    "beam_search",
-    "modified_beam_search",
-    "fast_beam_search",
-    "fast_beam_search_nbest",
-    "fast_beam_search_LG",
-    "fast_beam_search_nbest_LG",
-)
-
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -130,27 +116,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lang-dir", type=Path, default=Path("data/lang_bpe_500"),
                         help="Directory with LG.fst and words.txt (prepare.sh stage 5); used by "
                         "the *_LG methods.")
-    parser.add_argument("--decoding-method", type=str, default="greedy_search",
-                        choices=DECODING_METHODS, help="Decoding method.")
-    parser.add_argument("--beam-size", type=int, default=4,
-                        help="Beam size of beam_search and modified_beam_search.")
-    parser.add_argument("--beam", type=float, default=20.0,
-                        help="fast_beam_search*: arcs scoring below the best by more than this "
-                        "are pruned (log-probability units).")
-    parser.add_argument("--max-contexts", type=int, default=8,
-                        help="fast_beam_search*: decoder contexts kept per frame and utterance.")
-    parser.add_argument("--max-states", type=int, default=64,
-                        help="fast_beam_search*: states kept per frame and utterance.")
-    parser.add_argument("--num-paths", type=int, default=200,
-                        help="fast_beam_search_nbest*: size of the n-best list.")
-    parser.add_argument("--nbest-scale", type=float, default=0.5,
-                        help="fast_beam_search_nbest*: lattice scores are multiplied by this "
-                        "before sampling paths (smaller: more diverse paths).")
-    parser.add_argument("--ngram-lm-scale", type=float, default=0.01,
-                        help="*_LG: weight of the LG graph's (n-gram LM) scores.")
-    parser.add_argument("--max-sym-per-frame", type=int, default=1,
-                        help="greedy_search: at most this many tokens per frame.")
-    add_context_arguments(parser)
+    add_search_arguments(parser, methods())
     parser.add_argument("--simulate-streaming", type=str2bool, default=False,
                         help="Encode with chunk-wise attention masks, as the streaming model "
                         "sees the audio (needs a model trained with --causal-convolution true).")
@@ -158,10 +124,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="--simulate-streaming: chunk size in frames after subsampling.")
     parser.add_argument("--left-context", type=int, default=64,
                         help="--simulate-streaming: left context in frames after subsampling.")
-    parser.add_argument("--test-sets", type=str, nargs="+", default=["test-clean", "test-other"],
-                        help="LibriSpeech parts (data/fbank/librispeech_cuts_PART.jsonl.gz) or "
-                        "paths of cut sets (*.jsonl.gz) to decode.")
-    parser.add_argument("--num-threads", type=int, default=1,
+    add_test_sets_argument(parser)
+    parser.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=1,
                         help="Torch threads on CPU; 0 keeps torch's default. The searches run "
                         "many small tensor operations, which extra threads slow down (by 10x "
                         "and more when the cores are shared), hence 1.")
@@ -198,47 +162,20 @@ def decode_one_batch(
     encoder_out, encoder_out_lens = encode(model.encoder, features, feature_lens,
                                            chunk_size=chunk_size, left_context=params.left_context)
 
-    method = params.decoding_method
-    fast_args = dict(beam=params.beam, max_states=params.max_states,
-                     max_contexts=params.max_contexts)
-    if method == "greedy_search":
-        tokens = greedy_search_batch(model, encoder_out, encoder_out_lens,
-                                     max_sym_per_frame=params.max_sym_per_frame)
-    elif method == "beam_search":
-        tokens = [beam_search(model, encoder_out[i : i + 1, : int(encoder_out_lens[i])],
-                              beam=params.beam_size)
-                  for i in range(encoder_out.size(0))]
-    elif method == "modified_beam_search":
-        tokens = modified_beam_search(model, encoder_out, encoder_out_lens,
-                                      beam=params.beam_size,
-                                      context_graph=params.get("context_graph"))
-    elif method == "fast_beam_search":
-        tokens = fast_beam_search_one_best(model, decoding_graph, encoder_out,
-                                           encoder_out_lens, **fast_args)
-    elif method == "fast_beam_search_nbest":
-        tokens = fast_beam_search_nbest(model, decoding_graph, encoder_out, encoder_out_lens,
-                                        num_paths=params.num_paths,
-                                        nbest_scale=params.nbest_scale, generator=generator,
-                                        **fast_args)
-    elif method == "fast_beam_search_LG":
-        word_ids = fast_beam_search_LG(model, decoding_graph, encoder_out, encoder_out_lens,
-                                       ngram_lm_scale=params.ngram_lm_scale, **fast_args)
-        texts = [" ".join(word_table[w] for w in ids) for ids in word_ids]
-        tokens = sp.encode(texts)
-    elif method == "fast_beam_search_nbest_LG":
-        word_ids = fast_beam_search_nbest_LG(
-            model, decoding_graph, encoder_out, encoder_out_lens, num_paths=params.num_paths,
-            nbest_scale=params.nbest_scale, ngram_lm_scale=params.ngram_lm_scale,
-            generator=generator, **fast_args)
-        texts = [" ".join(word_table[w] for w in ids) for ids in word_ids]
+    method = get_method(params.decoding_method)
+    hyps = method.offline(model, encoder_out, encoder_out_lens,
+                          SearchInputs(params, decoding_graph, generator,
+                                       params.get("context_graph")))
+    if method.gives_words:
+        texts = [" ".join(word_table[w] for w in ids) for ids in hyps]
         tokens = sp.encode(texts)
     else:
-        raise RecipeError(f"unknown decoding method {method}")
+        tokens = hyps
     if word_times is not None:  # not part of the decoding time (speed-*.json)
         started = time.time()
         word_times.extend(batch_word_times(model, sp, encoder_out, encoder_out_lens, tokens))
         params.alignment_seconds = params.get("alignment_seconds", 0.0) + time.time() - started
-    return texts if method.endswith("_LG") else sp.decode(tokens)
+    return texts if method.gives_words else sp.decode(tokens)
 
 
 def decode_dataset(
@@ -280,8 +217,8 @@ def save_record(params: AttributeDict, args: dict[str, Any], argv: list[str], pa
     key, suffix = result_key(params), result_suffix(params)
     path = params.res_dir / f"record-{part}-{key}-{suffix}.json"
     streaming = run_record.SIMULATED if params.simulate_streaming else run_record.FULL_CONTEXT
-    run_record.record_decode(path, "decode.py", part,
-                             run_record.DecodeSettings.from_options(params, streaming), results,
+    settings = run_record.DecodeSettings.from_options(params, streaming, search_settings(params))
+    run_record.record_decode(path, "decode.py", part, settings, results,
                              recogs=f"recogs-{part}-{key}-{suffix}.txt", args=args, argv=argv,
                              speed=speed)
     return path
@@ -311,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     params.context_graph = context_graph_of(params, sp)
 
     decoding_graph, word_table = None, None
-    if "LG" in params.decoding_method:
+    graph = get_method(params.decoding_method).graph
+    if graph == "LG":
         lg_path, words_path = params.lang_dir / "LG.fst", params.lang_dir / "words.txt"
         for path in (lg_path, words_path):
             if not path.is_file():
@@ -323,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raise RecipeError(f"cannot use {lg_path}: {error}") from error
         word_table = read_word_table(words_path)
         logging.info(f"LG graph {lg_path}: {decoding_graph}")
-    elif params.decoding_method.startswith("fast_beam_search"):
+    elif graph == "trivial":
         decoding_graph = trivial_graph(params.vocab_size, device)
 
     model = load_model(params, explicit_options(argv), device)

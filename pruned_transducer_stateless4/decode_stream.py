@@ -7,9 +7,10 @@ everything that utterance needs between two encoder calls:
   ``OnlineFbank`` with the training settings of ``shared/features.py``);
 * the encoder caches (``attn_cache``, ``cnn_cache`` of batch size 1) and
   ``processed_lens``, the encoder frames output so far;
-* the search state of the decoding method: the greedy hypothesis (whose last
-  ``context_size`` tokens are the decoder context), the beam of
-  ``modified_beam_search`` (a ``HypothesisList``), or the
+* the search state of the decoding method (its ``stream_state`` in
+  decoding_methods.py): "greedy", the greedy hypothesis (whose last
+  ``context_size`` tokens are the decoder context); "beam", the beam of
+  ``modified_beam_search`` (a ``HypothesisList``); or "lattice", the
   ``FastBeamSearchStream`` of ``fast_beam_search``;
 * the arrival time of every feature frame and the partial result after every
   chunk, from which the latency of each token is computed
@@ -46,6 +47,7 @@ import torch
 
 from pruned_transducer_stateless4.beam_search import Hypothesis, HypothesisList
 from pruned_transducer_stateless4.conformer import Conformer
+from pruned_transducer_stateless4.decoding_methods import get_method, methods
 from shared.features import (
     FRAME_LENGTH_MS,
     FRAME_SHIFT_MS,
@@ -57,7 +59,7 @@ from shared.fsa_search import FastBeamSearchStream
 
 SUBSAMPLING_FACTOR = 4
 PAD_LENGTH = Conformer.streaming_pad_length(0, SUBSAMPLING_FACTOR)
-STREAMING_DECODING_METHODS = ("greedy_search", "modified_beam_search", "fast_beam_search")
+STREAMING_DECODING_METHODS = tuple(methods(streaming=True))
 
 
 def make_online_fbank_options() -> knf.FbankOptions:
@@ -194,7 +196,8 @@ class DecodeStream:
         [attn_cache (L, left_context, d), cnn_cache (L, kernel - 1, d)].
       chunk_size: encoder frames per chunk (``--decode-chunk-size``).
       left_context: encoder frames of cached left context.
-      decoding_method: one of ``STREAMING_DECODING_METHODS``.
+      decoding_method: a method with a streaming search
+        (``STREAMING_DECODING_METHODS``).
       context_size: the decoder's context size.
       blank_id: the blank token.
       fast_beam_search_graph, ngram_lm_scale: for fast_beam_search, the
@@ -216,6 +219,8 @@ class DecodeStream:
     ) -> None:
         if decoding_method not in STREAMING_DECODING_METHODS:
             raise ValueError(f"unknown decoding method {decoding_method}")
+        # "greedy", "beam" or "lattice": which of the states below the search uses.
+        self.search_state = get_method(decoding_method).stream_state
         assert chunk_size > 0 and left_context >= 0, (chunk_size, left_context)
         assert initial_states[0].size(1) == left_context, initial_states[0].shape
         self.utt_id = utt_id
@@ -243,8 +248,8 @@ class DecodeStream:
         self.hyps = HypothesisList([Hypothesis([blank_id] * context_size, 0.0)])
         self.hyp_timestamps: dict[tuple[int, ...], list[int]] = {tuple(self.hyp): []}
         self.fast_stream = None
-        if decoding_method == "fast_beam_search":
-            assert fast_beam_search_graph is not None, "fast_beam_search needs a graph"
+        if self.search_state == "lattice":
+            assert fast_beam_search_graph is not None, f"{decoding_method} needs a graph"
             self.fast_stream = FastBeamSearchStream(
                 fast_beam_search_graph, context_size, blank_id, ngram_lm_scale)
 
@@ -349,9 +354,9 @@ class DecodeStream:
     # ------------------------------------------------------------ results --
     def partial_tokens(self) -> list[int]:
         """The best token sequence so far."""
-        if self.decoding_method == "greedy_search":
+        if self.search_state == "greedy":
             return self.hyp[self.context_size:]
-        if self.decoding_method == "modified_beam_search":
+        if self.search_state == "beam":
             return self.hyps.get_most_probable(length_norm=True).ys[self.context_size:]
         assert self.fast_stream is not None
         if self.fast_stream.num_frames == 0:
@@ -361,9 +366,9 @@ class DecodeStream:
     def token_frames(self) -> list[int]:
         """The encoder frame at which each token of :meth:`partial_tokens`
         was emitted."""
-        if self.decoding_method == "greedy_search":
+        if self.search_state == "greedy":
             return list(self.timestamps)
-        if self.decoding_method == "modified_beam_search":
+        if self.search_state == "beam":
             best = self.hyps.get_most_probable(length_norm=True)
             return list(self.hyp_timestamps.get(tuple(best.ys), []))
         assert self.fast_stream is not None

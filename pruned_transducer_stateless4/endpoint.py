@@ -133,8 +133,9 @@ class SegmentTracker:
 
     def __init__(self, stream: DecodeStream, config: EndpointConfig | None,
                  frame_shift: float = FRAME_SHIFT_SECONDS) -> None:
-        if config is not None and stream.decoding_method == "fast_beam_search":
-            raise ValueError("endpointing supports greedy_search and modified_beam_search")
+        if config is not None and stream.search_state == "lattice":
+            raise ValueError(f"endpointing does not support {stream.decoding_method}: it "
+                             "needs a greedy hypothesis or a beam")
         self.stream = stream
         self.config = config
         self.frame_shift = frame_shift
@@ -171,7 +172,7 @@ class SegmentTracker:
 
     def _start_next_segment(self, closed: Segment) -> None:
         stream = self.stream
-        if stream.decoding_method == "modified_beam_search":
+        if stream.search_state == "beam":
             best = stream.hyps.get_most_probable(length_norm=True)
             frames = stream.hyp_timestamps.get(tuple(best.ys), [])
             stream.hyps = HypothesisList([best])

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from pruned_transducer_stateless4.audio_input import AudioError, read_audio
+from pruned_transducer_stateless4.decoding_methods import add_search_arguments, methods
 from pruned_transducer_stateless4.jit_streaming import (
     OfflineBeamSearch,
     StreamingFastBeamSearch,
@@ -48,16 +49,20 @@ from pruned_transducer_stateless4.jit_streaming import (
 from pruned_transducer_stateless4.token_table import TokenDecoder
 from shared.utils import HelpFormatter
 
+# The searches of jit_streaming.py, by method: (model, args, vocab_size) ->
+# an object with advance(encoder_out) and result().
+JIT_SEARCHES = {
+    "greedy_search": lambda model, args, vocab_size: StreamingGreedySearch(model),
+    "beam_search": lambda model, args, vocab_size: OfflineBeamSearch(model, args.beam_size),
+    "modified_beam_search": lambda model, args, vocab_size: StreamingModifiedBeamSearch(
+        model, args.beam_size),
+    "fast_beam_search": lambda model, args, vocab_size: StreamingFastBeamSearch(
+        model, vocab_size, args.beam, args.max_states, args.max_contexts),
+}
+
 
 def make_search(model, args: argparse.Namespace, vocab_size: int):
-    if args.method == "greedy_search":
-        return StreamingGreedySearch(model)
-    if args.method == "modified_beam_search":
-        return StreamingModifiedBeamSearch(model, args.beam_size)
-    if args.method == "fast_beam_search":
-        return StreamingFastBeamSearch(model, vocab_size, args.beam, args.max_states,
-                                       args.max_contexts)
-    return OfflineBeamSearch(model, args.beam_size)
+    return JIT_SEARCHES[args.decoding_method](model, args, vocab_size)
 
 
 # ---------------------------------------------------------------- main ----
@@ -71,18 +76,11 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Sentencepiece model of the training run.")
     parser.add_argument("--tokens", type=Path, default=None,
                         help="tokens.txt ('symbol id' per line) instead of --bpe-model.")
-    parser.add_argument("--method", default="greedy_search",
-                        choices=["greedy_search", "beam_search", "modified_beam_search",
-                                 "fast_beam_search"],
-                        help="Search method.")
-    parser.add_argument("--beam-size", type=int, default=4,
-                        help="Beam of beam_search and modified_beam_search.")
-    parser.add_argument("--beam", type=float, default=20.0,
-                        help="Log-probability beam of fast_beam_search.")
-    parser.add_argument("--max-contexts", type=int, default=8,
-                        help="fast_beam_search: decoder contexts kept per frame.")
-    parser.add_argument("--max-states", type=int, default=64,
-                        help="fast_beam_search: states kept per frame.")
+    # icefall's --method; greedy search emits at most one token per frame
+    # (sherpa-onnx's), so it has no --max-sym-per-frame.
+    add_search_arguments(parser, [name for name in methods() if name in JIT_SEARCHES],
+                         option="--method",
+                         options=("beam_size", "beam", "max_contexts", "max_states"))
     parser.add_argument("--decode-chunk-size", type=int, default=0,
                         help="Chunk size in frames after subsampling; 0 = the one stored in "
                         "cpu_jit.pt (export.py --decode-chunk-size).")
@@ -90,7 +88,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Cached left-context frames; -1 = the one stored in cpu_jit.pt.")
     parser.add_argument("--feed-seconds", type=float, default=0.1,
                         help="Audio is given to the front end in pieces of this length.")
-    parser.add_argument("--num-threads", type=int, default=1,
+    parser.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=1,
                         help="Torch threads.")
     parser.add_argument("sound_files", type=Path, nargs="+",
                         help="Sound files (wav, flac, ...) at any sample rate.")
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     left_context = args.left_context if args.left_context >= 0 else int(model.left_context)
     logging.info(f"{args.nn_model_filename}: streaming with chunks of {chunk_size} frames "
                  f"({chunk_size * 40} ms), {left_context} frames of left context, "
-                 f"{args.method}")
+                 f"{args.decoding_method}")
 
     failed = 0
     for path in args.sound_files:

@@ -18,8 +18,8 @@ Usage:
   ./pruned_transducer_stateless4/pretrained.py --checkpoint icefall-exp/pretrained.pt \\
       --bpe-model icefall-exp/bpe.model --causal-convolution true FILE.wav
 
---method is greedy_search, beam_search, modified_beam_search or
-fast_beam_search (with the trivial graph), from beam_search.py.  The model
+--method is any method of decoding_methods.py that needs no LG graph (the
+fast_beam_search ones use the trivial graph).  The model
 options come from the checkpoint when it holds them (export.py's
 pretrained.pt, train.py's checkpoints), else from the command line
 (shared.checkpoint.load_inference_model).  Features are the training ones
@@ -37,17 +37,18 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pruned_transducer_stateless4.audio_input import AudioError, read_audio
-from pruned_transducer_stateless4.beam_search import (
-    beam_search,
-    fast_beam_search_one_best,
-    greedy_search_batch,
-    modified_beam_search,
-)
 from pruned_transducer_stateless4.conformer import encode
-from pruned_transducer_stateless4.context_graph import add_context_arguments, context_graph_of
+from pruned_transducer_stateless4.context_graph import context_graph_of
+from pruned_transducer_stateless4.decoding_methods import (
+    SearchInputs,
+    add_search_arguments,
+    get_method,
+    methods,
+)
 from pruned_transducer_stateless4.model import Transducer
 from pruned_transducer_stateless4.model_config import add_model_arguments
 from pruned_transducer_stateless4.model_loading import inference_params, load_model
@@ -59,7 +60,7 @@ from pruned_transducer_stateless4.timestamps import (
 from pruned_transducer_stateless4.token_table import TokenDecoder
 from shared.checkpoint import explicit_options
 from shared.features import SAMPLE_RATE, make_fbank_extractor
-from shared.fsa_search import trivial_graph
+from shared.fsa_search import DecodingGraph, trivial_graph
 from shared.utils import (
     HelpFormatter,
     RecipeError,
@@ -80,20 +81,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Sentencepiece model of the training run.")
     parser.add_argument("--tokens", type=Path, default=None,
                         help="tokens.txt ('symbol id' per line) instead of --bpe-model.")
-    parser.add_argument("--method", default="greedy_search",
-                        choices=["greedy_search", "beam_search", "modified_beam_search",
-                                 "fast_beam_search"],
-                        help="Search method.")
-    parser.add_argument("--beam-size", type=int, default=4,
-                        help="Beam of beam_search and modified_beam_search.")
-    parser.add_argument("--beam", type=float, default=20.0,
-                        help="Log-probability beam of fast_beam_search.")
-    parser.add_argument("--max-contexts", type=int, default=8,
-                        help="fast_beam_search: decoder contexts kept per frame.")
-    parser.add_argument("--max-states", type=int, default=64,
-                        help="fast_beam_search: states kept per frame.")
-    parser.add_argument("--max-sym-per-frame", type=int, default=1,
-                        help="greedy_search: at most this many tokens per frame.")
+    # icefall's pretrained.py calls it --method; every method that needs no
+    # LG graph (there is no --lang-dir here).
+    add_search_arguments(parser, methods(graph=(None, "trivial")), option="--method")
     parser.add_argument("--simulate-streaming", type=str2bool, default=False,
                         help="Chunk-wise attention masks as in streaming (needs a model with "
                         "causal convolution); otherwise full attention.")
@@ -101,9 +91,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Chunk size (frames after subsampling) of --simulate-streaming.")
     parser.add_argument("--left-context", type=int, default=64,
                         help="Left context (frames after subsampling) of --simulate-streaming.")
-    parser.add_argument("--num-threads", type=int, default=1,
+    parser.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=1,
                         help="Torch threads.")
-    add_context_arguments(parser)
     parser.add_argument("--print-timestamps", type=str2bool, default=False,
                         help="Print each word with its start time, WORD@SECONDS, from the "
                         "encoder frames of the best alignment of the result (timestamps.py).")
@@ -115,40 +104,23 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 @torch.no_grad()
-def transcribe(model: Transducer, samples, args: argparse.Namespace, extractor) -> list[int]:
-    """Token ids of one utterance (16 kHz mono samples), decoded on the
-    model's device."""
-    return _transcribe(model, samples, args, extractor)[0]
+def transcribe(model: Transducer, samples: np.ndarray, args: argparse.Namespace,
+               extractor, graph: DecodingGraph | None) -> tuple[list[int], torch.Tensor]:
+    """Searches one utterance (16 kHz mono samples) on the model's device.
 
-
-@torch.no_grad()
-def _transcribe(model: Transducer, samples, args: argparse.Namespace,
-                extractor) -> tuple[list[int], torch.Tensor]:
-    """(token ids, encoder output (T, encoder_dim)) of one utterance."""
-    tokens, encoder_out, encoder_out_lens = _search(model, samples, args, extractor)
-    return tokens, encoder_out[0, : int(encoder_out_lens[0])]
-
-
-def _search(model, samples, args, extractor):
+    Returns:
+      (token ids, encoder output (T, encoder_dim)).
+    """
     device = next(model.parameters()).device
     features = torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).unsqueeze(0).to(device)
     feature_lens = torch.tensor([features.size(1)], device=device)
     chunk_size = args.decode_chunk_size if args.simulate_streaming else -1
     encoder_out, encoder_out_lens = encode(model.encoder, features, feature_lens,
                                            chunk_size=chunk_size, left_context=args.left_context)
-    if args.method == "greedy_search":
-        tokens = greedy_search_batch(model, encoder_out, encoder_out_lens,
-                                     args.max_sym_per_frame)[0]
-    elif args.method == "beam_search":
-        tokens = beam_search(model, encoder_out[:, : int(encoder_out_lens[0])], args.beam_size)
-    elif args.method == "modified_beam_search":
-        tokens = modified_beam_search(model, encoder_out, encoder_out_lens, args.beam_size,
-                                      context_graph=args.context_graph)[0]
-    else:
-        graph = trivial_graph(model.decoder.vocab_size, device)
-        tokens = fast_beam_search_one_best(model, graph, encoder_out, encoder_out_lens,
-                                           args.beam, args.max_states, args.max_contexts)[0]
-    return tokens, encoder_out, encoder_out_lens
+    search = get_method(args.decoding_method).offline
+    tokens = search(model, encoder_out, encoder_out_lens, SearchInputs(
+        args, graph, torch.Generator().manual_seed(0), args.context_graph))[0]
+    return tokens, encoder_out[0, : int(encoder_out_lens[0])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = (f"simulated streaming (chunks of {args.decode_chunk_size} frames, "
             f"{args.left_context} frames of left context)" if args.simulate_streaming
             else "full attention")
-    logging.info(f"{args.checkpoint}: {args.method}, {mode}, on {device}")
+    logging.info(f"{args.checkpoint}: {args.decoding_method}, {mode}, on {device}")
     extractor = make_fbank_extractor()
+    graph = None
+    if get_method(args.decoding_method).graph == "trivial":
+        graph = trivial_graph(model.decoder.vocab_size, device)
 
     failed = 0
     for path in args.sound_files:
@@ -182,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for note in notes:
             logging.info(f"{path}: {note}")
-        token_ids, encoder_out = _transcribe(model, samples, args, extractor)
+        token_ids, encoder_out = transcribe(model, samples, args, extractor, graph)
         if args.print_timestamps:
             frames = align_tokens(model, encoder_out, token_ids)
             pieces = tokens.pieces(token_ids)

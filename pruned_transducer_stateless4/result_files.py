@@ -8,19 +8,35 @@ Each run writes, for each test set PART, into its results directory
   latency-NAME.{txt,json}                               (streaming only)
 
 where NAME = PART-KEY-SUFFIX: KEY holds the search settings as icefall names
-them (offline_result_key, streaming_result_key; sherpa_result_key for
-sherpa-onnx, which has no SUFFIX) and SUFFIX the checkpoints and the
-streaming settings.  make_results.py, RESULTS.md and sherpa_onnx_decode.py's
-agreement find the files by these names, so they must not change.
+them (decoding_methods.result_key; sherpa-onnx's files have no SUFFIX) and
+SUFFIX the checkpoints and the streaming settings.  make_results.py,
+RESULTS.md and sherpa_onnx_decode.py's agreement find the files by these
+names, so they must not change.
 """
 
+import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pruned_transducer_stateless4.context_graph import context_key
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
+from pruned_transducer_stateless4.decoding_methods import STREAMING, result_key, streaming_suffix
 from shared.metrics import write_error_stats, write_recogs
 from shared.utils import AttributeDict, RecipeError
+
+
+def add_test_sets_argument(parser: argparse.ArgumentParser, several: bool = True,
+                           default: Sequence[str] = ("test-clean", "test-other")) -> None:
+    """--test-sets (dest test_sets; old spellings --test-set, --parts, --part,
+    --cuts), the test sets a script decodes: LibriSpeech part names (cut sets
+    MANIFEST_DIR/librispeech_cuts_PART.jsonl.gz) or paths of cut sets;
+    several, or one (a string) for a script that takes one."""
+    what = ("LibriSpeech part names (cut sets in --manifest-dir)" if several
+            else "One LibriSpeech part name (a cut set in --manifest-dir)")
+    parser.add_argument("--test-sets", "--test-set", "--parts", "--part", "--cuts",
+                        dest="test_sets", type=str, nargs="+" if several else None,
+                        default=list(default) if several else default[0],
+                        help=f"{what} or paths of cut sets (.jsonl.gz).")
 
 
 def part_name(test_set: str) -> str:
@@ -35,21 +51,6 @@ def part_name(test_set: str) -> str:
 
 
 # ------------------------------------------------------------------ names ----
-def offline_result_key(params: Any) -> str:
-    """decode.py's search settings, as icefall names them."""
-    method = params.decoding_method
-    if method == "greedy_search":
-        return f"greedy_search_max_sym_per_frame_{params.max_sym_per_frame}"
-    if method in ("beam_search", "modified_beam_search"):
-        return f"beam_size_{params.beam_size}" + context_key(params)
-    key = f"beam_{params.beam}_max_contexts_{params.max_contexts}_max_states_{params.max_states}"
-    if "nbest" in method:
-        key += f"_num_paths_{params.num_paths}_nbest_scale_{params.nbest_scale}"
-    if "LG" in method:
-        key += f"_ngram_lm_scale_{params.ngram_lm_scale}"
-    return key
-
-
 def offline_result_suffix(params: Any) -> str:
     """decode.py's model and encoding settings."""
     suffix = f"iter-{params.iter}" if params.iter > 0 else f"epoch-{params.epoch}"
@@ -60,16 +61,6 @@ def offline_result_suffix(params: Any) -> str:
         suffix += (f"-streaming-chunk-size-{params.decode_chunk_size}"
                    f"-left-context-{params.left_context}")
     return suffix
-
-
-def streaming_result_key(params: Any) -> str:
-    """streaming_decode.py's search settings, as icefall's streaming_decode.py
-    names them."""
-    if params.decoding_method == "greedy_search":
-        return "greedy_search"
-    if params.decoding_method == "modified_beam_search":
-        return f"num_active_paths_{params.beam_size}" + context_key(params)
-    return f"beam_{params.beam}_max_contexts_{params.max_contexts}_max_states_{params.max_states}"
 
 
 def tail_padding_seconds(params: Any) -> float:
@@ -88,27 +79,13 @@ def streaming_result_suffix(params: Any) -> str:
               else f"epoch-{params.epoch}-avg-{params.avg}")
     suffix += f"-streaming-chunk-size-{params.decode_chunk_size}"
     suffix += f"-left-context-{params.left_context}"
-    if params.decoding_method == "fast_beam_search":
-        suffix += (f"-beam-{params.beam}-max-contexts-{params.max_contexts}"
-                   f"-max-states-{params.max_states}")
-    elif params.decoding_method == "modified_beam_search":
-        suffix += f"-{params.decoding_method}-beam-size-{params.beam_size}"
-    else:
-        suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
+    suffix += f"-{streaming_suffix(params)}"
     if params.use_averaged_model:
         suffix += "-use-averaged-model"
     tail_padding = tail_padding_seconds(params)
     if tail_padding > 0:
         suffix += f"-tail-padding-{tail_padding:.2f}"
     return suffix
-
-
-def sherpa_result_key(int8: bool, decoding_method: str = "greedy_search",
-                      hotwords_score: float | None = None) -> str:
-    """sherpa_onnx_decode.py's KEY: greedy_search-float,
-    modified_beam_search-int8-hotwords-1.5, ..."""
-    key = f"{decoding_method}-{'int8' if int8 else 'float'}"
-    return key if hotwords_score is None else f"{key}-hotwords-{hotwords_score}"
 
 
 def streaming_settings(epoch: int, iter: int, avg: int, chunk_size: int, left_context: int,
@@ -125,7 +102,7 @@ def streaming_settings(epoch: int, iter: int, avg: int, chunk_size: int, left_co
 
 def streaming_result_name(part: str, settings: Any) -> str:
     """PART-KEY-SUFFIX of streaming_decode.py's files of `part`."""
-    return f"{part}-{streaming_result_key(settings)}-{streaming_result_suffix(settings)}"
+    return f"{part}-{result_key(settings, STREAMING)}-{streaming_result_suffix(settings)}"
 
 
 # ---------------------------------------------------------------- writers ----

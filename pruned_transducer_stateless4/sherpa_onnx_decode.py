@@ -5,7 +5,7 @@ Usage (from the project root, after export.py --onnx 1):
 
   ./pruned_transducer_stateless4/sherpa_onnx_decode.py \\
       --exp-dir exp/pruned_transducer_stateless4 --epoch 30 --avg 9 \\
-      --int8 false --num-threads 1 --parts test-clean test-other
+      --int8 false --num-threads 1 --test-sets test-clean test-other
 
   # the int8-quantised files, and an explicit streaming_decode.py recogs file
   ./pruned_transducer_stateless4/sherpa_onnx_decode.py ... --int8 true \\
@@ -13,7 +13,7 @@ Usage (from the project root, after export.py --onnx 1):
 
 The model is encoder/decoder/joiner-SUFFIX.onnx (.int8.onnx with --int8 true)
 and tokens.txt in --exp-dir, SUFFIX = epoch-E-avg-A (or iter-B-avg-A) as
-export.py names them.  Every cut of --parts is read as AUDIO (cut.load_audio(),
+export.py names them.  Every cut of --test-sets is read as AUDIO (cut.load_audio(),
 16 kHz) and decoded by sherpa_onnx.OnlineRecognizer (greedy_search): all of an
 utterance's samples are given to its stream at once, followed by
 --tail-padding-seconds of silence and input_finished().  sherpa-onnx runs
@@ -71,6 +71,13 @@ import numpy as np
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.audio_input import load_cut_audio
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
+from pruned_transducer_stateless4.decoding_methods import (
+    SHERPA_ONNX,
+    add_search_arguments,
+    get_method,
+    methods,
+    result_key,
+)
 from pruned_transducer_stateless4.onnx_contract import (
     check_export,
     export_streaming_config,
@@ -78,12 +85,12 @@ from pruned_transducer_stateless4.onnx_contract import (
     onnx_export_paths,
 )
 from pruned_transducer_stateless4.result_files import (
+    add_test_sets_argument,
     part_name,
     streaming_result_name,
     streaming_settings,
     write_wer_files,
 )
-from pruned_transducer_stateless4.result_files import sherpa_result_key as result_key
 from pruned_transducer_stateless4.sherpa_recognizer import (
     build_recognizer,
     decode_waves,
@@ -121,18 +128,15 @@ def get_parser() -> argparse.ArgumentParser:
                         "say).")
     parser.add_argument("--int8", type=str2bool, default=False,
                         help="Use the int8-quantised files (*.int8.onnx).")
-    parser.add_argument("--num-threads", type=int, default=1,
+    parser.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=1,
                         help="onnxruntime threads of sherpa-onnx.")
-    parser.add_argument("--decoding-method", default="greedy_search",
-                        choices=["greedy_search", "modified_beam_search"],
-                        help="sherpa-onnx's search (the agreement with streaming_decode.py is "
-                        "computed for greedy_search only).")
-    parser.add_argument("--max-active-paths", type=int, default=4,
-                        help="modified_beam_search: hypotheses kept per frame.")
+    # sherpa-onnx's searches (the agreement with streaming_decode.py is computed
+    # for greedy_search only); its greedy search has no --max-sym-per-frame.
+    add_search_arguments(parser, methods(sherpa_onnx=True), options=("beam_size",))
     parser.add_argument("--hotwords-file", type=Path, default=None,
-                        help="modified_beam_search: hotwords, one phrase a line (words of the "
-                        "BPE model's case, optionally ' :SCORE'), encoded with EXP_DIR/bpe.vocab "
-                        "(modeling_unit bpe; export.py copies it there).")
+                        help="Hotwords of a method that takes them, one phrase a line (words "
+                        "of the BPE model's case, optionally ' :SCORE'), encoded with "
+                        "EXP_DIR/bpe.vocab (modeling_unit bpe; export.py copies it there).")
     parser.add_argument("--hotwords-score", type=float, default=1.5,
                         help="Bonus per token of a hotword (sherpa-onnx's default).")
     parser.add_argument("--num-decode-streams", type=int, default=100,
@@ -142,10 +146,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Silence appended to every utterance before input_finished(), "
                         "so that sherpa-onnx decodes its last frames; -1: just enough for "
                         "the export's chunk size, (4 * chunk + 8) * 10 ms.")
-    parser.add_argument("--parts", "--test-sets", dest="parts", type=str, nargs="+",
-                        default=["test-clean", "test-other"],
-                        help="LibriSpeech part names (cut sets "
-                        "MANIFEST_DIR/librispeech_cuts_PART.jsonl.gz) or paths of cut sets.")
+    add_test_sets_argument(parser)
     parser.add_argument("--manifest-dir", type=Path, default=Path("data/fbank"),
                         help="Directory with the cut sets of prepare.sh stage 3.")
     parser.add_argument("--compare-dir", type=Path, default=None,
@@ -245,8 +246,8 @@ def save_record(res_dir: Path, key: str, args: argparse.Namespace, argv: list[st
     path = res_dir / f"record-{part}-{key}.json"
     chunk_size, left_context, tail_padding = streaming
     search: dict[str, Any] = {}
-    if args.decoding_method == "modified_beam_search":
-        search["max_active_paths"] = args.max_active_paths
+    if "beam_size" in get_method(args.decoding_method).options:
+        search["max_active_paths"] = args.beam_size  # sherpa-onnx's name
     if args.hotwords_file is not None:
         search.update(hotwords_file=str(args.hotwords_file), hotwords_score=args.hotwords_score)
     settings = run_record.DecodeSettings(
@@ -281,8 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     paths = onnx_export_paths(args.exp_dir, suffix, args.int8)
     # Before creating EXP_DIR/sherpa_onnx: a wrong --exp-dir leaves nothing behind.
     check_export(paths, suffix)
-    key = result_key(args.int8, args.decoding_method,
-                     None if args.hotwords_file is None else args.hotwords_score)
+    key = result_key(args, SHERPA_ONNX)
     res_dir = args.exp_dir / "sherpa_onnx"
     setup_logging(res_dir / f"log-decode-{key}")
     chunk_size, left_context = export_streaming_config(paths["encoder"])
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                  f"{tail_padding:.2f} s of tail padding, {args.num_threads} thread(s), "
                  f"{args.num_decode_streams} streams")
     recognizer = build_recognizer(args.exp_dir, suffix, args.int8, args.num_threads,
-                                  args.decoding_method, args.max_active_paths,
+                                  args.decoding_method, args.beam_size,
                                   args.hotwords_file, args.hotwords_score)
 
     compare_dir = args.compare_dir or args.exp_dir / "streaming" / "greedy_search"
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         compare_settings = []
     data = LibriSpeechAsrDataModule(argparse.Namespace(manifest_dir=args.manifest_dir))
     summary: dict[str, dict[str, Any]] = {}
-    for test_set in args.parts:
+    for test_set in args.test_sets:
         part = part_name(test_set)
         cuts = list(data.cuts_by_name_or_path(test_set))
         if not cuts:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pruned_transducer_stateless4.decode_stream import with_tail_padding
+from pruned_transducer_stateless4.decoding_methods import get_method, methods
 from pruned_transducer_stateless4.onnx_contract import check_export, onnx_export_paths
 from pruned_transducer_stateless4.timestamps import FRAME_SHIFT_SECONDS, word_start_times
 from shared.features import SAMPLE_RATE
@@ -39,8 +40,9 @@ def build_recognizer(exp_dir: Path, suffix: str = "epoch-30-avg-9", int8: bool =
     check_export(paths, suffix)
     hotwords = {}
     if hotwords_file is not None:
-        if decoding_method != "modified_beam_search":
-            raise RecipeError("--hotwords-file needs --decoding-method modified_beam_search")
+        if not get_method(decoding_method).uses_context:
+            takers = [m for m in methods(sherpa_onnx=True) if get_method(m).uses_context]
+            raise RecipeError(f"--hotwords-file needs --decoding-method {' or '.join(takers)}")
         bpe_vocab = Path(exp_dir) / "bpe.vocab"
         for path in (hotwords_file, bpe_vocab):
             if not Path(path).is_file():

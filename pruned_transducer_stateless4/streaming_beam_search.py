@@ -25,6 +25,7 @@ import torch
 
 from pruned_transducer_stateless4.beam_search import modified_beam_search_step
 from pruned_transducer_stateless4.decode_stream import STREAMING_DECODING_METHODS, StreamBatch
+from pruned_transducer_stateless4.decoding_methods import get_method
 from pruned_transducer_stateless4.model import Transducer
 from shared.fsa_search import FastBeamSearchConfig, FastBeamSearchStreams
 
@@ -34,7 +35,7 @@ class StreamingSearchConfig:
     """Which search and its settings.
 
     Attributes:
-      decoding_method: greedy_search, modified_beam_search or fast_beam_search.
+      decoding_method: a method with a streaming search (decoding_methods.py).
       max_sym_per_frame: greedy_search: at most this many tokens per frame.
       beam_size: modified_beam_search: hypotheses kept per frame.
       temperature: modified_beam_search: logits are divided by it.
@@ -171,11 +172,8 @@ def search_chunk(
     batch: StreamBatch,
     config: StreamingSearchConfig,
 ) -> None:
-    """Runs the configured search on one chunk of every stream of `batch`."""
-    if config.decoding_method == "greedy_search":
-        greedy_search(model, encoder_out, encoder_out_lens, batch, config.max_sym_per_frame)
-    elif config.decoding_method == "modified_beam_search":
-        modified_beam_search(model, encoder_out, encoder_out_lens, batch, config.beam_size,
-                             config.temperature, config.context_graph)
-    else:
-        fast_beam_search(model, encoder_out, encoder_out_lens, batch, config.fast)
+    """Runs the configured search (its `streaming` function in
+    decoding_methods.py) on one chunk of every stream of `batch`."""
+    search = get_method(config.decoding_method).streaming
+    assert search is not None, config.decoding_method
+    search(model, encoder_out, encoder_out_lens, batch, config)

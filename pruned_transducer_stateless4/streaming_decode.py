@@ -66,13 +66,14 @@ from pathlib import Path
 from typing import Any
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
+from pruned_transducer_stateless4.decoding_methods import STREAMING, result_key, search_settings
 from pruned_transducer_stateless4.model_config import add_model_arguments
 from pruned_transducer_stateless4.result_files import (
+    add_test_sets_argument,
     part_name,
     tail_padding_seconds,
     write_wer_files,
 )
-from pruned_transducer_stateless4.result_files import streaming_result_key as result_key
 from pruned_transducer_stateless4.result_files import streaming_result_suffix as result_suffix
 from pruned_transducer_stateless4.streaming_engine import (
     LATENCY_DEFINITION,
@@ -98,9 +99,7 @@ def get_parser() -> argparse.ArgumentParser:
     add_streaming_arguments(parser)
     parser.add_argument("--num-decode-streams", type=int, default=100,
                         help="Streams decoded in parallel (one batch per chunk step).")
-    parser.add_argument("--test-sets", type=str, nargs="+", default=["test-clean", "test-other"],
-                        help="LibriSpeech part names (cut sets in --manifest-dir) or paths of "
-                        "cut sets (.jsonl.gz).")
+    add_test_sets_argument(parser)
     parser.add_argument("--simulate-realtime", type=str2bool, default=True,
                         help="Deliver each stream's audio at real-time pace on the simulated "
                         "clock; false delivers all of it when the stream starts.")
@@ -136,9 +135,10 @@ def save_record(res_dir: Path, params: Any, args: dict[str, Any], argv: list[str
                 summary: dict[str, Any]) -> Path:
     """Writes RES_DIR/record-TEST_SET-KEY-SUFFIX.json, the record make_results.py
     reads (shared/run_record.py): arguments, settings, WER, recogs file, latency."""
-    key, suffix = result_key(params), result_suffix(params)
+    key, suffix = result_key(params, STREAMING), result_suffix(params)
     path = res_dir / f"record-{test_set}-{key}-{suffix}.json"
     settings = run_record.DecodeSettings.from_options(params, run_record.REAL,
+                                                      search_settings(params),
                                                       tail_padding_seconds(params))
     run_record.record_decode(path, "streaming_decode.py", test_set, settings, results,
                              recogs=f"recogs-{test_set}-{key}-{suffix}.txt", args=args,
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(res_dir / f"log-decode-{suffix}")
     sp, setup = load_tokenizer_and_model(params)
     data = LibriSpeechAsrDataModule(args)
-    key = result_key(params)
+    key = result_key(params, STREAMING)
     for test_set in params.test_sets:
         cuts = data.cuts_by_name_or_path(test_set)
         name = part_name(test_set)

@@ -28,13 +28,17 @@ import sentencepiece as spm
 import torch
 
 from pruned_transducer_stateless4.audio_input import load_cut_audio
-from pruned_transducer_stateless4.context_graph import add_context_arguments, context_graph_of
+from pruned_transducer_stateless4.context_graph import context_graph_of
 from pruned_transducer_stateless4.decode_stream import (
-    STREAMING_DECODING_METHODS,
     DecodeStream,
     stack_streams,
     token_latencies,
     unstack_streams,
+)
+from pruned_transducer_stateless4.decoding_methods import (
+    add_search_arguments,
+    get_method,
+    methods,
 )
 from pruned_transducer_stateless4.model import Transducer
 from pruned_transducer_stateless4.model_loading import load_model
@@ -60,29 +64,21 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Sentencepiece model of prepare.sh stage 4.")
 
 
-def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
-    """Search method and options, chunk size, left and right context."""
-    parser.add_argument("--decoding-method", type=str, default="greedy_search",
-                        choices=STREAMING_DECODING_METHODS, help="Search method.")
-    parser.add_argument("--beam-size", "--num-active-paths", dest="beam_size", type=int,
-                        default=4, help="modified_beam_search: hypotheses kept per frame.")
-    parser.add_argument("--beam", type=float, default=20.0,
-                        help="fast_beam_search: log-probability beam of the arcs per frame.")
-    parser.add_argument("--max-contexts", type=int, default=8,
-                        help="fast_beam_search: decoder contexts kept per frame.")
-    parser.add_argument("--max-states", type=int, default=64,
-                        help="fast_beam_search: states kept per frame.")
-    parser.add_argument("--max-sym-per-frame", type=int, default=1,
-                        help="greedy_search: at most this many tokens per frame.")
-    add_context_arguments(parser)
+def add_streaming_arguments(parser: argparse.ArgumentParser, num_threads: bool = True) -> None:
+    """The methods with a streaming search and their options
+    (decoding_methods.py), chunk size, left and right context, --num-threads
+    (unless `num_threads` is false), --device."""
+    add_search_arguments(parser, methods(streaming=True))
     parser.add_argument("--decode-chunk-size", type=int, default=16,
                         help="Chunk size in encoder frames (after subsampling, 40 ms each).")
     parser.add_argument("--left-context", type=int, default=64,
                         help="Cached encoder frames of left context of the attention.")
     parser.add_argument("--right-context", type=int, default=0,
                         help="Encoder frames of right context; this encoder supports only 0.")
-    parser.add_argument("--num-threads", type=int, default=0,
-                        help="torch.set_num_threads on CPU; 0 keeps torch's default.")
+    if num_threads:
+        parser.add_argument("--num-threads", "--threads", dest="num_threads", type=int,
+                            default=0, help="torch.set_num_threads on CPU; 0 keeps torch's "
+                            "default.")
     add_device_argument(parser)
 
 
@@ -153,7 +149,7 @@ class StreamingSetup:
         if self._initial_states is None:
             self._initial_states = self.model.encoder.get_init_state(self.left_context,
                                                                      device=self.device)
-        if self.search.decoding_method == "fast_beam_search" and self.graph is None:
+        if get_method(self.search.decoding_method).graph == "trivial" and self.graph is None:
             self.graph = trivial_graph(self.model.joiner.output_linear.out_features,
                                        self.device)
         return DecodeStream(

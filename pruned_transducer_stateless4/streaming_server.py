@@ -68,6 +68,7 @@ import numpy as np
 
 from pruned_transducer_stateless4.context_graph import context_graph_of
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
+from pruned_transducer_stateless4.decoding_methods import get_method, methods
 from pruned_transducer_stateless4.endpoint import EndpointConfig, SegmentTracker
 from pruned_transducer_stateless4.model_config import add_model_arguments
 from pruned_transducer_stateless4.model_loading import load_model
@@ -502,15 +503,19 @@ def make_backend(args: argparse.Namespace):
         endpoint = EndpointConfig.from_args(args) if args.enable_endpoint else None
     except ValueError as error:
         raise RecipeError(str(error)) from error
-    if endpoint is not None and args.decoding_method == "fast_beam_search":
-        raise RecipeError("endpointing supports greedy_search and modified_beam_search; "
-                          "pass --enable-endpoint false for fast_beam_search")
+    method = get_method(args.decoding_method)
+    if endpoint is not None and method.stream_state == "lattice":
+        # The segments cut the greedy hypothesis or the beam (endpoint.py).
+        with_endpoints = [m for m in methods(streaming=True)
+                          if get_method(m).stream_state != "lattice"]
+        raise RecipeError(f"endpointing supports {' and '.join(with_endpoints)}; pass "
+                          f"--enable-endpoint false for {method.name}")
     params = AttributeDict(vars(args))
     started = time.perf_counter()
     if args.backend == "onnx":
-        if args.decoding_method == "fast_beam_search":
-            raise RecipeError("the onnx backend supports greedy_search and "
-                              "modified_beam_search")
+        if not method.sherpa_onnx:
+            raise RecipeError("the onnx backend supports "
+                              + " and ".join(methods(sherpa_onnx=True, streaming=True)))
         backend = OnnxBackend(params, endpoint)
     else:
         backend = TorchBackend(params, endpoint)

@@ -172,32 +172,6 @@ def model_selection(epoch: int, iteration: int, avg: int) -> str:
     return f"iter-{iteration}-avg-{avg}" if iteration > 0 else f"epoch-{epoch}-avg-{avg}"
 
 
-def search_options(options: Any) -> dict[str, Any]:
-    """The options of options.decoding_method's search (the attribute names of
-    decode.py's and streaming_decode.py's parsers), e.g. {"beam_size": 4} for
-    modified_beam_search.  Options the method ignores are left out, so that two
-    results of one method differ in `search` only if their searches differ."""
-    method = options.decoding_method
-    if method == "greedy_search":
-        names = ["max_sym_per_frame"]
-    elif method in ("beam_search", "modified_beam_search"):
-        names = ["beam_size"]
-    elif method.startswith("fast_beam_search"):
-        names = ["beam", "max_contexts", "max_states"]
-        if "nbest" in method:
-            names += ["num_paths", "nbest_scale"]
-        if "LG" in method:
-            names += ["ngram_lm_scale"]
-    else:
-        names = []
-    found = {name: getattr(options, name) for name in names if hasattr(options, name)}
-    if method == "modified_beam_search" and getattr(options, "context_file", None):
-        # Hotwords change the search; the result files say so too.
-        found.update(context_file=str(options.context_file),
-                     context_score=getattr(options, "context_score", None))
-    return found
-
-
 @dataclass(frozen=True)
 class DecodeSettings:
     """What identifies a decoding result apart from the test set.
@@ -205,7 +179,9 @@ class DecodeSettings:
     model: the checkpoints, model_selection()'s "iter-B-avg-A"/"epoch-E-avg-A";
     streaming: one of STREAMING_MODES; chunk_size, left_context: encoder frames
     (40 ms each), None for full context; tail_padding_seconds: silence appended
-    to every utterance (resolved, never -1); search: search_options();
+    to every utterance (resolved, never -1); search: the options the method's
+    search reads (decoding_methods.search_settings), so that two results of
+    one method differ in it only if their searches differ;
     model_format: "pytorch", "onnx-float" or "onnx-int8"."""
 
     method: str
@@ -219,9 +195,10 @@ class DecodeSettings:
     model_format: str = "pytorch"
 
     @classmethod
-    def from_options(cls, options: Any, streaming: str,
+    def from_options(cls, options: Any, streaming: str, search: dict[str, Any],
                      tail_padding_seconds: float = 0.0) -> "DecodeSettings":
-        """From the parsed options of decode.py or streaming_decode.py."""
+        """From the parsed options of decode.py or streaming_decode.py and the
+        settings of their search."""
         chunked = streaming != FULL_CONTEXT
         return cls(method=options.decoding_method,
                    model=model_selection(options.epoch, options.iter, options.avg),
@@ -229,7 +206,7 @@ class DecodeSettings:
                    chunk_size=options.decode_chunk_size if chunked else None,
                    left_context=options.left_context if chunked else None,
                    tail_padding_seconds=float(tail_padding_seconds),
-                   search=search_options(options))
+                   search=search)
 
     def identity(self) -> tuple:
         """A hashable key: equal for the results of one setting on other test sets."""

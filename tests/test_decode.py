@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pruned_transducer_stateless4.decoding_methods import methods
 from shared.utils import RecipeError
 from tests.conftest import TINY_MODEL_ARGS
 from tests.helpers import PROJECT_DIR, import_script, run_script
@@ -59,7 +60,7 @@ def read_recogs(path: Path) -> dict[str, tuple[str, str]]:
     return pairs
 
 
-@pytest.mark.parametrize("method", decode.DECODING_METHODS)
+@pytest.mark.parametrize("method", methods())
 def test_decode_writes_the_three_files_for_every_method(method, in_recipe, decode_exp_dir):
     wers = decode.main([
         "--exp-dir", str(decode_exp_dir), "--epoch", "2", "--avg", "1",

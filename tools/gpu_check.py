@@ -22,10 +22,10 @@ not stop the others:
                    fall below --learn-max-ratio of its start (overfitting them)
   train            torchrun --standalone --nproc-per-node 1 train.py --use-fp16 1,
                    past the averaging period; prints the training throughput
-  decode           decode.py, all 7 methods, simulated streaming, averaged model
-  streaming        streaming_decode.py, real chunk-by-chunk streaming, 3 methods
+  decode           decode.py, every method, simulated streaming, averaged model
+  streaming        streaming_decode.py, real chunk-by-chunk streaming, its methods
   export           export.py: pretrained.pt, cpu_jit.pt, ONNX (+ int8)
-  pretrained       pretrained.py on one test recording
+  pretrained       pretrained.py on one test recording, every method it offers
   loss             benchmarks/loss_benchmark.py: pruned path vs fast_rnnt's full loss
   pytest           the tests marked cuda (skipped without a GPU)
 """
@@ -49,9 +49,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
 # The method lists are the scripts' own, so the check covers whatever they offer.
-from pruned_transducer_stateless4.decode_stream import (  # noqa: E402
-    STREAMING_DECODING_METHODS as STREAMING_METHODS,
-)
+from pruned_transducer_stateless4.decoding_methods import methods  # noqa: E402
 from shared.utils import HelpFormatter, str2bool  # noqa: E402
 
 SCRIPTS_DIR = PROJECT_DIR / "pruned_transducer_stateless4"
@@ -426,7 +424,7 @@ def decode(args: argparse.Namespace) -> str:
     maybe_guard(decode_py, "decode_one_batch", args.guard, patches)
     wers = []
     try:
-        for method in decode_py.DECODING_METHODS:
+        for method in methods():
             result = decode_py.main([
                 "--exp-dir", str(args.exp_dir), "--epoch", str(args.num_epochs),
                 "--avg", str(args.num_epochs - 1), "--use-averaged-model", "true",
@@ -453,7 +451,7 @@ def streaming(args: argparse.Namespace) -> str:
     maybe_guard(streaming_engine.StreamingSetup, "new_stream", args.guard, patches)
     done = []
     try:
-        for method in STREAMING_METHODS:
+        for method in methods(streaming=True):
             streaming_decode.main([
                 "--exp-dir", str(args.exp_dir), "--epoch", str(args.num_epochs), "--avg", "1",
                 "--bpe-model", str(args.lang_dir / "bpe.model"), "--decoding-method", method,
@@ -498,7 +496,7 @@ def pretrained(args: argparse.Namespace) -> str:
     patches: list = []
     maybe_guard(pretrained_py, "transcribe", args.guard, patches)
     try:
-        for method in ("greedy_search", "modified_beam_search", "fast_beam_search"):
+        for method in methods(graph=(None, "trivial")):  # pretrained.py's choices
             status = pretrained_py.main([
                 "--checkpoint", str(args.exp_dir / "pretrained.pt"), "--bpe-model",
                 str(args.lang_dir / "bpe.model"), "--method", method, "--device", args.device,
