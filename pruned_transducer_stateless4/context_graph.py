@@ -164,12 +164,15 @@ def add_context_arguments(parser) -> None:
 def context_graph_of(params, sp) -> ContextGraph | None:
     """The graph of parsed --context-file/--context-score options, or None;
     a one-line RecipeError for a bad file, score or decoding method."""
+    # decoding_methods.py imports this module for the options.
+    from pruned_transducer_stateless4.decoding_methods import DECODING_METHODS, get_method
     from shared.utils import RecipeError
 
     if params.get("context_file") is None:
         return None
-    if params.get("decoding_method", params.get("method")) != "modified_beam_search":
-        raise RecipeError("--context-file works with --decoding-method modified_beam_search")
+    if not get_method(params["decoding_method"]).uses_context:
+        takers = [m.name for m in DECODING_METHODS.values() if m.uses_context]
+        raise RecipeError(f"--context-file works with --decoding-method {' or '.join(takers)}")
     try:
         return make_context_graph(params["context_file"], params["context_score"], sp)
     except ValueError as error:

@@ -28,9 +28,8 @@ Usage (from the project root, after ./prepare.sh and train.py):
   ./pruned_transducer_stateless4/decode.py --epoch 999 --avg 1 --use-averaged-model false \\
       --causal-convolution true --simulate-streaming true ...
 
-Decoding methods: greedy_search, beam_search, modified_beam_search,
-fast_beam_search, fast_beam_search_nbest, fast_beam_search_LG,
-fast_beam_search_nbest_LG (see beam_search.py).  The model options (encoder
+Decoding methods: every method of decoding_methods.py (--help lists them;
+the *_LG ones need --lang-dir's LG graph).  The model options (encoder
 size, context size, vocabulary, ...) are read from the checkpoint when it
 has them; a model option given on the command line that differs from it is
 reported and ignored (shared.checkpoint.load_inference_model).

@@ -32,7 +32,7 @@ def build_recognizer(exp_dir: Path, suffix: str = "epoch-30-avg-9", int8: bool =
 
     The front end is sherpa-onnx's default (kaldi-native-fbank, 80 bins,
     16 kHz), which computes the training features (export.py's docstring).
-    Hotwords (modified_beam_search only) are encoded with exp_dir/bpe.vocab.
+    Hotwords (of a method that takes them) are encoded with exp_dir/bpe.vocab.
     """
     import sherpa_onnx
 

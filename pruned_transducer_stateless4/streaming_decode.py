@@ -7,7 +7,7 @@ Usage (from the project root, after training):
     --epoch 30 --avg 10 --use-averaged-model true \\
     --exp-dir exp/pruned_transducer_stateless4 --bpe-model data/lang_bpe_500/bpe.model \\
     --decode-chunk-size 16 --left-context 64 --num-decode-streams 100 \\
-    --decoding-method greedy_search            # or modified_beam_search, fast_beam_search
+    --decoding-method greedy_search            # or another method --help lists
 
 Every utterance of --test-sets is read as AUDIO (cut.load_audio()), not as
 precomputed features, and becomes a `DecodeStream` (decode_stream.py) with an

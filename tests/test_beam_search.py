@@ -546,3 +546,83 @@ def test_wer_and_alignments_equal_jiwer_on_random_strings(tmp_path):
     results = [(f"u{i}", r, h) for i, (r, h) in enumerate(zip(refs, hyps))]
     assert write_error_stats(tmp_path / "all.txt", "x", results) == pytest.approx(
         jiwer.wer(refs, hyps))
+
+
+# ------------------------------------------------------ the method table
+
+
+def test_every_method_of_the_table_searches_a_batch(tmp_path):
+    """Each row of decoding_methods.py, with the options add_search_arguments
+    declares: its offline search gives one result per utterance (token ids,
+    or word ids of its graph for an LG method), the streaming one on the same
+    frames the same tokens as the offline one for greedy search."""
+    import argparse
+
+    from pruned_transducer_stateless4.decoding_methods import (
+        DECODING_METHODS,
+        SearchInputs,
+        add_search_arguments,
+    )
+
+    parser = argparse.ArgumentParser()
+    add_search_arguments(parser, DECODING_METHODS)
+    options = parser.parse_args(["--beam", "4", "--max-states", "8", "--max-contexts", "4",
+                                 "--num-paths", "4", "--beam-size", "2"])
+    model = ToyModel(6, 2, 3.0, seed=0)
+    encoder_out = torch.randn(3, 9, 8)
+    lens = torch.tensor([9, 6, 4])
+    # Words 1 = tokens (1 2), 2 = token (3).
+    word_graph = compile_graph(tmp_path, "0 1 1 0 0.5\n1 2 2 1 0\n0 0 3 2 0.2\n0 0.1\n")
+    for method in DECODING_METHODS.values():
+        graph = {None: None, "trivial": trivial_graph(6), "LG": word_graph}[method.graph]
+        inputs = SearchInputs(options, graph, torch.Generator().manual_seed(0))
+        results = method.offline(model, encoder_out, lens, inputs)
+        assert len(results) == 3, method.name
+        symbols = {1, 2} if method.gives_words else set(range(1, 6))
+        assert all(isinstance(s, int) and s in symbols for r in results for s in r), method.name
+        assert set(method.options) <= set(vars(options)), method.name
+
+
+def test_result_keys_keep_icefall_names():
+    """The result files of the default options (RESULTS.md and make_results.py
+    find them by these names)."""
+    import argparse
+
+    from pruned_transducer_stateless4.decoding_methods import (
+        SHERPA_ONNX,
+        STREAMING,
+        add_search_arguments,
+        methods,
+        result_key,
+        streaming_suffix,
+    )
+
+    parser = argparse.ArgumentParser()
+    add_search_arguments(parser, methods())
+    defaults = vars(parser.parse_args([]))
+    keys = {name: result_key({**defaults, "decoding_method": name}) for name in methods()}
+    assert keys == {
+        "greedy_search": "greedy_search_max_sym_per_frame_1",
+        "beam_search": "beam_size_4",
+        "modified_beam_search": "beam_size_4",
+        "fast_beam_search": "beam_20.0_max_contexts_8_max_states_64",
+        "fast_beam_search_nbest":
+            "beam_20.0_max_contexts_8_max_states_64_num_paths_200_nbest_scale_0.5",
+        "fast_beam_search_LG": "beam_20.0_max_contexts_8_max_states_64_ngram_lm_scale_0.01",
+        "fast_beam_search_nbest_LG": "beam_20.0_max_contexts_8_max_states_64_num_paths_200_"
+                                     "nbest_scale_0.5_ngram_lm_scale_0.01",
+    }
+    streaming = {name: (result_key({**defaults, "decoding_method": name}, STREAMING),
+                        streaming_suffix({**defaults, "decoding_method": name}))
+                 for name in methods(streaming=True)}
+    assert streaming == {
+        "greedy_search": ("greedy_search", "max-sym-per-frame-1"),
+        "modified_beam_search": ("num_active_paths_4", "modified_beam_search-beam-size-4"),
+        "fast_beam_search": ("beam_20.0_max_contexts_8_max_states_64",
+                             "beam-20.0-max-contexts-8-max-states-64"),
+    }
+    hotwords = {**defaults, "decoding_method": "modified_beam_search", "int8": True,
+                "hotwords_file": "h.txt", "hotwords_score": 1.5}
+    assert result_key(hotwords, SHERPA_ONNX) == "modified_beam_search-int8-hotwords-1.5"
+    with_context = {**defaults, "decoding_method": "modified_beam_search", "context_file": "h"}
+    assert result_key(with_context) == "beam_size_4_context_score_2.0"
