@@ -24,7 +24,8 @@ from pruned_transducer_stateless4 import (
     train,
 )
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
-from pruned_transducer_stateless4.streaming_decode import UtteranceResult
+from pruned_transducer_stateless4.decoding_methods import SHERPA_ONNX, STREAMING, result_key
+from pruned_transducer_stateless4.streaming_engine import UtteranceResult, summarize
 from shared import run_record
 from shared.metrics import ErrorCounts, read_recogs
 from shared.utils import AttributeDict
@@ -78,7 +79,7 @@ def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str
             *CHUNK, *extra]
     args = streaming_decode.get_parser().parse_args(argv)
     params = AttributeDict(vars(args))
-    key, suffix = streaming_decode.result_key(args), streaming_decode.result_suffix(args)
+    key, suffix = result_key(args, STREAMING), streaming_decode.result_suffix(args)
     res_dir = exp_dir / "streaming" / "greedy_search"
     for part, hyps in hyps_by_part.items():
         utterances = [
@@ -88,7 +89,7 @@ def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str
                             final_delay=0.05 * (index + 1))
             for index, cut_id in enumerate(hyps)
         ]
-        summary = streaming_decode.summarize(utterances, processing_seconds=1.5)  # RTF 0.05
+        summary = summarize(utterances, processing_seconds=1.5)  # RTF 0.05
         streaming_decode.save_results(res_dir, part, key, suffix, triples(hyps), summary)
         streaming_decode.save_record(res_dir, params, vars(args), argv, part, triples(hyps),
                                      summary)
@@ -102,7 +103,7 @@ def write_sherpa_results(exp_dir: Path, hyps: dict[str, str], int8: bool) -> Non
     args = sherpa_onnx_decode.get_parser().parse_args(argv)
     res_dir = exp_dir / "sherpa_onnx"
     res_dir.mkdir(parents=True, exist_ok=True)
-    key = sherpa_onnx_decode.result_key(int8)
+    key = result_key(args, SHERPA_ONNX)
     sherpa_onnx_decode.save_results(res_dir, "test-clean", key, triples(hyps))
     speed = {"rtf": 0.0123, "num_utterances": 3, "audio_seconds": 30.0,
              "processing_seconds": 0.369, "num_threads": 1}
