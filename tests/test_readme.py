@@ -4,8 +4,8 @@ an earlier example produced.
 
 Fast: each script's argument parser is built in-process (imported from its
 file, `get_parser()`), no script is started.  Shell scripts (prepare.sh,
-run.sh) take `--name value` for every variable `name=` they define before
-sourcing shared/parse_options.sh, as icefall's parse_options.sh does.
+run.sh) take `--name value` for every option their help message declares
+(shared/parse_options.sh).
 """
 
 from __future__ import annotations
@@ -126,11 +126,20 @@ def python_script_options(script: Path) -> set[str]:
 
 
 def shell_script_options(script: Path) -> set[str]:
-    """`--name` for each variable the script defines before parse_options.sh."""
+    """The options shared/parse_options.sh accepts: each `--name` that starts a
+    line of the script's help_message and whose variable the script defines
+    before sourcing the parser.  A script without that parser: the `--name`
+    patterns of its own `case` loop."""
     text = script.read_text()
+    if "parse_options.sh" not in text:
+        patterns = re.findall(r"^\s*((?:-[-\w]+\|?)+)\)", text, flags=re.MULTILINE)
+        return {option for pattern in patterns for option in pattern.split("|")}
     head = text.split("parse_options.sh", 1)[0]
-    names = re.findall(r"^([a-z_][a-z0-9_]*)=", head, flags=re.MULTILINE)
-    return {"--" + name.replace("_", "-") for name in names} | {"--help"}
+    defined = set(re.findall(r"^([a-z_][a-z0-9_]*)=", head, flags=re.MULTILINE))
+    help_message = re.search(r'^help_message="(.*?)(?<!\\)"$', head, re.MULTILINE | re.DOTALL)
+    assert help_message, f"{script.name} has no help_message"
+    declared = re.findall(r"^\s+--([a-z][a-z0-9-]*)", help_message.group(1), re.MULTILINE)
+    return {"--" + name for name in declared if name.replace("-", "_") in defined} | {"--help"}
 
 
 def script_options(script: str) -> set[str]:
@@ -248,3 +257,5 @@ def test_shell_script_options_are_read_from_its_variables(script: str, expected:
     options = shell_script_options(PROJECT_DIR / script)
     assert expected <= options
     assert "--lang-dir" not in options  # run.sh sets lang_dir after parse_options.sh
+    # Variables set before the parser that are not options.
+    assert not {"--recipe-dir", "--given-options", "--help-message"} & options
