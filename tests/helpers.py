@@ -14,7 +14,8 @@ import numpy as np
 import soundfile as sf
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-# A small model really trained by a default ./run.sh (tests/data/demo_model/README.md).
+# A small model really trained by ./run.sh, the default of commit 259baa9 (4 layers, no CTC
+# head; not today's run.sh): tests/data/demo_model/README.md.
 DEMO_MODEL_DIR = PROJECT_DIR / "tests/data/demo_model"
 DEMO_CHECKPOINT = DEMO_MODEL_DIR / "pretrained-fp16.pt"
 

@@ -1,6 +1,6 @@
 """The README's and docs/*.md's commands run as written, and what they name exists.
 
-For README.md and every docs/*.md:
+For README.md, every docs/*.md and tests/data/*/README.md:
 
 - every command that runs a recipe script, in a ```bash block or an inline
   `code span`, names a script that exists, uses only options of that script
@@ -37,7 +37,9 @@ import pytest
 from tests.helpers import PROJECT_DIR, import_script
 
 README = PROJECT_DIR / "README.md"
-DOCS = sorted((PROJECT_DIR / "docs").glob("*.md"))
+# The docs, and the READMEs of the test data (the demo model's names its options).
+DOCS = sorted((PROJECT_DIR / "docs").glob("*.md")) + sorted(
+    (PROJECT_DIR / "tests/data").glob("*/README.md"))
 
 # Options of the other programs the docs show in code spans (torchrun's,
 # sherpa-onnx's websocket client's); every other --option must be the recipe's.
@@ -480,7 +482,7 @@ def test_readme_examples_use_existing_options_and_produced_paths() -> None:
     assert check_readme(text) == []
 
 
-@pytest.mark.parametrize("document", DOCS, ids=[d.name for d in DOCS])
+@pytest.mark.parametrize("document", DOCS, ids=[str(d.relative_to(PROJECT_DIR)) for d in DOCS])
 def test_docs_commands_options_files_and_links_exist(document: Path) -> None:
     assert check_document(document.read_text(), document) == []
 
