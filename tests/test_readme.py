@@ -482,6 +482,16 @@ def test_readme_examples_use_existing_options_and_produced_paths() -> None:
     assert check_readme(text) == []
 
 
+def test_readme_copies_no_result_of_a_run() -> None:
+    """A run's figures (WER, RTF, minutes with two decimals) live in RESULTS.md;
+    README's text links there instead of copying them (its commands may hold
+    any number)."""
+    figures = r"(?<![\w.])\d+\.\d\d+(?![\w.])"
+    results = set(re.findall(figures, (PROJECT_DIR / "RESULTS.md").read_text()))
+    prose = re.sub(r"`[^`]*`", "", _without_fenced_blocks(README.read_text()))
+    assert not set(re.findall(figures, prose)) & results
+
+
 @pytest.mark.parametrize("document", DOCS, ids=[str(d.relative_to(PROJECT_DIR)) for d in DOCS])
 def test_docs_commands_options_files_and_links_exist(document: Path) -> None:
     assert check_document(document.read_text(), document) == []
