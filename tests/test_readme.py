@@ -173,12 +173,13 @@ def _substitute(word: str, variables: dict[str, str]) -> str:
 
 @functools.cache
 def _scripts_by_name() -> dict[str, list[str]]:
-    files = subprocess.run(["git", "ls-files", "*.py", "*.sh"], cwd=PROJECT_DIR, check=True,
-                           capture_output=True, text=True).stdout.split()
+    """The project's .py and .sh files outside tests/, by file name."""
+    files = [*PROJECT_DIR.glob("*.sh")]
+    for folder in set(PROJECT_FOLDERS) - {"tests"}:
+        files += [*(PROJECT_DIR / folder).rglob("*.py"), *(PROJECT_DIR / folder).rglob("*.sh")]
     by_name: dict[str, list[str]] = {}
-    for name in files:
-        if not name.startswith("tests/"):
-            by_name.setdefault(Path(name).name, []).append(name)
+    for path in sorted(files):
+        by_name.setdefault(path.name, []).append(str(path.relative_to(PROJECT_DIR)))
     return by_name
 
 
