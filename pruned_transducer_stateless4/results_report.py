@@ -328,7 +328,8 @@ def training_section(training: Training, exp_dir: Path, max_valid_rows: int) -> 
         options = {name: args[name] for name in
                    ("world_size", "max_duration", "initial_lr", "num_epochs", "max_train_minutes",
                     "dynamic_chunk_training", "short_chunk_size", "num_left_chunks",
-                    "use_fp16", "valid_wer_utts", "valid_chunk_size", "valid_left_context")
+                    "use_fp16", "amp_dtype", "valid_wer_utts", "valid_chunk_size",
+                    "valid_left_context")
                    if name in args}
         for title, values in (("Model", model), ("Training options", options)):
             if values:

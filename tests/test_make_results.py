@@ -321,6 +321,7 @@ def test_full_report(full_exp_dir: Path, capsys) -> None:
     assert table_row(training, "training loss")[1] == "3.0000 (batch 200) / 1.6000 (batch 800)"
     assert table_row(training, "best validation loss")[1] == "1.8000"
     assert "encoder_dim=144" in training
+    assert "use_fp16=False, amp_dtype=auto" in training  # the autocast type of --use-fp16
     assert f"./pruned_transducer_stateless4/train.py --exp-dir {full_exp_dir} " \
         "--num-epochs 3 --encoder-dim 144" in training
 
