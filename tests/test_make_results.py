@@ -7,6 +7,8 @@ run_validation (validate() stubbed to return planted numbers), which writes the 
 record and the validation points.  The slow test runs the real scripts on the tiny model
 of tests/conftest.py and reports their records."""
 
+import argparse
+import functools
 import json
 import re
 import shutil
@@ -16,9 +18,11 @@ import pytest
 import torch
 
 from benchmarks.linked_exp_dir import link_exp_dir
+
+# The recipe's writers of result files and records, still in the entry-point
+# scripts (the parsers and make_results.main come through import_script below).
 from pruned_transducer_stateless4 import (
     decode,
-    make_results,
     sherpa_onnx_decode,
     streaming_decode,
     train,
@@ -27,8 +31,18 @@ from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
 from pruned_transducer_stateless4.streaming_decode import UtteranceResult
 from shared import run_record
 from shared.metrics import ErrorCounts, read_recogs
+from shared.run_sh_log import read_run_log
 from shared.utils import AttributeDict
-from tests.helpers import run_script
+from tests.helpers import PROJECT_DIR, import_script, run_script
+
+RECIPE = PROJECT_DIR / "pruned_transducer_stateless4"
+make_results = import_script(RECIPE / "make_results.py")
+
+
+@functools.cache
+def get_parser(script: str) -> argparse.ArgumentParser:
+    """The parser of a recipe script, e.g. get_parser("decode.py")."""
+    return import_script(RECIPE / script).get_parser()
 
 # Three test-clean utterances, 10 reference words.
 REFS = {"1089-134686-0000": "THE CAT SAT", "1089-134686-0001": "ON THE MAT",
@@ -59,7 +73,7 @@ def write_decode_results(exp_dir: Path, method: str, hyps_by_part: dict[str, dic
                          extra: list[str]) -> None:
     """What decode.py writes for `method`, with its own option parsing and writers."""
     argv = [*MODEL_SELECTION, "--exp-dir", str(exp_dir), "--decoding-method", method, *extra]
-    args = decode.get_parser().parse_args(argv)
+    args = get_parser("decode.py").parse_args(argv)
     params = AttributeDict(vars(args))
     params.res_dir = exp_dir / method
     params.res_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +90,7 @@ def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str
     latency files and the record, from its summarize() of planted latencies."""
     argv = [*MODEL_SELECTION, "--exp-dir", str(exp_dir), "--decoding-method", "greedy_search",
             *CHUNK, *extra]
-    args = streaming_decode.get_parser().parse_args(argv)
+    args = get_parser("streaming_decode.py").parse_args(argv)
     params = AttributeDict(vars(args))
     key, suffix = streaming_decode.result_key(args), streaming_decode.result_suffix(args)
     res_dir = exp_dir / "streaming" / "greedy_search"
@@ -99,7 +113,7 @@ def write_sherpa_results(exp_dir: Path, hyps: dict[str, str], int8: bool) -> Non
     left context 64, 0.72 s of tail padding), with an agreement of 2/3."""
     argv = ["--exp-dir", str(exp_dir), "--iter", "1000", "--avg", "2", "--use-averaged-model",
             "true", "--int8", str(int8).lower()]
-    args = sherpa_onnx_decode.get_parser().parse_args(argv)
+    args = get_parser("sherpa_onnx_decode.py").parse_args(argv)
     res_dir = exp_dir / "sherpa_onnx"
     res_dir.mkdir(parents=True, exist_ok=True)
     key = sherpa_onnx_decode.result_key(int8)
@@ -121,7 +135,7 @@ def write_training(exp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rewrites the training record; the progress points as train_one_epoch appends
     them."""
     params = train.get_params()
-    args = train.get_parser().parse_args(["--exp-dir", str(exp_dir), *TRAIN_ARGV])
+    args = get_parser("train.py").parse_args(["--exp-dir", str(exp_dir), *TRAIN_ARGV])
     params.update(vars(args))
     params.update(num_params=6_310_000, vocab_size=500)
     monkeypatch.setattr("sys.argv", ["train.py", "--exp-dir", str(exp_dir), *TRAIN_ARGV])
@@ -215,7 +229,7 @@ def test_decode_record_round_trip(tmp_path: Path) -> None:
 
 def test_train_record_and_points_round_trip(tmp_path: Path, monkeypatch) -> None:
     params = train.get_params()
-    params.update(vars(train.get_parser().parse_args(["--exp-dir", str(tmp_path)])))
+    params.update(vars(get_parser("train.py").parse_args(["--exp-dir", str(tmp_path)])))
     params.update(num_params=1234, batch_idx_train=50, train_seconds=100.0,
                   train_audio_seconds=1500.0, cur_epoch=2)
     record = run_record.train_record_from_params(params, torch.device("cpu"), argv=["--a"])
@@ -307,6 +321,7 @@ def test_full_report(full_exp_dir: Path, capsys) -> None:
     assert table_row(training, "training loss")[1] == "3.0000 (batch 200) / 1.6000 (batch 800)"
     assert table_row(training, "best validation loss")[1] == "1.8000"
     assert "encoder_dim=144" in training
+    assert "use_fp16=False, amp_dtype=auto" in training  # the autocast type of --use-fp16
     assert f"./pruned_transducer_stateless4/train.py --exp-dir {full_exp_dir} " \
         "--num-epochs 3 --encoder-dim 144" in training
 
@@ -419,14 +434,19 @@ def test_empty_exp_dir(tmp_path: Path) -> None:
     assert make_results.main(["--exp-dir", str(tmp_path / "missing")]) == 1
 
 
-def test_help_documents_every_option() -> None:
-    parser = make_results.get_parser()
-    for action in parser._actions:
-        assert action.help, action.dest
-    text = parser.format_help()
-    for option in ("--exp-dir", "--total-minutes", "--run-log", "--plots", "--results-section",
-                   "--title"):
-        assert option in text
+def test_run_log_gives_each_steps_last_completed_run(tmp_path: Path) -> None:
+    """The offsets restart with each invocation of run.sh; a step's wall time is
+    its last run that finished (a run cut short keeps the earlier one)."""
+    log = tmp_path / "run-sh.log"
+    write_run_log(log)
+    with open(log, "a") as out:
+        out.write("[run.sh 12:00:00, +0s] set-up: checking the environment\n"
+                  "[run.sh 12:00:02, +2s] decode: starting\n"
+                  "[run.sh 12:00:50, +50s] decode: finished\n"
+                  "[run.sh 13:00:00, +0s] set-up: checking the environment\n"
+                  "[run.sh 13:00:03, +3s] train: starting\n"
+                  "some output of train.py\n")  # stopped here
+    assert read_run_log(log) == {"train": 1800.0, "decode": 48.0}
 
 
 def test_tail_padded_streaming_is_its_own_row(full_exp_dir: Path) -> None:
