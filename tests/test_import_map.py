@@ -1,0 +1,139 @@
+"""The import map keeps libraries below and scripts on top (issue 26).
+
+An entry-point script is a .py file with an `if __name__ == "__main__":`
+block; every other .py file is a library module.  No file imports an
+entry-point script: what another file needs lives in a library module.  A
+test reaches a script through its command line (tests.helpers.run_script) or
+tests.helpers.import_script (its get_parser() and main()), and takes its
+shared fixtures and helpers from conftest.py and tests/helpers.py, never
+from another test_*.py file.
+
+The map is read with `ast` (nothing is imported), so it covers imports inside
+functions too.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers import PROJECT_DIR
+
+PROJECT_FOLDERS = ("pruned_transducer_stateless4", "local", "shared", "tools", "benchmarks",
+                   "tests")
+
+
+@dataclass(frozen=True)
+class Edge:
+    """`importer` imports the project file `imported` (paths relative to the project)."""
+
+    importer: Path
+    imported: Path
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.importer}:{self.line} -> {self.imported}"
+
+
+def project_files() -> list[Path]:
+    """Every .py file of the project's folders, relative to the project."""
+    return sorted(path.relative_to(PROJECT_DIR)
+                  for folder in PROJECT_FOLDERS
+                  for path in (PROJECT_DIR / folder).rglob("*.py")
+                  if "__pycache__" not in path.parts)
+
+
+def is_entry_point(tree: ast.Module) -> bool:
+    """Whether the module has a top-level `if __name__ == "__main__":` block."""
+    for node in tree.body:
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
+                and any(isinstance(c, ast.Constant) and c.value == "__main__"
+                        for c in node.test.comparators)):
+            return True
+    return False
+
+
+def module_file(dotted: str, search_dir: Path, known: set[Path]) -> Path | None:
+    """The project file of module `dotted` looked up from `search_dir`
+    (relative to the project), or None for a module outside the project."""
+    base = search_dir / Path(*dotted.split(".")) if dotted else search_dir
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate in known:
+            return candidate
+    return None
+
+
+def imported_modules(node: ast.Import | ast.ImportFrom, path: Path) -> list[tuple[str, Path]]:
+    """(dotted name, folder it is looked up from) of every module `node` may
+    import: `from a import b` imports a, and a.b when b is a module."""
+    if isinstance(node, ast.Import):
+        # Absolute from the project root; a script's own folder is first on
+        # sys.path too (benchmarks import their sibling modules that way).
+        return [(alias.name, root) for alias in node.names
+                for root in (Path("."), path.parent)]
+    if node.level:  # relative: from the package `level` folders up
+        folder = path.parent
+        for _ in range(node.level - 1):
+            folder = folder.parent
+        roots = [folder]
+    else:
+        roots = [Path("."), path.parent]
+    module = node.module or ""
+    found = []
+    for root in roots:
+        found.append((module, root))
+        found += [(f"{module}.{alias.name}" if module else alias.name, root)
+                  for alias in node.names]
+    return found
+
+
+def import_edges() -> tuple[list[Edge], set[Path]]:
+    """Every import of one project file by another, and the entry-point scripts."""
+    files = project_files()
+    known = set(files)
+    trees = {path: ast.parse((PROJECT_DIR / path).read_text(), filename=str(path))
+             for path in files}
+    entry_points = {path for path, tree in trees.items() if is_entry_point(tree)}
+    edges = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            targets = {module_file(name, root, known)
+                       for name, root in imported_modules(node, path)}
+            edges += [Edge(path, target, node.lineno) for target in sorted(targets - {None})
+                      if target != path]
+    return edges, entry_points
+
+
+def test_map_finds_imports_and_entry_points() -> None:
+    """The map sees what it checks: train.py is an entry point, a library
+    import is an edge, and an import inside a function counts."""
+    edges, entry_points = import_edges()
+    assert Path("pruned_transducer_stateless4/train.py") in entry_points
+    assert Path("pruned_transducer_stateless4/model.py") not in entry_points
+    pairs = {(e.importer, e.imported) for e in edges}
+    assert (Path("pruned_transducer_stateless4/train.py"),
+            Path("shared/rnnt_loss.py")) in pairs
+    assert (Path("tests/conftest.py"), Path("tests/helpers.py")) in pairs
+    # tests/helpers.py imports the corpus generator's voices inside speak().
+    assert any(e.importer == Path("tests/helpers.py") and e.imported.parts[0] == "local"
+               for e in edges)
+
+
+def test_no_file_imports_an_entry_point_script() -> None:
+    edges, entry_points = import_edges()
+    offending = [str(e) for e in edges if e.imported in entry_points]
+    assert not offending, ("these files import an entry-point script (move what they use "
+                           "into a library module):\n" + "\n".join(offending))
+
+
+def test_no_test_imports_another_test_file() -> None:
+    edges, _ = import_edges()
+    offending = [str(e) for e in edges
+                 if e.importer.parts[0] == "tests" and e.imported.name.startswith("test_")]
+    assert not offending, ("these tests import another test file (shared fixtures go to "
+                           "tests/conftest.py, shared helpers to tests/helpers.py):\n"
+                           + "\n".join(offending))
