@@ -11,16 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_script
-
-# Tiny streaming model options used by every test that trains (seconds per
-# epoch on CPU); the scripts' defaults are icefall's non-streaming 12 x 512.
-TINY_MODEL_ARGS = [
-    "--num-encoder-layers", "2", "--encoder-dim", "64", "--nhead", "2",
-    "--dim-feedforward", "128", "--cnn-module-kernel", "7", "--decoder-dim", "64",
-    "--joiner-dim", "64", "--causal-convolution", "true", "--dynamic-chunk-training", "true",
-]
-
+from tests.helpers import CPU_TRAIN_ARGS, TINY_MODEL_ARGS, run_script
 
 # Fixtures that prepare data, generate a corpus or train: whoever uses them
 # is a slow test (corpus_dir and synth_dir live in test_synth_corpus.py,
@@ -32,15 +23,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-
-# train.py's defaults are icefall's GPU ones; what the tiny CPU runs need
-# instead (as run.sh passes them): data loading in the process, few kept
-# checkpoints, SpecAugment masks scaled to ~3 s utterances.
-CPU_TRAIN_ARGS = [
-    "--num-workers", "0", "--keep-last-k", "5", "--spec-aug-time-warp-factor", "20",
-    "--spec-aug-num-frame-masks", "2", "--spec-aug-frames-mask-size", "40",
-]
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,22 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = PROJECT_DIR / "tests/data/demo_model"
 DEMO_CHECKPOINT = DEMO_MODEL_DIR / "pretrained-fp16.pt"
 
+# Tiny streaming model options used by every test that trains (seconds per
+# epoch on CPU); the scripts' defaults are icefall's non-streaming 12 x 512.
+TINY_MODEL_ARGS = [
+    "--num-encoder-layers", "2", "--encoder-dim", "64", "--nhead", "2",
+    "--dim-feedforward", "128", "--cnn-module-kernel", "7", "--decoder-dim", "64",
+    "--joiner-dim", "64", "--causal-convolution", "true", "--dynamic-chunk-training", "true",
+]
+
+# train.py's defaults are icefall's GPU ones; what the tiny CPU runs need
+# instead (as run.sh passes them): data loading in the process, few kept
+# checkpoints, SpecAugment masks scaled to ~3 s utterances.
+CPU_TRAIN_ARGS = [
+    "--num-workers", "0", "--keep-last-k", "5", "--spec-aug-time-warp-factor", "20",
+    "--spec-aug-num-frame-masks", "2", "--spec-aug-frames-mask-size", "40",
+]
+
 
 def synthesize(text: str, path: Path, voice: str = "en-us", speed: int = 170) -> None:
     """Speaks `text` with espeak-ng into a 16 kHz mono FLAC/WAV at `path`."""
@@ -73,6 +89,21 @@ def load_demo_model():
     args = get_parser().parse_args(argv)
     vocab_size = len((DEMO_MODEL_DIR / "tokens.txt").read_text().splitlines())
     return load_model(DEMO_CHECKPOINT, vocab_size, args, explicit_options(argv))
+
+
+def training_params(argv: list[str]):
+    """train.py's params for the command line `argv` (its fixed settings,
+    training.get_params(), updated with every option of train.py), as
+    train.py's run() starts from them."""
+    import argparse
+
+    from pruned_transducer_stateless4.training import add_training_arguments, get_params
+
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    params = get_params()
+    params.update(vars(parser.parse_args(argv)))
+    return params
 
 
 def make_librispeech_tree(root: Path, parts: dict[str, list[tuple[str, str, str]]]) -> Path:
