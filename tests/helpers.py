@@ -54,9 +54,9 @@ def synthesize(text: str, path: Path, voice: str = "en-us", speed: int = 170) ->
 
 def speak(text: str, voice_name: str) -> np.ndarray:
     """16 kHz float32 samples of `text` said by one of the generated corpus's
-    voices (local/generate_synth_corpus.py VOICES, e.g. "slt", "rms"), clean:
+    voices (local/voices.py VOICES, e.g. "slt", "rms"), clean:
     no rate, pitch, reverberation or noise change."""
-    from local.generate_synth_corpus import VOICES, UtteranceStyle, render_utterance
+    from local.voices import VOICES, UtteranceStyle, render_utterance
 
     (voice,) = [v for v in VOICES if v.name == voice_name]
     with tempfile.TemporaryDirectory() as work_dir:
