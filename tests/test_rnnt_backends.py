@@ -327,7 +327,7 @@ def test_auto_skips_a_fast_rnnt_build_that_does_not_suit_the_gpu(
     monkeypatch.setitem(rnnt_loss._imported, "_fast_rnnt", CudaExtension())
     monkeypatch.setattr(rnnt_loss, "_fast_rnnt_build_problem", [])
     monkeypatch.setattr(
-        "shared.build_fast_rnnt.check_fast_rnnt_build",
+        "shared.fast_rnnt_build.check_fast_rnnt_build",
         lambda: "fast_rnnt has no kernels for cuda:0 (sm_90)",
     )
     has_triton = rnnt_loss._triton_error() is None
