@@ -9,12 +9,14 @@ shared fixtures and helpers from conftest.py and tests/helpers.py, never
 from another test_*.py file.
 
 The map is read with `ast` (nothing is imported), so it covers imports inside
-functions too.
+functions too.  README.md's "Scripts and libraries" table names every module
+of the recipe's folders as what it is.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,3 +139,39 @@ def test_no_test_imports_another_test_file() -> None:
     assert not offending, ("these tests import another test file (shared fixtures go to "
                            "tests/conftest.py, shared helpers to tests/helpers.py):\n"
                            + "\n".join(offending))
+
+
+def readme_layout_table() -> dict[str, tuple[set[str], set[str]]]:
+    """README.md's "Scripts and libraries" table: {folder: (scripts, libraries)},
+    the .py names in backquotes of each column."""
+    readme = (PROJECT_DIR / "README.md").read_text()
+    section = readme.split("\n## Scripts and libraries\n", 1)[1].split("\n## ", 1)[0]
+    table = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        scripts, libraries = (set(re.findall(r"`([\w.]+\.py)`", cell)) for cell in cells[1:])
+        table[cells[0].strip("`").rstrip("/")] = (scripts, libraries)
+    return table
+
+
+def test_readme_names_every_script_and_library() -> None:
+    _, entry_points = import_edges()
+    table = readme_layout_table()
+    wrong = []
+    for folder in PROJECT_FOLDERS[:-1]:  # tests/ is pytest's
+        assert folder in table, f"README.md's table has no row for {folder}/"
+        scripts, libraries = table[folder]
+        files = [path for path in project_files()
+                 if path.parent == Path(folder) and path.name != "__init__.py"]
+        for path in files:
+            listed = path.name in scripts, path.name in libraries
+            expected = (True, False) if path in entry_points else (False, True)
+            if listed != expected:
+                kind = "a script" if path in entry_points else "a library"
+                wrong.append(f"{path} is {kind}")
+        for name in (scripts | libraries) - {path.name for path in files}:
+            wrong.append(f"{folder}/{name} is named but does not exist")
+    assert not wrong, ("README.md's Scripts and libraries table is out of date:\n"
+                       + "\n".join(wrong))
