@@ -279,9 +279,15 @@ def test_augmentation_cost_measures_every_rendering(corpus_dir: Path) -> None:
     header, voice_rows, average = rows[0], rows[1:-1], rows[-1]
     assert "| reverberation |" in header and header.endswith("| corpus file |")
     assert voice_rows and average.startswith("| weighted average |")
-    for row in voice_rows + [average]:
-        wers = [float(cell) for cell in row.strip("|").split("|")[2:]]
-        assert len(wers) == 7 and all(wer >= 0 for wer in wers), row
+    weights = [float(row.strip("|").split("|")[1]) for row in voice_rows]
+    table = [[float(cell) for cell in row.strip("|").split("|")[2:]]
+             for row in voice_rows + [average]]
+    assert all(len(wers) == 7 for wers in table), rows
+    # The last row is the voices' WERs weighted by their training weights
+    # (each cell rounded to 0.1).
+    for column in range(7):
+        expected = sum(w * wers[column] for w, wers in zip(weights, table[:-1])) / sum(weights)
+        assert abs(table[-1][column] - expected) <= 0.11, (column, rows)
 
 
 def test_clean_sentence() -> None:
