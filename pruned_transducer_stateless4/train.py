@@ -35,6 +35,9 @@ Outputs in --exp-dir: epoch-N.pt, checkpoint-B.pt, tensorboard/, log/log-train-*
 the records make_results.py reads (shared/run_record.py): train-record.json (arguments,
 parameters, batches, audio and training seconds; rewritten at every validation) and
 train-points.jsonl (a line per progress line and per validation).
+
+The options, the batch loss and the epoch loop are in training.py (a library:
+benchmarks/train_benchmark.py and tools/gpu_check.py run the same step).
 """
 
 import argparse

@@ -75,7 +75,6 @@ def _in_prepared_dir(prepared_dir: Path, monkeypatch) -> None:
     monkeypatch.chdir(prepared_dir)
 
 
-
 @pytest.fixture(scope="module")
 def test_cuts(prepared_dir: Path) -> CutSet:
     parts = [load_manifest(prepared_dir / f"data/fbank/librispeech_cuts_{part}.jsonl.gz")
