@@ -175,3 +175,23 @@ def test_readme_names_every_script_and_library() -> None:
             wrong.append(f"{folder}/{name} is named but does not exist")
     assert not wrong, ("README.md's Scripts and libraries table is out of date:\n"
                        + "\n".join(wrong))
+
+
+def test_tests_use_import_script_only_for_get_parser_and_main() -> None:
+    """tests.helpers.import_script loads a script in-process for its command
+    line only: `import_script(path).get_parser()` or `.main()`."""
+    offending = []
+    for path in project_files():
+        if path.parts[0] != "tests":
+            continue
+        tree = ast.parse((PROJECT_DIR / path).read_text())
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(
+                    node.func, "attr", None)) == "import_script"):
+                continue
+            parent = parents.get(node)
+            if not (isinstance(parent, ast.Attribute) and parent.attr in ("get_parser", "main")):
+                offending.append(f"{path}:{node.lineno}")
+    assert not offending, ("import_script(...) used for more than .get_parser() or .main() "
+                           "(take it from a library module):\n" + "\n".join(offending))
