@@ -16,6 +16,7 @@ of the recipe's folders as what it is.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +92,10 @@ def imported_modules(node: ast.Import | ast.ImportFrom, path: Path) -> list[tupl
     return found
 
 
+@functools.cache
 def import_edges() -> tuple[list[Edge], set[Path]]:
-    """Every import of one project file by another, and the entry-point scripts."""
+    """Every import of one project file by another, and the entry-point scripts
+    (read once per session)."""
     files = project_files()
     known = set(files)
     trees = {path: ast.parse((PROJECT_DIR / path).read_text(), filename=str(path))
