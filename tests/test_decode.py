@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from pruned_transducer_stateless4 import decode
-from tests.conftest import TINY_MODEL_ARGS
-from tests.helpers import run_script
+from tests.helpers import TINY_MODEL_ARGS, run_script
 
 SEARCH_ARGS = [
     "--bpe-model", "data/lang_bpe_100/bpe.model", "--lang-dir", "data/lang_bpe_100",

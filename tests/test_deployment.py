@@ -44,39 +44,26 @@ from pruned_transducer_stateless4.timestamps import word_start_times
 from shared.metrics import read_recogs, read_recogs_word_times, word_error_rate, write_recogs
 from shared.utils import AttributeDict
 from tests.helpers import (
+    BPE,
+    CHUNK,
     DEMO_CHECKPOINT,
     DEMO_MODEL_DIR,
+    EXPORT_SUFFIX,
+    HOTWORD_SCORE,
+    LEFT,
     PROJECT_DIR,
+    RARE_WORDS,
+    check_hotword_effect,
+    clean_wavs,
     demo_model_argv,
     demo_model_options,
     load_demo_model,
+    read_symbols,
     speak,
 )
 
-# Module-scoped fixtures of other test modules, by their names (pytest finds
-# fixtures by the name in the module; the tests' parameters "redefine" them):
-# test_context_graph.py's generated rare-word utterances, test_export.py's exports.
-from tests.test_context_graph import rare_word_wavs  # noqa: F401
-from tests.test_export import (
-    BPE,
-    CHUNK,
-    EXPORT_SUFFIX,
-    LEFT,
-    clean_wavs,
-    exports,  # noqa: F401
-    read_symbols,
-)
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SERVER = PROJECT_DIR / "pruned_transducer_stateless4/streaming_server.py"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def search_setup(model, method: str = "greedy_search", chunk: int = CHUNK,
@@ -784,8 +771,6 @@ def test_sherpa_onnx_hotwords_on_rare_words(demo_export, rare_word_wavs, tmp_pat
     does the same with our own search).  The file is written in the BPE
     model's case (upper): sherpa-onnx does not fold case, and a lower-case
     file changes nothing."""
-    from tests.test_context_graph import HOTWORD_SCORE, RARE_WORDS, check_hotword_effect
-
     hotwords = tmp_path / "hotwords.txt"
     hotwords.write_text("".join(f"{word.upper()}\n" for word in RARE_WORDS))
     audio = [read_audio(p)[0] for p in rare_word_wavs]

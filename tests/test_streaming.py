@@ -49,6 +49,8 @@ from shared.fsa_search import trivial_graph
 from shared.utils import AttributeDict
 from tests.helpers import run_script
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 BPE = "data/lang_bpe_100/bpe.model"
 CHUNK, LEFT = 16, 64
@@ -71,16 +73,6 @@ class _Cwd:
 @pytest.fixture(autouse=True)
 def _in_prepared_dir(prepared_dir: Path, monkeypatch) -> None:
     monkeypatch.chdir(prepared_dir)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: the machine's cores are shared, and small batches
-    gain nothing from more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
