@@ -25,7 +25,7 @@ from pruned_transducer_stateless4 import (
     decode,
     sherpa_onnx_decode,
     streaming_decode,
-    train,
+    training,
 )
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
 from pruned_transducer_stateless4.streaming_decode import UtteranceResult
@@ -33,7 +33,7 @@ from shared import run_record
 from shared.metrics import ErrorCounts, read_recogs
 from shared.run_sh_log import read_run_log
 from shared.utils import AttributeDict
-from tests.helpers import PROJECT_DIR, import_script, run_script
+from tests.helpers import PROJECT_DIR, import_script, run_script, training_params
 
 RECIPE = PROJECT_DIR / "pruned_transducer_stateless4"
 make_results = import_script(RECIPE / "make_results.py")
@@ -134,9 +134,7 @@ def write_training(exp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stubbed to return planted numbers), which appends the validation points and
     rewrites the training record; the progress points as train_one_epoch appends
     them."""
-    params = train.get_params()
-    args = get_parser("train.py").parse_args(["--exp-dir", str(exp_dir), *TRAIN_ARGV])
-    params.update(vars(args))
+    params = training_params(["--exp-dir", str(exp_dir), *TRAIN_ARGV])
     params.update(num_params=6_310_000, vocab_size=500)
     monkeypatch.setattr("sys.argv", ["train.py", "--exp-dir", str(exp_dir), *TRAIN_ARGV])
     for batch, loss, rate in ((200, 3.0, 40.0), (400, 2.4, 42.0), (800, 1.6, 44.0)):
@@ -145,11 +143,11 @@ def write_training(exp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # (batch, seconds of training, audio seconds, valid loss per frame, WER as a fraction)
     for batch, seconds, audio, loss, wer in ((400, 252.0, 10_000.0, 2.1, 0.945),
                                              (800, 510.0, 21_420.0, 1.8, 0.8125)):
-        tracker = train.Tracker(frames=100.0, loss=loss * 100.0)
-        monkeypatch.setattr(train, "validate", lambda *args, t=tracker, w=wer: (t, w))
+        tracker = training.Tracker(frames=100.0, loss=loss * 100.0)
+        monkeypatch.setattr(training, "validate", lambda *args, t=tracker, w=wer: (t, w))
         params.update(batch_idx_train=batch, train_seconds=seconds, train_audio_seconds=audio)
-        train.run_validation(params, None, None, None, None, torch.device("cpu"), None,
-                             rank=0, world_size=1)
+        training.run_validation(params, None, None, None, None, torch.device("cpu"), None,
+                                rank=0, world_size=1)
 
 
 def write_run_log(path: Path) -> None:
@@ -228,8 +226,7 @@ def test_decode_record_round_trip(tmp_path: Path) -> None:
 
 
 def test_train_record_and_points_round_trip(tmp_path: Path, monkeypatch) -> None:
-    params = train.get_params()
-    params.update(vars(get_parser("train.py").parse_args(["--exp-dir", str(tmp_path)])))
+    params = training_params(["--exp-dir", str(tmp_path)])
     params.update(num_params=1234, batch_idx_train=50, train_seconds=100.0,
                   train_audio_seconds=1500.0, cur_epoch=2)
     record = run_record.train_record_from_params(params, torch.device("cpu"), argv=["--a"])
