@@ -36,7 +36,11 @@ from shared.utils import AttributeDict
 from tests.helpers import PROJECT_DIR, import_script, run_script, training_params
 
 RECIPE = PROJECT_DIR / "pruned_transducer_stateless4"
-make_results = import_script(RECIPE / "make_results.py")
+
+
+def make_results_main(argv: list[str]) -> int:
+    """make_results.py's main(argv), in-process."""
+    return import_script(RECIPE / "make_results.py").main(argv)
 
 
 @functools.cache
@@ -266,7 +270,7 @@ def test_a_failed_write_keeps_the_old_record(tmp_path: Path, monkeypatch) -> Non
 
 # ------------------------------------------------------------------- report --
 def test_full_report(full_exp_dir: Path, capsys) -> None:
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--total-minutes", "42.3",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--total-minutes", "42.3",
                               "--run-log", str(full_exp_dir / "run-sh.log")]) == 0
     text = (full_exp_dir / "RESULTS.md").read_text()
     assert capsys.readouterr().out.strip() == text.strip()  # printed as well
@@ -339,7 +343,7 @@ def test_results_section(full_exp_dir: Path, capsys) -> None:
     table per method and part, agreement, RTF and training numbers."""
     write_sherpa_results(full_exp_dir, REAL, int8=False)
     write_sherpa_results(full_exp_dir, BEAM, int8=True)
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--plots", "false",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--plots", "false",
                               "--results-section", "true", "--title", "tiny check",
                               "--total-minutes", "42.3",
                               "--run-log", str(full_exp_dir / "run-sh.log")]) == 0
@@ -397,7 +401,7 @@ def test_corrupt_and_missing_records_are_reported_and_skipped(full_exp_dir: Path
     # The recogs file of a record is gone: its agreement says so.
     next((full_exp_dir / "greedy_search").glob("recogs-test-clean-*")).unlink()
 
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
                               "--plots", "false"]) == 0
     text = (full_exp_dir / "RESULTS.md").read_text()
     skipped = text.split("Skipped")[1].split("## 1.")[0]
@@ -422,13 +426,13 @@ def test_corrupt_and_missing_records_are_reported_and_skipped(full_exp_dir: Path
 
 def test_empty_exp_dir(tmp_path: Path) -> None:
     """Nothing produced yet: every section says "not run", no plot, no crash."""
-    assert make_results.main(["--exp-dir", str(tmp_path), "--quiet", "true"]) == 0
+    assert make_results_main(["--exp-dir", str(tmp_path), "--quiet", "true"]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
     for number in range(1, 6):
         assert "not run" in section(text, number), number
     assert not list((tmp_path / "plots").glob("*.png"))
     assert "not run: no decoding records" in (tmp_path / "results-section.md").read_text()
-    assert make_results.main(["--exp-dir", str(tmp_path / "missing")]) == 1
+    assert make_results_main(["--exp-dir", str(tmp_path / "missing")]) == 1
 
 
 def test_run_log_gives_each_steps_last_completed_run(tmp_path: Path) -> None:
@@ -452,7 +456,7 @@ def test_tail_padded_streaming_is_its_own_row(full_exp_dir: Path) -> None:
     the simulated-vs-real agreement, which they would spoil."""
     write_streaming_results(full_exp_dir, {"test-clean": BEAM},
                             ("--tail-padding-seconds", "-1"))
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
                               "--plots", "false"]) == 0
     text = (full_exp_dir / "RESULTS.md").read_text()
     wer = section(text, 1)
@@ -470,7 +474,7 @@ def test_a_result_written_again_replaces_the_old_one(full_exp_dir: Path) -> None
     newest WER."""
     write_decode_results(full_exp_dir, "modified_beam_search", {"test-clean": REFS},
                          ["--simulate-streaming", "true", *CHUNK, "--beam-size", "4"])
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
                               "--plots", "false"]) == 0
     wer = section((full_exp_dir / "RESULTS.md").read_text(), 1)
     assert table_row(wer, "modified_beam_search")[-2:] == ["0.00", "-"]
@@ -494,7 +498,7 @@ def test_wer_per_speaker_marks_speakers_heard_in_training(
         manifest_dir.mkdir(parents=True)
         CutSet.from_cuts([cut]).to_file(manifest_dir / "librispeech_cuts_train-clean-100.jsonl.gz")
 
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--plots", "false",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--plots", "false",
                               "--quiet", "true"]) == 0
     per_speaker = (full_exp_dir / "RESULTS.md").read_text().split("### WER per speaker")[1]
     per_speaker = per_speaker.split("## 2.")[0]
@@ -549,7 +553,7 @@ def test_records_of_the_real_scripts(trained_exp_dir: Path, prepared_dir: Path,
     assert train_record.finished and train_record.batches > 0
     assert train_record.audio_seconds > 0 and train_record.num_params > 0
 
-    assert make_results.main(["--exp-dir", str(exp_dir), "--plots", "false", "--quiet",
+    assert make_results_main(["--exp-dir", str(exp_dir), "--plots", "false", "--quiet",
                               "true"]) == 0
     section_text = (exp_dir / "results-section.md").read_text()
     for record in records:
