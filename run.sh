@@ -133,7 +133,7 @@ case "$config" in
   long)
     # Only the values the user did not set on the command line change.  More
     # data rather than only more time: on 5 h the validation WER stopped
-    # improving after ~35 minutes (README, "What limits accuracy").
+    # improving after ~35 minutes (docs/experiments.md, "What limits accuracy").
     [[ $given_options == *" --synth-hours"* ]] || synth_hours=25
     [[ $given_options == *" --max-train-batches"* ]] || max_train_batches=24000
     [[ $given_options == *" --exp-dir"* ]] || exp_dir=exp/pruned_transducer_stateless4_long

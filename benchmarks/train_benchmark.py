@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput of train.py's step, as a markdown table.
 
-Runs the real training step (``train.compute_loss`` on batches from the real
+Runs the real training step (``training.compute_loss`` on batches from the real
 training DataLoader, backward, Eve) for each thread count
 and reports batches/s, seconds of audio per second, encoder frames per second,
 the process's CPU seconds per batch (all threads; less sensitive than wall
@@ -23,6 +23,7 @@ did.
 
 from __future__ import annotations
 
+import argparse
 import resource
 import sys
 import time
@@ -30,9 +31,10 @@ import time
 import sentencepiece as spm
 import torch
 
-from pruned_transducer_stateless4 import train
+from pruned_transducer_stateless4 import training
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
 from pruned_transducer_stateless4.model_config import get_transducer_model
+from shared.utils import HelpFormatter
 
 try:
     from shared.optim import Eve
@@ -40,9 +42,9 @@ except ImportError:  # checkouts before icefall's optimizer
     Eve = None
 
 
-def get_parser():
-    parser = train.get_parser()
-    parser.description = __doc__
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    training.add_training_arguments(parser)
     parser.add_argument("--threads", type=str, default="1,2",
                         help="Comma-separated torch thread counts to measure.")
     parser.add_argument("--steps", type=int, default=40, help="Timed batches per setting.")
@@ -53,7 +55,7 @@ def get_parser():
 def measure(params, sp, train_cuts, threads: int) -> dict[str, float]:
     """Trains params.steps batches after params.warmup_steps untimed ones."""
     torch.set_num_threads(threads)
-    train.fix_random_seed(params.seed)
+    training.fix_random_seed(params.seed)
     model = get_transducer_model(params)
     if Eve is not None:
         optimizer = Eve(model.parameters(), lr=params.initial_lr)
@@ -76,7 +78,7 @@ def measure(params, sp, train_cuts, threads: int) -> dict[str, float]:
             cpu_start = time.process_time()
             totals = {"audio_seconds": 0.0, "frames": 0.0}
         params.batch_idx_train = 10**6  # past the warm-up: simple + pruned loss
-        loss, stats = train.compute_loss(params, model, sp, next(loader), device)
+        loss, stats = training.compute_loss(params, model, sp, next(loader), device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if params.grad_clip > 0:
@@ -97,7 +99,7 @@ def measure(params, sp, train_cuts, threads: int) -> dict[str, float]:
 
 def main() -> None:
     args = get_parser().parse_args()
-    params = train.get_params()
+    params = training.get_params()
     params.update(vars(args))
     sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
     params.blank_id = sp.piece_to_id("<blk>")

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import kaldilm
 
-from local.prepare_lang_bpe import (
+from local.lexicon import (
     DISAMBIG_SYMBOL,
     SPECIAL_WORDS,
     STAGE4_HINT,

@@ -71,19 +71,18 @@ from pruned_transducer_stateless4.decoding_methods import (
     get_method,
     methods,
     result_key,
-    search_settings,
 )
 from pruned_transducer_stateless4.model_config import MODEL_OPTION_NAMES, add_model_arguments
 from pruned_transducer_stateless4.model_loading import inference_params, load_model
 from pruned_transducer_stateless4.result_files import (
     add_test_sets_argument,
     part_name,
-    write_wer_files,
+    write_decode_record,
+    write_decode_results,
 )
 from pruned_transducer_stateless4.result_files import offline_result_suffix as result_suffix
 from pruned_transducer_stateless4.timestamps import batch_word_times
 from pruned_transducer_stateless4.token_table import load_bpe_model
-from shared import run_record
 from shared.checkpoint import add_checkpoint_arguments, explicit_options
 from shared.fsa_search import (
     DecodingGraph,
@@ -187,7 +186,7 @@ def decode_dataset(
     audio_seconds = 0.0
     start = time.time()
     generator = torch.Generator().manual_seed(0)
-    # Word start times for the recogs file (save_results), by cut id.
+    # Word start times for the recogs file (write_decode_results), by cut id.
     params.word_times = {}
     params.alignment_seconds = 0.0
     for batch in tqdm(dataloader, desc=f"{part} {params.decoding_method}", unit="batch",
@@ -201,26 +200,6 @@ def decode_dataset(
             params.word_times[cut.id] = word_times
             audio_seconds += cut.duration
     return results, audio_seconds, time.time() - start - params.alignment_seconds
-
-
-def save_results(params: AttributeDict, part: str, results: list[tuple[str, str, str]]) -> float:
-    key, suffix = result_key(params), result_suffix(params)
-    return write_wer_files(params.res_dir, part, key, f"{part}-{key}-{suffix}", results,
-                           params.get("word_times"))
-
-
-def save_record(params: AttributeDict, args: dict[str, Any], argv: list[str], part: str,
-                results: list[tuple[str, str, str]], speed: dict[str, Any]) -> Path:
-    """Writes RES_DIR/record-PART-KEY-SUFFIX.json, the record make_results.py reads
-    (shared/run_record.py): arguments, settings, WER, the recogs file, speed."""
-    key, suffix = result_key(params), result_suffix(params)
-    path = params.res_dir / f"record-{part}-{key}-{suffix}.json"
-    streaming = run_record.SIMULATED if params.simulate_streaming else run_record.FULL_CONTEXT
-    settings = run_record.DecodeSettings.from_options(params, streaming, search_settings(params))
-    run_record.record_decode(path, "decode.py", part, settings, results,
-                             recogs=f"recogs-{part}-{key}-{suffix}.txt", args=args, argv=argv,
-                             speed=speed)
-    return path
 
 
 # -------------------------------------------------------------------- main --
@@ -278,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         dataloader = datamodule.test_dataloaders(datamodule.cuts_by_name_or_path(test_set))
         results, audio_seconds, seconds = decode_dataset(
             params, model, sp, dataloader, part, decoding_graph, word_table)
-        wer = save_results(params, part, results)
+        wer = write_decode_results(params, part, results)
         wers[part] = wer
         speed = {"utterances": len(results), "audio_seconds": audio_seconds,
                  "decoding_seconds": seconds, "rtf": seconds / max(audio_seconds, 1e-9),
@@ -287,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         key, suffix = result_key(params), result_suffix(params)
         speed_path = params.res_dir / f"speed-{part}-{key}-{suffix}.json"
         speed_path.write_text(json.dumps(speed, indent=2) + "\n")
-        save_record(params, vars(args), argv, part, results, speed)
+        write_decode_record(params, vars(args), argv, part, results, speed)
         logging.info(
             f"{part}: {params.decoding_method} WER {wer * 100:.2f}% on {len(results)} "
             f"utterances; {seconds:.1f} s for {audio_seconds:.1f} s of audio "

@@ -6,6 +6,7 @@ Each run writes, for each test set PART, into its results directory
 
   recogs-NAME.txt, errs-NAME.txt, wer-summary-NAME.txt   (write_wer_files)
   latency-NAME.{txt,json}                               (streaming only)
+  record-NAME.json    the run's record for make_results.py (shared/run_record.py)
 
 where NAME = PART-KEY-SUFFIX: KEY holds the search settings as icefall names
 them (decoding_methods.result_key; sherpa-onnx's files have no SUFFIX) and
@@ -15,12 +16,21 @@ names, so they must not change.
 """
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
-from pruned_transducer_stateless4.decoding_methods import STREAMING, result_key, streaming_suffix
+from pruned_transducer_stateless4.decoding_methods import (
+    STREAMING,
+    get_method,
+    result_key,
+    search_settings,
+    streaming_suffix,
+)
+from pruned_transducer_stateless4.streaming_engine import LATENCY_DEFINITION, format_summary
+from shared import run_record
 from shared.metrics import write_error_stats, write_recogs
 from shared.utils import AttributeDict, RecipeError
 
@@ -122,3 +132,88 @@ def write_wer_files(res_dir: Path, part: str, key: str, name: str,
         out.write("settings\tWER\n")
         out.write(f"{key}\t{wer * 100:.2f}\n")
     return wer
+
+
+# ---------------------------------------------------- decode.py's files ----
+def write_decode_results(params: Any, part: str, results: list[tuple[str, str, str]]) -> float:
+    """decode.py's recogs/errs/wer-summary files of `part` in params.res_dir
+    (params.word_times: start seconds of the hypothesis words by cut id, for
+    the recogs file); returns the WER (a fraction)."""
+    key, suffix = result_key(params), offline_result_suffix(params)
+    return write_wer_files(params.res_dir, part, key, f"{part}-{key}-{suffix}", results,
+                           params.get("word_times"))
+
+
+def write_decode_record(params: Any, args: dict[str, Any], argv: list[str], part: str,
+                        results: list[tuple[str, str, str]], speed: dict[str, Any]) -> Path:
+    """Writes RES_DIR/record-PART-KEY-SUFFIX.json, the record make_results.py reads
+    (shared/run_record.py): arguments, settings, WER, the recogs file, speed."""
+    key, suffix = result_key(params), offline_result_suffix(params)
+    path = params.res_dir / f"record-{part}-{key}-{suffix}.json"
+    streaming = run_record.SIMULATED if params.simulate_streaming else run_record.FULL_CONTEXT
+    settings = run_record.DecodeSettings.from_options(params, streaming, search_settings(params))
+    run_record.record_decode(path, "decode.py", part, settings, results,
+                             recogs=f"recogs-{part}-{key}-{suffix}.txt", args=args, argv=argv,
+                             speed=speed)
+    return path
+
+
+# ------------------------------------------- streaming_decode.py's files ----
+def write_streaming_results(res_dir: Path, part: str, key: str, suffix: str,
+                            results: list[tuple[str, str, str]], summary: dict[str, Any],
+                            word_times: dict[str, list[float]] | None = None) -> float:
+    """streaming_decode.py's recogs/errs/wer-summary files and its latency files
+    (summary: streaming_engine.summarize's) of `part`; returns the WER (a
+    fraction).  word_times: {cut_id: start second of each hypothesis word}."""
+    res_dir.mkdir(parents=True, exist_ok=True)
+    wer = write_wer_files(res_dir, part, key, f"{part}-{key}-{suffix}", results, word_times)
+    with open(res_dir / f"latency-{part}-{key}-{suffix}.txt", "w") as out:
+        out.write(format_summary(summary) + "\n\n" + LATENCY_DEFINITION + "\n")
+    with open(res_dir / f"latency-{part}-{key}-{suffix}.json", "w") as out:
+        json.dump({**summary, "definition": LATENCY_DEFINITION}, out, indent=2)
+    return wer
+
+
+def write_streaming_record(res_dir: Path, params: Any, args: dict[str, Any],
+                           argv: list[str] | None, part: str,
+                           results: list[tuple[str, str, str]],
+                           summary: dict[str, Any]) -> Path:
+    """Writes RES_DIR/record-PART-KEY-SUFFIX.json, the record make_results.py
+    reads (shared/run_record.py): arguments, settings, WER, recogs file, latency."""
+    key, suffix = result_key(params, STREAMING), streaming_result_suffix(params)
+    path = res_dir / f"record-{part}-{key}-{suffix}.json"
+    settings = run_record.DecodeSettings.from_options(params, run_record.REAL,
+                                                      search_settings(params),
+                                                      tail_padding_seconds(params))
+    run_record.record_decode(path, "streaming_decode.py", part, settings, results,
+                             recogs=f"recogs-{part}-{key}-{suffix}.txt", args=args,
+                             argv=argv, speed=summary)
+    return path
+
+
+# ----------------------------------------- sherpa_onnx_decode.py's files ----
+def write_sherpa_record(res_dir: Path, key: str, args: argparse.Namespace,
+                        argv: list[str] | None, part: str, streaming: tuple[int, int, float],
+                        results: list[tuple[str, str, str]], speed: dict[str, Any],
+                        agreed: dict[str, Any] | None) -> Path:
+    """Writes RES_DIR/record-PART-KEY.json, the record make_results.py reads
+    (shared/run_record.py).  streaming: the export's chunk size and left context
+    and the tail padding in seconds; agreed: the agreement with
+    streaming_decode.py, or None."""
+    path = res_dir / f"record-{part}-{key}.json"
+    chunk_size, left_context, tail_padding = streaming
+    search: dict[str, Any] = {}
+    if "beam_size" in get_method(args.decoding_method).options:
+        search["max_active_paths"] = args.beam_size  # sherpa-onnx's name
+    if args.hotwords_file is not None:
+        search.update(hotwords_file=str(args.hotwords_file), hotwords_score=args.hotwords_score)
+    settings = run_record.DecodeSettings(
+        method=args.decoding_method,
+        model=run_record.model_selection(args.epoch, args.iter, args.avg),
+        use_averaged_model=args.use_averaged_model, streaming=run_record.SHERPA_ONNX,
+        chunk_size=chunk_size, left_context=left_context, tail_padding_seconds=tail_padding,
+        search=search, model_format="onnx-int8" if args.int8 else "onnx-float")
+    run_record.record_decode(path, "sherpa_onnx_decode.py", part, settings, results,
+                             recogs=f"recogs-{part}-{key}.txt", args=vars(args), argv=argv,
+                             speed=speed, agreement=agreed)
+    return path

@@ -74,7 +74,6 @@ from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
 from pruned_transducer_stateless4.decoding_methods import (
     SHERPA_ONNX,
     add_search_arguments,
-    get_method,
     methods,
     result_key,
 )
@@ -89,6 +88,7 @@ from pruned_transducer_stateless4.result_files import (
     part_name,
     streaming_result_name,
     streaming_settings,
+    write_sherpa_record,
     write_wer_files,
 )
 from pruned_transducer_stateless4.sherpa_recognizer import (
@@ -96,7 +96,6 @@ from pruned_transducer_stateless4.sherpa_recognizer import (
     decode_waves,
     sherpa_word_times,
 )
-from shared import run_record
 from shared.features import SAMPLE_RATE
 from shared.metrics import read_recogs
 from shared.utils import (
@@ -228,40 +227,6 @@ def cut_waves(cuts: Iterable, durations: list[float]) -> Iterable[np.ndarray]:
         yield samples
 
 
-def save_results(res_dir: Path, part: str, key: str,
-                 results: list[tuple[str, str, str]],
-                 word_times: dict[str, list[float]] | None = None) -> float:
-    """recogs/errs/wer-summary files as decode.py writes them (word_times:
-    {cut_id: start second of each word} for the recogs file); returns the WER."""
-    return write_wer_files(res_dir, part, key, f"{part}-{key}", results, word_times)
-
-
-def save_record(res_dir: Path, key: str, args: argparse.Namespace, argv: list[str] | None,
-                part: str, streaming: tuple[int, int, float],
-                results: list[tuple[str, str, str]], speed: dict[str, Any],
-                agreed: dict[str, Any] | None) -> Path:
-    """Writes RES_DIR/record-PART-KEY.json, the record make_results.py reads
-    (shared/run_record.py).  streaming: the export's chunk size and left context
-    and the tail padding in seconds."""
-    path = res_dir / f"record-{part}-{key}.json"
-    chunk_size, left_context, tail_padding = streaming
-    search: dict[str, Any] = {}
-    if "beam_size" in get_method(args.decoding_method).options:
-        search["max_active_paths"] = args.beam_size  # sherpa-onnx's name
-    if args.hotwords_file is not None:
-        search.update(hotwords_file=str(args.hotwords_file), hotwords_score=args.hotwords_score)
-    settings = run_record.DecodeSettings(
-        method=args.decoding_method,
-        model=run_record.model_selection(args.epoch, args.iter, args.avg),
-        use_averaged_model=args.use_averaged_model, streaming=run_record.SHERPA_ONNX,
-        chunk_size=chunk_size, left_context=left_context, tail_padding_seconds=tail_padding,
-        search=search, model_format="onnx-int8" if args.int8 else "onnx-float")
-    run_record.record_decode(path, "sherpa_onnx_decode.py", part, settings, results,
-                             recogs=f"recogs-{part}-{key}.txt", args=vars(args), argv=argv,
-                             speed=speed, agreement=agreed)
-    return path
-
-
 def write_json(path: Path, value: dict[str, Any]) -> None:
     with open(path, "w") as out:
         json.dump(value, out, indent=2)
@@ -331,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                    for cut, r in zip(cuts, sherpa)]
         res_dir.mkdir(parents=True, exist_ok=True)
         word_times = {cut.id: sherpa_word_times(r) for cut, r in zip(cuts, sherpa)}
-        wer = save_results(res_dir, part, key, results, word_times)
+        wer = write_wer_files(res_dir, part, key, f"{part}-{key}", results, word_times)
         rtf = processing_seconds / audio_seconds if audio_seconds > 0 else float("nan")
         speed = {
             "rtf": rtf, "audio_seconds": audio_seconds,
@@ -360,8 +325,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             logging.info(f"{part} {key}: agreement with {compare_file.name}: "
                          f"{agreed['num_equal']}/{agreed['num_utts']} = "
                          f"{agreed['agreement'] * 100:.2f}% of the utterances{missing}")
-        save_record(res_dir, key, args, argv, part, (chunk_size, left_context, tail_padding),
-                    results, speed, agreed)
+        write_sherpa_record(res_dir, key, args, argv, part,
+                            (chunk_size, left_context, tail_padding), results, speed, agreed)
         summary[part] = {"wer": wer, "rtf": rtf,
                          "agreement": None if agreed is None else agreed["agreement"]}
     logging.info(f"results in {res_dir}")

@@ -59,24 +59,21 @@ ms, so that the two decode the same samples.  The result files then carry
 """
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
-from typing import Any
 
 from pruned_transducer_stateless4.asr_datamodule import LibriSpeechAsrDataModule
-from pruned_transducer_stateless4.decoding_methods import STREAMING, result_key, search_settings
+from pruned_transducer_stateless4.decoding_methods import STREAMING, result_key
 from pruned_transducer_stateless4.model_config import add_model_arguments
 from pruned_transducer_stateless4.result_files import (
     add_test_sets_argument,
     part_name,
     tail_padding_seconds,
-    write_wer_files,
+    write_streaming_record,
+    write_streaming_results,
 )
 from pruned_transducer_stateless4.result_files import streaming_result_suffix as result_suffix
 from pruned_transducer_stateless4.streaming_engine import (
-    LATENCY_DEFINITION,
     add_checkpoint_arguments,
     add_streaming_arguments,
     decode_dataset,
@@ -85,7 +82,6 @@ from pruned_transducer_stateless4.streaming_engine import (
     summarize,
 )
 from pruned_transducer_stateless4.timestamps import word_start_times
-from shared import run_record
 from shared.checkpoint import explicit_options
 from shared.features import SAMPLE_RATE
 from shared.utils import AttributeDict, HelpFormatter, run_main, setup_logging, str2bool
@@ -114,38 +110,6 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def save_results(res_dir: Path, test_set: str, key: str, suffix: str,
-                 results: list[tuple[str, str, str]], summary: dict[str, Any],
-                 word_times: dict[str, list[float]] | None = None) -> float:
-    """Writes recogs/errs/wer-summary (as decode.py) and latency files;
-    returns the WER (a fraction).  word_times: {cut_id: start second of each
-    hypothesis word} for the recogs file."""
-    res_dir.mkdir(parents=True, exist_ok=True)
-    wer = write_wer_files(res_dir, test_set, key, f"{test_set}-{key}-{suffix}", results,
-                          word_times)
-    with open(res_dir / f"latency-{test_set}-{key}-{suffix}.txt", "w") as out:
-        out.write(format_summary(summary) + "\n\n" + LATENCY_DEFINITION + "\n")
-    with open(res_dir / f"latency-{test_set}-{key}-{suffix}.json", "w") as out:
-        json.dump({**summary, "definition": LATENCY_DEFINITION}, out, indent=2)
-    return wer
-
-
-def save_record(res_dir: Path, params: Any, args: dict[str, Any], argv: list[str] | None,
-                test_set: str, results: list[tuple[str, str, str]],
-                summary: dict[str, Any]) -> Path:
-    """Writes RES_DIR/record-TEST_SET-KEY-SUFFIX.json, the record make_results.py
-    reads (shared/run_record.py): arguments, settings, WER, recogs file, latency."""
-    key, suffix = result_key(params, STREAMING), result_suffix(params)
-    path = res_dir / f"record-{test_set}-{key}-{suffix}.json"
-    settings = run_record.DecodeSettings.from_options(params, run_record.REAL,
-                                                      search_settings(params),
-                                                      tail_padding_seconds(params))
-    run_record.record_decode(path, "streaming_decode.py", test_set, settings, results,
-                             recogs=f"recogs-{test_set}-{key}-{suffix}.txt", args=args,
-                             argv=argv, speed=summary)
-    return path
-
-
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     params = AttributeDict(vars(args))
@@ -167,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         texts = [(r.cut_id, r.ref, sp.decode(r.tokens)) for r in results]
         word_times = {r.cut_id: [start for _, start in word_start_times(
             [sp.id_to_piece(t) for t in r.tokens], r.token_frames)] for r in results}
-        wer = save_results(res_dir, name, key, suffix, texts, summary, word_times)
-        save_record(res_dir, params, vars(args), argv, name, texts, summary)
+        wer = write_streaming_results(res_dir, name, key, suffix, texts, summary, word_times)
+        write_streaming_record(res_dir, params, vars(args), argv, name, texts, summary)
         logging.info(f"{name} {key}: WER {wer * 100:.2f}% ({len(results)} utterances)")
         logging.info(f"{name} {key}: {format_summary(summary)}")
     logging.info(f"results in {res_dir}")

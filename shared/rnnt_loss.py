@@ -104,10 +104,10 @@ _fast_rnnt_build_problem: list[str | None] = []
 
 
 def _warn_fast_rnnt_build() -> str | None:
-    """What :func:`shared.build_fast_rnnt.check_fast_rnnt_build` finds wrong with the
+    """What :func:`shared.fast_rnnt_build.check_fast_rnnt_build` finds wrong with the
     installed fast_rnnt (with the command that rebuilds it), logged once; None if fine."""
     if not _fast_rnnt_build_problem:
-        from shared.build_fast_rnnt import REBUILD_HINT, check_fast_rnnt_build
+        from shared.fast_rnnt_build import REBUILD_HINT, check_fast_rnnt_build
 
         try:
             problem = check_fast_rnnt_build()

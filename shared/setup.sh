@@ -95,7 +95,7 @@ requirements_stamp="$venv/.requirements.sha256"
 # of the same project sees the same stamps.
 requirements_hash=$(cat "$project_dir/requirements.txt" "$project_dir/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]; then
-  log "installing Python requirements (torch CPU build pinned with the rest)"
+  log "installing Python requirements (torch pinned with the rest; pip's index decides CPU or CUDA build)"
   "${pip[@]}" install -r "$project_dir/requirements.txt"
   # Editable install: puts the project root on sys.path so that
   # ./pruned_transducer_stateless4/train.py imports `shared` and `local`

@@ -1,5 +1,6 @@
-"""Tests of shared/build_fast_rnnt.py's logic: architectures, nvcc discovery, cache key,
-and the import-time check of the installed fast_rnnt.
+"""Tests of shared/fast_rnnt_build.py, the logic of shared/build_fast_rnnt.py:
+architectures, nvcc discovery, cache key, and the import-time check of the
+installed fast_rnnt.
 
 The build itself (a CPU wheel) runs in shared/setup.sh; the CUDA build is proved by
 tools/check_cuda_build.sh (not in CI: it downloads gigabytes).  Fake nvcc executables
@@ -18,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared import build_fast_rnnt as bfr
-from shared.build_fast_rnnt import BuildError, CudaArch
+from shared import fast_rnnt_build as bfr
+from shared.fast_rnnt_build import BuildError, CudaArch
 
 NVCC13_ARCHS = {75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121}
 

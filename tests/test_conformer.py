@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from pruned_transducer_stateless4.conformer import Conformer, ConvolutionModule, encode
-from tests.test_icefall_compat import real_streaming
+from tests.helpers import real_streaming
 
 torch.set_num_threads(2)
 

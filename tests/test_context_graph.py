@@ -7,12 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from pruned_transducer_stateless4.beam_search import modified_beam_search
 from pruned_transducer_stateless4.context_graph import ContextGraph
-from tests.test_timestamps import TinyDecoder, TinyJoiner
+from tests.helpers import (
+    HOTWORD_SCORE,
+    TinyDecoder,
+    TinyJoiner,
+    check_hotword_effect,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -117,80 +121,6 @@ def test_biasing_in_modified_beam_search():
 
 
 # Hotwords on real speech: the trained demo model (tests/data/demo_model) on
-# sentences of the generated corpus's voices, each with names or words it
-# never saw in training (none is in the run's transcripts) and gets wrong
-# without biasing.  The context file lists RARE_WORDS; CONTROL_SENTENCES hold
-# none of them.
-RARE_WORDS = ["gandalf", "zanzibar", "kilimanjaro", "pinocchio", "hemingway", "madagascar",
-              "timbuktu", "amsterdam", "eleanor", "robert", "neptune"]
-RARE_SENTENCES = [
-    "we sailed to zanzibar last summer",
-    "my friend gandalf lives in amsterdam",
-    "they climbed kilimanjaro in the winter",
-    "the story of pinocchio is very old",
-    "she read a book by hemingway",
-    "he flew from madagascar to timbuktu",
-    "eleanor and robert went to the market",
-    "neptune is far from the sun",
-]
-CONTROL_SENTENCES = [
-    "the weather was cold and the children stayed at home",
-    "he opened the door and walked into the garden",
-    "she wrote a long letter to her mother",
-]
-HOTWORD_VOICES = ["slt", "rms"]  # flite voices of the training data
-HOTWORD_SCORE = 2.0  # icefall's default --context-score
-
-
-@pytest.fixture(scope="module")
-def rare_word_wavs(tmp_path_factory) -> dict[Path, str]:
-    """{wav path: sentence}: every sentence said by every HOTWORD_VOICES
-    voice (16 kHz), and hotwords.txt in the same directory listing RARE_WORDS."""
-    from tests.helpers import speak
-
-    out_dir = tmp_path_factory.mktemp("rare_words")
-    wavs = {}
-    for voice in HOTWORD_VOICES:
-        for i, sentence in enumerate(RARE_SENTENCES + CONTROL_SENTENCES):
-            path = out_dir / f"{voice}-{i}.wav"
-            sf.write(str(path), speak(sentence, voice), 16000)
-            wavs[path] = sentence
-    (out_dir / "hotwords.txt").write_text("".join(f"{word}\n" for word in RARE_WORDS))
-    return wavs
-
-
-def check_hotword_effect(wavs: dict[Path, str], plain: dict[Path, str],
-                         biased: dict[Path, str], min_gain: int) -> None:
-    """Asserts that the transcripts with the context file (biased) hold at
-    least min_gain more occurrences of the listed words than those without
-    (plain), which hold few, and that the control sentences' WER is no
-    higher with it (the model recognises them: WER < 35% without)."""
-    from shared.metrics import word_error_rate
-
-    def recognised(texts: dict[Path, str]) -> int:
-        """Occurrences of listed words in the sentences that the transcripts hold."""
-        return sum(min(wavs[p].split().count(w), texts[p].lower().split().count(w))
-                   for p in wavs for w in RARE_WORDS)
-
-    occurrences = sum(wavs[p].split().count(w) for p in wavs for w in RARE_WORDS)
-    controls = [p for p in wavs if wavs[p] in CONTROL_SENTENCES]
-    refs = [wavs[p] for p in controls]
-    plain_wer = word_error_rate(refs, [plain[p].lower() for p in controls])
-    biased_wer = word_error_rate(refs, [biased[p].lower() for p in controls])
-    for path in wavs:
-        print(f"{path.stem}: {wavs[path]!r}\n    plain:  {plain[path].lower()!r}\n"
-              f"    biased: {biased[path].lower()!r}")
-    print(f"listed words recognised: {recognised(plain)}/{occurrences} without the context "
-          f"file, {recognised(biased)}/{occurrences} with it; control WER "
-          f"{100 * plain_wer:.1f}% -> {100 * biased_wer:.1f}%")
-    # The model does recognise speech (a broken checkpoint fails here) ...
-    assert plain_wer < 0.35
-    # ... misses most listed words without help, and gets more with it.
-    assert recognised(plain) <= occurrences // 4
-    assert recognised(biased) >= recognised(plain) + min_gain
-    assert biased_wer <= plain_wer
-
-
 @pytest.mark.slow
 def test_hotwords_raise_recognition_of_rare_words(rare_word_wavs, capsys):
     """pretrained.py --method modified_beam_search with and without
@@ -199,7 +129,7 @@ def test_hotwords_raise_recognition_of_rare_words(rare_word_wavs, capsys):
     of 22), and the sentences without them are recognised no worse."""
     from tests.helpers import PROJECT_DIR, demo_model_argv, demo_model_options, import_script
 
-    pretrained = import_script(PROJECT_DIR / "pruned_transducer_stateless4/pretrained.py")
+    pretrained = PROJECT_DIR / "pruned_transducer_stateless4/pretrained.py"
     options = demo_model_options()
     argv = [*demo_model_argv(), "--method", "modified_beam_search", "--beam-size", "4",
             "--simulate-streaming", "1", "--decode-chunk-size",
@@ -210,7 +140,7 @@ def test_hotwords_raise_recognition_of_rare_words(rare_word_wavs, capsys):
         capsys.readouterr()
         handlers = logging.root.handlers[:]
         try:
-            assert pretrained.main([*extra, *argv]) == 0
+            assert import_script(pretrained).main([*extra, *argv]) == 0
         finally:  # main's logging.basicConfig(force=True) points at capsys's stream
             logging.root.handlers = handlers
         lines = [line for line in capsys.readouterr().out.splitlines() if line]

@@ -8,10 +8,9 @@ import torch
 
 from pruned_transducer_stateless4.decoding_methods import methods
 from shared.utils import RecipeError
-from tests.conftest import TINY_MODEL_ARGS
-from tests.helpers import PROJECT_DIR, import_script, run_script
+from tests.helpers import PROJECT_DIR, TINY_MODEL_ARGS, import_script, run_script
 
-decode = import_script(PROJECT_DIR / "pruned_transducer_stateless4/decode.py")
+DECODE_PY = PROJECT_DIR / "pruned_transducer_stateless4/decode.py"
 
 SEARCH_ARGS = [
     "--bpe-model", "data/lang_bpe_100/bpe.model", "--lang-dir", "data/lang_bpe_100",
@@ -62,7 +61,7 @@ def read_recogs(path: Path) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("method", methods())
 def test_decode_writes_the_three_files_for_every_method(method, in_recipe, decode_exp_dir):
-    wers = decode.main([
+    wers = import_script(DECODE_PY).main([
         "--exp-dir", str(decode_exp_dir), "--epoch", "2", "--avg", "1",
         "--use-averaged-model", "true", "--decoding-method", method,
         "--test-sets", "test-clean", *SEARCH_ARGS,
@@ -104,7 +103,7 @@ def test_decode_pretrained_as_epoch_999_equals_its_checkpoint(in_recipe, decode_
          *streaming, *SEARCH_ARGS], in_recipe, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "WER" in result.stderr
-    decode.main(["--exp-dir", str(decode_exp_dir), "--epoch", "2", "--avg", "1",
+    import_script(DECODE_PY).main(["--exp-dir", str(decode_exp_dir), "--epoch", "2", "--avg", "1",
                  "--use-averaged-model", "false", "--test-sets", "test-other", *streaming,
                  *SEARCH_ARGS])
     ours = output_files(exp_dir / "greedy_search", "test-other")
@@ -130,9 +129,9 @@ def test_decode_icefall_pretrained_with_options_on_the_command_line(in_recipe, d
     streaming = ["--simulate-streaming", "true", "--decode-chunk-size", "16",
                  "--left-context", "64", "--decoding-method", "greedy_search",
                  "--test-sets", "test-clean"]
-    decode.main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
+    import_script(DECODE_PY).main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
                  "--use-averaged-model", "0", *TINY_MODEL_ARGS, *streaming, *SEARCH_ARGS])
-    decode.main(["--exp-dir", str(decode_exp_dir), "--epoch", "2", "--avg", "1",
+    import_script(DECODE_PY).main(["--exp-dir", str(decode_exp_dir), "--epoch", "2", "--avg", "1",
                  "--use-averaged-model", "false", *streaming, *SEARCH_ARGS])
     ours = output_files(exp_dir / "greedy_search", "test-clean")["recogs"]
     theirs = [p for p in output_files(decode_exp_dir / "greedy_search", "test-clean")["recogs"]
@@ -140,11 +139,11 @@ def test_decode_icefall_pretrained_with_options_on_the_command_line(in_recipe, d
     assert len(ours) == 1 and len(theirs) == 1, (ours, theirs)
     assert read_recogs(ours[0]) == read_recogs(theirs[0])
     with pytest.raises(RecipeError, match="does not fit the model") as error:
-        decode.main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
+        import_script(DECODE_PY).main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
                      "--use-averaged-model", "0", *streaming, *SEARCH_ARGS])
     assert "\n" not in str(error.value)
     with pytest.raises(RecipeError, match="use-averaged-model false"):
-        decode.main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
+        import_script(DECODE_PY).main(["--exp-dir", str(exp_dir), "--epoch", "999", "--avg", "1",
                      *TINY_MODEL_ARGS, *streaming, *SEARCH_ARGS])
 
 
@@ -157,20 +156,21 @@ def test_decode_averaging_options(in_recipe, decode_exp_dir):
     assert len(batches) >= 2, batches
     common = ["--exp-dir", str(decode_exp_dir), "--test-sets", "test-clean", *SEARCH_ARGS]
     res_dir = decode_exp_dir / "greedy_search"
-    decode.main(["--epoch", "2", "--avg", "2", "--use-averaged-model", "false", *common])
+    import_script(DECODE_PY).main(["--epoch", "2", "--avg", "2", "--use-averaged-model", "false",
+                                   *common])
     assert "average of the models of 2 checkpoints epoch-1.pt .. epoch-2.pt" in \
         decode_logs(res_dir)
-    decode.main(["--iter", str(batches[-1]), "--avg", "1", "--use-averaged-model", "true",
-                 *common])
+    import_script(DECODE_PY).main(["--iter", str(batches[-1]), "--avg", "1",
+                                   "--use-averaged-model", "true", *common])
     assert (f"averaged model of the batches between checkpoint-{batches[-2]}.pt (batch "
             f"{batches[-2]}) and checkpoint-{batches[-1]}.pt") in decode_logs(res_dir)
-    decode.main(["--iter", str(batches[-1]), "--avg", "2", "--use-averaged-model", "false",
-                 *common])
+    import_script(DECODE_PY).main(["--iter", str(batches[-1]), "--avg", "2",
+                                   "--use-averaged-model", "false", *common])
     assert (f"2 checkpoints checkpoint-{batches[-2]}.pt .. checkpoint-{batches[-1]}.pt"
             in decode_logs(res_dir))
     # A model option typed on the command line that the checkpoint contradicts
     # is reported and ignored.
-    decode.main(["--epoch", "2", "--avg", "1", "--use-averaged-model", "false",
+    import_script(DECODE_PY).main(["--epoch", "2", "--avg", "1", "--use-averaged-model", "false",
                  "--encoder-dim", "96", *common])
     assert "--encoder_dim=96 differs" in decode_logs(res_dir).replace("encoder-dim", "encoder_dim")
     names = {p.name for p in res_dir.glob("wer-summary-test-clean-*.txt")}
@@ -202,7 +202,7 @@ def test_decode_errors_are_one_line(in_recipe, decode_exp_dir, tmp_path):
     ]
     for args, *phrases in cases:
         with pytest.raises((FileNotFoundError, RecipeError)) as error:
-            decode.main([*common, *args])
+            import_script(DECODE_PY).main([*common, *args])
         message = str(error.value)
         assert "\n" not in message and all(p in message for p in phrases), message
     # The script prints exactly one line and exits with status 1.

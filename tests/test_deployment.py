@@ -44,40 +44,27 @@ from pruned_transducer_stateless4.timestamps import word_start_times
 from shared.metrics import read_recogs, read_recogs_word_times, word_error_rate, write_recogs
 from shared.utils import AttributeDict
 from tests.helpers import (
+    BPE,
+    CHUNK,
     DEMO_CHECKPOINT,
     DEMO_MODEL_DIR,
+    EXPORT_SUFFIX,
+    HOTWORD_SCORE,
+    LEFT,
     PROJECT_DIR,
+    RARE_WORDS,
+    check_hotword_effect,
+    clean_wavs,
     demo_model_argv,
     demo_model_options,
     import_script,
     load_demo_model,
+    read_symbols,
     speak,
 )
 
-# Module-scoped fixtures of other test modules, by their names (pytest finds
-# fixtures by the name in the module; the tests' parameters "redefine" them):
-# test_context_graph.py's generated rare-word utterances, test_export.py's exports.
-from tests.test_context_graph import rare_word_wavs  # noqa: F401
-from tests.test_export import (
-    BPE,
-    CHUNK,
-    EXPORT_SUFFIX,
-    LEFT,
-    clean_wavs,
-    exports,  # noqa: F401
-    read_symbols,
-)
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SERVER = PROJECT_DIR / "pruned_transducer_stateless4/streaming_server.py"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def search_setup(model, method: str = "greedy_search", chunk: int = CHUNK,
@@ -241,11 +228,10 @@ def two_utterances() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def demo_export(tmp_path_factory) -> Path:
     """The demo model's ONNX export by export.py (its chunk and left context),
     with tokens.txt and bpe.vocab, as EXP_DIR/*-epoch-1-avg-1.onnx."""
-    export_script = import_script(PROJECT_DIR / "pruned_transducer_stateless4/export.py")
     exp_dir = tmp_path_factory.mktemp("demo_export")
     shutil.copy(DEMO_CHECKPOINT, exp_dir / "epoch-1.pt")
     options = demo_model_options()
-    export_script.main(
+    import_script(PROJECT_DIR / "pruned_transducer_stateless4/export.py").main(
         ["--exp-dir", str(exp_dir), "--epoch", "1", "--avg", "1", "--use-averaged-model",
          "false", "--bpe-model", str(DEMO_MODEL_DIR / "bpe.model"), "--onnx", "1",
          "--decode-chunk-size", str(options["decode_chunk_size"]),
@@ -785,8 +771,6 @@ def test_sherpa_onnx_hotwords_on_rare_words(demo_export, rare_word_wavs, tmp_pat
     does the same with our own search).  The file is written in the BPE
     model's case (upper): sherpa-onnx does not fold case, and a lower-case
     file changes nothing."""
-    from tests.test_context_graph import HOTWORD_SCORE, RARE_WORDS, check_hotword_effect
-
     hotwords = tmp_path / "hotwords.txt"
     hotwords.write_text("".join(f"{word.upper()}\n" for word in RARE_WORDS))
     audio = [read_audio(p)[0] for p in rare_word_wavs]

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pruned_transducer_stateless4.train import check_epoch_size
+from pruned_transducer_stateless4.training import check_epoch_size
 from shared.utils import AttributeDict, RecipeError
-from tests.conftest import CPU_TRAIN_ARGS, TINY_MODEL_ARGS
-from tests.helpers import run_script, small_manifest_dir
+from tests.helpers import CPU_TRAIN_ARGS, TINY_MODEL_ARGS, run_script, small_manifest_dir
 
 
 def free_port() -> int:

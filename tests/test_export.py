@@ -36,11 +36,6 @@ from pruned_transducer_stateless4.decode_stream import (
 )
 from pruned_transducer_stateless4.jit_streaming import StreamingGreedySearch, stream_encoder
 from pruned_transducer_stateless4.model import Transducer
-from pruned_transducer_stateless4.model_config import (
-    apply_checkpoint_model_options,
-    get_transducer_model,
-)
-from pruned_transducer_stateless4.model_loading import inference_params
 from pruned_transducer_stateless4.onnx_contract import onnx_export_paths
 from pruned_transducer_stateless4.result_files import streaming_result_name
 from pruned_transducer_stateless4.sherpa_recognizer import build_recognizer, decode_waves
@@ -51,115 +46,19 @@ from pruned_transducer_stateless4.streaming_engine import (
 )
 from shared.metrics import read_recogs, word_error_rate, write_recogs
 from shared.utils import AttributeDict, RecipeError
-from tests.helpers import PROJECT_DIR, import_script, run_script
+from tests.helpers import (
+    BPE,
+    CHUNK,
+    EXPORT_SUFFIX,
+    LEFT,
+    build_model,
+    clean_wavs,
+    export_in_process,
+    read_symbols,
+    run_script,
+)
 
-CHUNK = 4  # decode chunk size of the ONNX export, frames after subsampling
-LEFT = 8  # left context of the ONNX export
-BPE = "data/lang_bpe_100/bpe.model"
-EXPORT_SUFFIX = "epoch-1-avg-1"  # export.py --epoch 1 --avg 1
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def clean_wavs(prepared_dir: Path) -> list[Path]:
-    paths = sorted((prepared_dir / "download/LibriSpeech/test-clean").glob("*/*/*.flac"))
-    assert len(paths) >= 4, paths
-    return paths
-
-
-def build_model(checkpoint: dict) -> Transducer:
-    params = inference_params()
-    params.vocab_size = checkpoint["params"]["vocab_size"]
-    apply_checkpoint_model_options(params, checkpoint["params"], "test")
-    model = get_transducer_model(params)
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()
-
-
-def export(exp_dir: Path, cwd: Path, *options: str) -> None:
-    result = run_script(["pruned_transducer_stateless4/export.py", "--exp-dir", str(exp_dir),
-                         "--epoch", "1", "--avg", "1", "--use-averaged-model", "false",
-                         "--bpe-model", BPE, *options], cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def exports(prepared_dir: Path, trained_exp_dir: Path, tmp_path_factory) -> dict[str, Path]:
-    """{"trained": dir, "emitting": dir}, each with epoch-1.pt and its
-    pretrained.pt, cpu_jit.pt and ONNX export (chunk CHUNK, left context LEFT)."""
-    checkpoint = torch.load(trained_exp_dir / "epoch-2.pt", map_location="cpu",
-                            weights_only=False)
-    dirs = {"trained": tmp_path_factory.mktemp("export_trained"),
-            "emitting": tmp_path_factory.mktemp("export_emitting")}
-    shutil.copy(trained_exp_dir / "epoch-2.pt", dirs["trained"] / "epoch-1.pt")
-
-    # Emitting variant: random joiner output layer; biases set so that a
-    # word-start piece wins about half of the non-blank choices (so that
-    # transcripts have several words) and blank wins on about half of the
-    # frames (with a blank-only context).
-    state = checkpoint["model"]
-    weight = state["joiner.output_linear.weight"]
-    generator = torch.Generator().manual_seed(0)
-    state["joiner.output_linear.weight"] = torch.randn(weight.shape, generator=generator)
-    state["joiner.output_linear.bias"] = torch.zeros(weight.size(0))
-    # ScaledLinear: the effective weight and bias are the raw ones times
-    # exp(log-scale); with the scales at 0 the values set here are the ones used.
-    for name in ("weight_scale", "bias_scale"):
-        state[f"joiner.output_linear.{name}"] = torch.zeros(())
-    model = build_model(checkpoint)
-    with torch.no_grad():
-        context = torch.zeros(1, model.decoder.context_size, dtype=torch.int64)
-        decoder_proj = model.joiner.decoder_proj(model.decoder(context, need_pad=False))[:, 0]
-        logits = []
-        for path in clean_wavs(prepared_dir)[:4]:
-            search = CollectFrames()
-            stream_encoder(model, read_audio(path)[0], 16, 64, search)
-            logits.append(model.joiner(model.joiner.encoder_proj(torch.cat(search.frames)),
-                                       decoder_proj, project_input=False))
-    logits = torch.cat(logits)  # (frames, vocab_size), zero bias
-    symbols = read_symbols(prepared_dir / Path(BPE).parent)
-    word_start = torch.tensor([s.startswith("\u2581") for s in symbols])
-    word_start[0] = False
-    other = ~word_start
-    other[0] = False
-    bias = state["joiner.output_linear.bias"]
-    bias[word_start] = float((logits[:, other].max(dim=-1).values
-                              - logits[:, word_start].max(dim=-1).values).median())
-    logits = logits + bias
-    bias[0] = -float((logits[:, 0] - logits[:, 1:].max(dim=-1).values).median())
-    torch.save({"model": state, "params": checkpoint["params"]}, dirs["emitting"] / "epoch-1.pt")
-
-    streaming = ["--decode-chunk-size", str(CHUNK), "--left-context", str(LEFT)]
-    # The trained model through the command line, the other in this process.
-    export(dirs["trained"], prepared_dir)
-    export(dirs["trained"], prepared_dir, "--onnx", "1", *streaming)
-    for options in ([], ["--jit", "1", *streaming], ["--onnx", "1", *streaming]):
-        export_in_process(dirs["emitting"], prepared_dir, *options)
-    return dirs
-
-
-def export_in_process(exp_dir: Path, cwd: Path, *options: str) -> list[Path]:
-    export_script = import_script(PROJECT_DIR / "pruned_transducer_stateless4/export.py")
-    return export_script.main(
-        ["--exp-dir", str(exp_dir), "--epoch", "1", "--avg", "1", "--use-averaged-model",
-         "false", "--bpe-model", str(cwd / BPE), *options])
-
-
-class CollectFrames:
-    """A 'search' for stream_encoder that keeps the encoder frames."""
-
-    def __init__(self) -> None:
-        self.frames: list[torch.Tensor] = []
-
-    def advance(self, encoder_out: torch.Tensor) -> None:
-        self.frames.append(encoder_out)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def load_torch_model(exp_dir: Path) -> Transducer:
     return build_model(torch.load(exp_dir / "epoch-1.pt", map_location="cpu",
@@ -480,10 +379,6 @@ def our_streaming_greedy(model: Transducer, symbols: list[str],
                        CHUNK, LEFT, search, full_windows_only=True)
         tokens.append([symbols[i] for i in search.result()])
     return tokens
-
-
-def read_symbols(exp_dir: Path) -> list[str]:
-    return [line.split()[0] for line in (exp_dir / "tokens.txt").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("variant", ["trained", "emitting"])

@@ -21,13 +21,14 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from pruned_transducer_stateless4 import train
+from pruned_transducer_stateless4 import model_config, training
 from pruned_transducer_stateless4.conformer import make_pad_mask, subsampled_lengths
 from pruned_transducer_stateless4.scaling import ActivationBalancerFunction, BasicNorm
 from shared.features import LOG_EPS, make_fbank_extractor
 from shared.nonfinite_guard import NonFiniteGuard
+from shared.optim import Eden, Eve
 from shared.utils import AttributeDict, RecipeError
-from tests.helpers import DEMO_MODEL_DIR, PROJECT_DIR, synthesize
+from tests.helpers import DEMO_MODEL_DIR, PROJECT_DIR, import_script, synthesize, training_params
 
 torch.set_num_threads(2)
 
@@ -88,11 +89,9 @@ def train_params(*argv: str) -> AttributeDict:
     pruned loss (and so the joiner) from the first batch, with no layer
     bypass; --balancer-prob 1 makes every activation balancer act in every
     step (run.sh draws them with 0.25)."""
-    args = train.get_parser().parse_args(
+    params = training_params(
         ["--bpe-model", str(BPE_MODEL), "--model-warm-step", "1", "--balancer-prob", "1",
          "--valid-interval", "1000", *argv])
-    params = train.get_params()
-    params.update(vars(args))
     sp = spm.SentencePieceProcessor(model_file=str(BPE_MODEL))
     params.vocab_size = sp.get_piece_size()
     params.blank_id = sp.piece_to_id("<blk>")
@@ -112,7 +111,7 @@ def per_frame_losses(params: AttributeDict, model: torch.nn.Module, batch: dict)
     float32 = AttributeDict({**params, "use_fp16": False})
     model.eval()
     with torch.no_grad():
-        _, stats = train.compute_loss(float32, model, sp, batch, CPU)
+        _, stats = training.compute_loss(float32, model, sp, batch, CPU)
     model.train()
     return {key: stats[key] / stats["frames"] for key in ("simple_loss", "pruned_loss",
                                                          "ctc_loss")}
@@ -124,14 +123,14 @@ def train_steps(params: AttributeDict, batch: dict, num_steps: int) -> dict:
     parameters before, the per-frame losses before and after."""
     sp = spm.SentencePieceProcessor(model_file=str(BPE_MODEL))
     torch.manual_seed(0)
-    model = train.get_transducer_model(params)
-    optimizer = train.Eve(model.parameters(), lr=params.initial_lr)
-    scheduler = train.Eden(optimizer, params.lr_batches, params.lr_epochs)
-    grad_scaler = train.make_grad_scaler(params, CPU)
+    model = model_config.get_transducer_model(params)
+    optimizer = Eve(model.parameters(), lr=params.initial_lr)
+    scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs)
+    grad_scaler = training.make_grad_scaler(params, CPU)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     loss_before = per_frame_losses(params, model, batch)
     scale_before = grad_scaler.get_scale()
-    train.train_one_epoch(params, model, None, optimizer, scheduler, grad_scaler, sp,
+    training.train_one_epoch(params, model, None, optimizer, scheduler, grad_scaler, sp,
                           ListLoader([batch] * num_steps), [], [], CPU, None, 0, 1, 1.0, None)
     return dict(model=model, grad_scaler=grad_scaler, before=before, loss_before=loss_before,
                 scale_before=scale_before, loss_after=per_frame_losses(params, model, batch))
@@ -160,7 +159,7 @@ def test_float16_trains_run_sh_model_on_a_36_s_batch(speech, caplog):
                            "--use-fp16", "true", "--amp-dtype", "float16")
     run = train_steps(float16, batch, num_steps=3)
     assert run["grad_scaler"].is_enabled()
-    assert run["scale_before"] == train.GRAD_SCALE_INIT
+    assert run["scale_before"] == training.GRAD_SCALE_INIT
     assert "step skipped" not in caplog.text
     assert non_finite_gradients(run) == []
     assert run["grad_scaler"].get_scale() == run["scale_before"], "a step overflowed"
@@ -222,7 +221,7 @@ def relative_error(value: Tensor, reference: Tensor) -> float:
 def recipe_model(speech):
     params = train_params(*run_sh_model_args())
     torch.manual_seed(0)
-    model = train.get_transducer_model(params).eval()
+    model = model_config.get_transducer_model(params).eval()
     # Random weights everywhere (zero biases and initial scales could hide
     # errors that show only on trained weights).
     with torch.no_grad():
@@ -362,14 +361,14 @@ def test_non_finite_gradients_skip_the_step_and_stop_training(speech, caplog, mo
     and --max-nonfinite-batches 2 stops the run at the second such batch.
     The NaN is injected by a gradient hook on one parameter."""
     params = train_params(*run_sh_model_args(), "--max-nonfinite-batches", "2")
-    real_get_model = train.get_transducer_model
+    real_get_model = model_config.get_transducer_model
 
     def poisoned_model(model_params):
         model = real_get_model(model_params)
         model.joiner.output_linear.weight.register_hook(lambda g: g * math.nan)
         return model
 
-    monkeypatch.setattr(train, "get_transducer_model", poisoned_model)
+    monkeypatch.setattr(model_config, "get_transducer_model", poisoned_model)
     batch = make_batch(speech[:1])
     with pytest.raises(RecipeError, match=r"\(non-finite gradients: 2\)") as error:
         train_steps(params, batch, num_steps=5)
@@ -380,23 +379,21 @@ def test_non_finite_gradients_skip_the_step_and_stop_training(speech, caplog, mo
 def test_options_of_mixed_precision(monkeypatch, capsys):
     """--amp-dtype and the guard's option: defaults, and one-line errors."""
     params = train_params()
-    assert train.amp_dtype(params, CPU) is None
-    assert not train.make_grad_scaler(params, CPU).is_enabled()
+    assert training.amp_dtype(params, CPU) is None
+    assert not training.make_grad_scaler(params, CPU).is_enabled()
     params = train_params("--use-fp16", "true")
-    assert train.amp_dtype(params, CPU) == torch.bfloat16
-    assert train.amp_dtype(params, torch.device("cuda")) == torch.float16
-    assert not train.make_grad_scaler(params, CPU).is_enabled()
+    assert training.amp_dtype(params, CPU) == torch.bfloat16
+    assert training.amp_dtype(params, torch.device("cuda")) == torch.float16
+    assert not training.make_grad_scaler(params, CPU).is_enabled()
     params = train_params("--use-fp16", "true", "--amp-dtype", "float16")
-    assert train.amp_dtype(params, CPU) == torch.float16
-    assert train.make_grad_scaler(params, CPU).is_enabled()
+    assert training.amp_dtype(params, CPU) == torch.float16
+    assert training.make_grad_scaler(params, CPU).is_enabled()
     assert params.max_nonfinite_batches == 20
-    help_text = train.get_parser().format_help()
-    assert "--amp-dtype" in help_text and "--max-nonfinite-batches" in help_text
     for argv, expected in ((["--amp-dtype", "float16"], "--amp-dtype float16 needs --use-fp16 "
                             "true"),
                            (["--max-nonfinite-batches", "-1"], "must be >= 0")):
         monkeypatch.setattr("sys.argv", ["train.py", *argv])
         with pytest.raises(SystemExit) as exit_info:
-            train.main()
+            import_script(PROJECT_DIR / "pruned_transducer_stateless4/train.py").main()
         assert exit_info.value.code == 2
         assert expected in capsys.readouterr().err

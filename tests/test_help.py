@@ -124,7 +124,8 @@ def test_help_formatter_rule() -> None:
 
 
 # Variables the shell scripts set for themselves before sourcing
-# shared/parse_options.sh (which accepts every such name as an option).
+# shared/parse_options.sh; they are not options (parse_options.sh takes only
+# the names the help message declares), so their help needs no default.
 SHELL_INTERNAL = {"help_message", "recipe_dir", "given_options"}
 
 

@@ -27,6 +27,7 @@ from pruned_transducer_stateless4.scaling import (
     fold_scales,
     set_balancer_prob,
 )
+from tests.helpers import real_streaming
 
 REFERENCE_DIR = Path(__file__).parent / "data" / "icefall_reference"
 TOLERANCE = 1e-4
@@ -130,44 +131,6 @@ def test_decoder_and_joiner_match_icefall(reference):
                           outputs["dec_out"][:2].unsqueeze(0)
                           .expand(2, -1, -1, -1)[:, :, :1].squeeze(2).unsqueeze(1))
     assert max_diff(joint2, outputs["joint"]) < TOLERANCE
-
-
-def real_streaming(encoder: Conformer, x: torch.Tensor, x_lens: torch.Tensor,
-                   chunk_size: int, left_context: int) -> torch.Tensor:
-    """Chunk-by-chunk encoding with icefall's window protocol: windows of
-    chunk_size * 4 + pad_length frames, advancing by chunk_size * 4, each
-    stream batched with its own states and processed_lens.
-
-    The whole-utterance subsampling's frame m sees feature frames
-    4m - 1 .. 4m + 7, frame -1 and frame T being its zero padding, while a
-    window's first kept frame is whole-utterance frame (start / 4) + 1.  So
-    each stream gets 4 zero frames in front and 4 behind, counted as real:
-    then window k outputs exactly frames 16k .. 16k + 15 of the simulated
-    streaming, with the same number of valid frames.
-    """
-    factor = encoder.subsampling_factor
-    window = chunk_size * factor + encoder.pad_length
-    padded = torch.nn.functional.pad(x, (0, 0, factor, factor + window))
-    padded_lens = x_lens + 2 * factor
-    batch_size = x.size(0)
-    states = Conformer.stack_states(
-        [encoder.get_init_state(left_context, x.device) for _ in range(batch_size)])
-    processed = torch.zeros(batch_size, dtype=torch.int64)
-    outputs = []
-    for start in range(0, int(padded_lens.max()), chunk_size * factor):
-        chunk = padded[:, start: start + window]
-        chunk_lens = torch.clamp(padded_lens - start, min=0, max=window)
-        out, out_lens, states = encoder.streaming_forward(
-            chunk, chunk_lens, states, processed, left_context=left_context,
-            chunk_size=chunk_size)
-        assert out.size(1) == chunk_size
-        assert states[0].shape == (encoder.encoder_layers, left_context, batch_size,
-                                   encoder.d_model)
-        outputs.append(out)
-        processed = processed + out_lens
-    expected_lens = ((x_lens - 1) // 2 - 1) // 2
-    assert processed.tolist() == expected_lens.tolist()
-    return torch.cat(outputs, dim=1)
 
 
 @torch.no_grad()

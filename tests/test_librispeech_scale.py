@@ -15,7 +15,7 @@ from pruned_transducer_stateless4.asr_datamodule import (
     LibriSpeechAsrDataModule,
     TrainingCutFilter,
 )
-from pruned_transducer_stateless4.train import encoder_frames
+from pruned_transducer_stateless4.training import encoder_frames
 from tests.helpers import make_librispeech_tree, run_script
 
 PARTS = ("train-clean-100", "train-clean-360", "train-other-500")

@@ -1,12 +1,14 @@
 """make_results.py and the records it reads (shared/run_record.py).
 
 The fast tests write an experiment directory with the recipe's own writers, without a
-model: decode.py's and streaming_decode.py's save_results and save_record (recogs, errs,
-wer-summary, latency json, record), sherpa_onnx_decode.py's save_record, and train.py's
+model: the writers of decode.py, streaming_decode.py and sherpa_onnx_decode.py
+(result_files.py: recogs, errs, wer-summary, latency json, record), and train.py's
 run_validation (validate() stubbed to return planted numbers), which writes the training
 record and the validation points.  The slow test runs the real scripts on the tiny model
 of tests/conftest.py and reports their records."""
 
+import argparse
+import functools
 import json
 import re
 import shutil
@@ -16,20 +18,31 @@ import pytest
 import torch
 
 from benchmarks.linked_exp_dir import link_exp_dir
-from pruned_transducer_stateless4 import (
-    decode,
-    make_results,
-    sherpa_onnx_decode,
-    streaming_decode,
-    train,
-)
+
+# The recipe's writers of result files and records (the scripts' parsers and
+# make_results.main come through import_script below).
+from pruned_transducer_stateless4 import result_files, training
 from pruned_transducer_stateless4.decode_stream import flush_padding_seconds
 from pruned_transducer_stateless4.decoding_methods import SHERPA_ONNX, STREAMING, result_key
 from pruned_transducer_stateless4.streaming_engine import UtteranceResult, summarize
 from shared import run_record
 from shared.metrics import ErrorCounts, read_recogs
+from shared.run_sh_log import read_run_log
 from shared.utils import AttributeDict
-from tests.helpers import run_script
+from tests.helpers import PROJECT_DIR, import_script, run_script, training_params
+
+RECIPE = PROJECT_DIR / "pruned_transducer_stateless4"
+
+
+def make_results_main(argv: list[str]) -> int:
+    """make_results.py's main(argv), in-process."""
+    return import_script(RECIPE / "make_results.py").main(argv)
+
+
+@functools.cache
+def get_parser(script: str) -> argparse.ArgumentParser:
+    """The parser of a recipe script, e.g. get_parser("decode.py")."""
+    return import_script(RECIPE / script).get_parser()
 
 # Three test-clean utterances, 10 reference words.
 REFS = {"1089-134686-0000": "THE CAT SAT", "1089-134686-0001": "ON THE MAT",
@@ -60,15 +73,15 @@ def write_decode_results(exp_dir: Path, method: str, hyps_by_part: dict[str, dic
                          extra: list[str]) -> None:
     """What decode.py writes for `method`, with its own option parsing and writers."""
     argv = [*MODEL_SELECTION, "--exp-dir", str(exp_dir), "--decoding-method", method, *extra]
-    args = decode.get_parser().parse_args(argv)
+    args = get_parser("decode.py").parse_args(argv)
     params = AttributeDict(vars(args))
     params.res_dir = exp_dir / method
     params.res_dir.mkdir(parents=True, exist_ok=True)
     for part, hyps in hyps_by_part.items():
-        decode.save_results(params, part, triples(hyps))
+        result_files.write_decode_results(params, part, triples(hyps))
         speed = {"utterances": len(hyps), "audio_seconds": 30.0, "decoding_seconds": 0.6,
                  "rtf": 0.02, "num_threads": 2}
-        decode.save_record(params, vars(args), argv, part, triples(hyps), speed)
+        result_files.write_decode_record(params, vars(args), argv, part, triples(hyps), speed)
 
 
 def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str]],
@@ -77,9 +90,9 @@ def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str
     latency files and the record, from its summarize() of planted latencies."""
     argv = [*MODEL_SELECTION, "--exp-dir", str(exp_dir), "--decoding-method", "greedy_search",
             *CHUNK, *extra]
-    args = streaming_decode.get_parser().parse_args(argv)
+    args = get_parser("streaming_decode.py").parse_args(argv)
     params = AttributeDict(vars(args))
-    key, suffix = result_key(args, STREAMING), streaming_decode.result_suffix(args)
+    key, suffix = result_key(args, STREAMING), result_files.streaming_result_suffix(args)
     res_dir = exp_dir / "streaming" / "greedy_search"
     for part, hyps in hyps_by_part.items():
         utterances = [
@@ -90,9 +103,9 @@ def write_streaming_results(exp_dir: Path, hyps_by_part: dict[str, dict[str, str
             for index, cut_id in enumerate(hyps)
         ]
         summary = summarize(utterances, processing_seconds=1.5)  # RTF 0.05
-        streaming_decode.save_results(res_dir, part, key, suffix, triples(hyps), summary)
-        streaming_decode.save_record(res_dir, params, vars(args), argv, part, triples(hyps),
-                                     summary)
+        result_files.write_streaming_results(res_dir, part, key, suffix, triples(hyps), summary)
+        result_files.write_streaming_record(res_dir, params, vars(args), argv, part,
+                                            triples(hyps), summary)
 
 
 def write_sherpa_results(exp_dir: Path, hyps: dict[str, str], int8: bool) -> None:
@@ -100,17 +113,17 @@ def write_sherpa_results(exp_dir: Path, hyps: dict[str, str], int8: bool) -> Non
     left context 64, 0.72 s of tail padding), with an agreement of 2/3."""
     argv = ["--exp-dir", str(exp_dir), "--iter", "1000", "--avg", "2", "--use-averaged-model",
             "true", "--int8", str(int8).lower()]
-    args = sherpa_onnx_decode.get_parser().parse_args(argv)
+    args = get_parser("sherpa_onnx_decode.py").parse_args(argv)
     res_dir = exp_dir / "sherpa_onnx"
     res_dir.mkdir(parents=True, exist_ok=True)
     key = result_key(args, SHERPA_ONNX)
-    sherpa_onnx_decode.save_results(res_dir, "test-clean", key, triples(hyps))
+    result_files.write_wer_files(res_dir, "test-clean", key, f"test-clean-{key}", triples(hyps))
     speed = {"rtf": 0.0123, "num_utterances": 3, "audio_seconds": 30.0,
              "processing_seconds": 0.369, "num_threads": 1}
     agreed = {"num_utts": 3, "num_equal": 2, "agreement": 2 / 3,
               "compare_file": str(exp_dir / "streaming/greedy_search/recogs-test-clean-x.txt")}
-    sherpa_onnx_decode.save_record(res_dir, key, args, argv, "test-clean", (16, 64, 0.72),
-                                   triples(hyps), speed, agreed)
+    result_files.write_sherpa_record(res_dir, key, args, argv, "test-clean", (16, 64, 0.72),
+                                     triples(hyps), speed, agreed)
 
 
 TRAIN_ARGV = ["--num-epochs", "3", "--encoder-dim", "144"]
@@ -121,9 +134,7 @@ def write_training(exp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stubbed to return planted numbers), which appends the validation points and
     rewrites the training record; the progress points as train_one_epoch appends
     them."""
-    params = train.get_params()
-    args = train.get_parser().parse_args(["--exp-dir", str(exp_dir), *TRAIN_ARGV])
-    params.update(vars(args))
+    params = training_params(["--exp-dir", str(exp_dir), *TRAIN_ARGV])
     params.update(num_params=6_310_000, vocab_size=500)
     monkeypatch.setattr("sys.argv", ["train.py", "--exp-dir", str(exp_dir), *TRAIN_ARGV])
     for batch, loss, rate in ((200, 3.0, 40.0), (400, 2.4, 42.0), (800, 1.6, 44.0)):
@@ -132,11 +143,11 @@ def write_training(exp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # (batch, seconds of training, audio seconds, valid loss per frame, WER as a fraction)
     for batch, seconds, audio, loss, wer in ((400, 252.0, 10_000.0, 2.1, 0.945),
                                              (800, 510.0, 21_420.0, 1.8, 0.8125)):
-        tracker = train.Tracker(frames=100.0, loss=loss * 100.0)
-        monkeypatch.setattr(train, "validate", lambda *args, t=tracker, w=wer: (t, w))
+        tracker = training.Tracker(frames=100.0, loss=loss * 100.0)
+        monkeypatch.setattr(training, "validate", lambda *args, t=tracker, w=wer: (t, w))
         params.update(batch_idx_train=batch, train_seconds=seconds, train_audio_seconds=audio)
-        train.run_validation(params, None, None, None, None, torch.device("cpu"), None,
-                             rank=0, world_size=1)
+        training.run_validation(params, None, None, None, None, torch.device("cpu"), None,
+                                rank=0, world_size=1)
 
 
 def write_run_log(path: Path) -> None:
@@ -215,8 +226,7 @@ def test_decode_record_round_trip(tmp_path: Path) -> None:
 
 
 def test_train_record_and_points_round_trip(tmp_path: Path, monkeypatch) -> None:
-    params = train.get_params()
-    params.update(vars(train.get_parser().parse_args(["--exp-dir", str(tmp_path)])))
+    params = training_params(["--exp-dir", str(tmp_path)])
     params.update(num_params=1234, batch_idx_train=50, train_seconds=100.0,
                   train_audio_seconds=1500.0, cur_epoch=2)
     record = run_record.train_record_from_params(params, torch.device("cpu"), argv=["--a"])
@@ -256,7 +266,7 @@ def test_a_failed_write_keeps_the_old_record(tmp_path: Path, monkeypatch) -> Non
 
 # ------------------------------------------------------------------- report --
 def test_full_report(full_exp_dir: Path, capsys) -> None:
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--total-minutes", "42.3",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--total-minutes", "42.3",
                               "--run-log", str(full_exp_dir / "run-sh.log")]) == 0
     text = (full_exp_dir / "RESULTS.md").read_text()
     assert capsys.readouterr().out.strip() == text.strip()  # printed as well
@@ -308,6 +318,7 @@ def test_full_report(full_exp_dir: Path, capsys) -> None:
     assert table_row(training, "training loss")[1] == "3.0000 (batch 200) / 1.6000 (batch 800)"
     assert table_row(training, "best validation loss")[1] == "1.8000"
     assert "encoder_dim=144" in training
+    assert "use_fp16=False, amp_dtype=auto" in training  # the autocast type of --use-fp16
     assert f"./pruned_transducer_stateless4/train.py --exp-dir {full_exp_dir} " \
         "--num-epochs 3 --encoder-dim 144" in training
 
@@ -328,7 +339,7 @@ def test_results_section(full_exp_dir: Path, capsys) -> None:
     table per method and part, agreement, RTF and training numbers."""
     write_sherpa_results(full_exp_dir, REAL, int8=False)
     write_sherpa_results(full_exp_dir, BEAM, int8=True)
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--plots", "false",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--plots", "false",
                               "--results-section", "true", "--title", "tiny check",
                               "--total-minutes", "42.3",
                               "--run-log", str(full_exp_dir / "run-sh.log")]) == 0
@@ -386,7 +397,7 @@ def test_corrupt_and_missing_records_are_reported_and_skipped(full_exp_dir: Path
     # The recogs file of a record is gone: its agreement says so.
     next((full_exp_dir / "greedy_search").glob("recogs-test-clean-*")).unlink()
 
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
                               "--plots", "false"]) == 0
     text = (full_exp_dir / "RESULTS.md").read_text()
     skipped = text.split("Skipped")[1].split("## 1.")[0]
@@ -411,23 +422,28 @@ def test_corrupt_and_missing_records_are_reported_and_skipped(full_exp_dir: Path
 
 def test_empty_exp_dir(tmp_path: Path) -> None:
     """Nothing produced yet: every section says "not run", no plot, no crash."""
-    assert make_results.main(["--exp-dir", str(tmp_path), "--quiet", "true"]) == 0
+    assert make_results_main(["--exp-dir", str(tmp_path), "--quiet", "true"]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
     for number in range(1, 6):
         assert "not run" in section(text, number), number
     assert not list((tmp_path / "plots").glob("*.png"))
     assert "not run: no decoding records" in (tmp_path / "results-section.md").read_text()
-    assert make_results.main(["--exp-dir", str(tmp_path / "missing")]) == 1
+    assert make_results_main(["--exp-dir", str(tmp_path / "missing")]) == 1
 
 
-def test_help_documents_every_option() -> None:
-    parser = make_results.get_parser()
-    for action in parser._actions:
-        assert action.help, action.dest
-    text = parser.format_help()
-    for option in ("--exp-dir", "--total-minutes", "--run-log", "--plots", "--results-section",
-                   "--title"):
-        assert option in text
+def test_run_log_gives_each_steps_last_completed_run(tmp_path: Path) -> None:
+    """The offsets restart with each invocation of run.sh; a step's wall time is
+    its last run that finished (a run cut short keeps the earlier one)."""
+    log = tmp_path / "run-sh.log"
+    write_run_log(log)
+    with open(log, "a") as out:
+        out.write("[run.sh 12:00:00, +0s] set-up: checking the environment\n"
+                  "[run.sh 12:00:02, +2s] decode: starting\n"
+                  "[run.sh 12:00:50, +50s] decode: finished\n"
+                  "[run.sh 13:00:00, +0s] set-up: checking the environment\n"
+                  "[run.sh 13:00:03, +3s] train: starting\n"
+                  "some output of train.py\n")  # stopped here
+    assert read_run_log(log) == {"train": 1800.0, "decode": 48.0}
 
 
 def test_tail_padded_streaming_is_its_own_row(full_exp_dir: Path) -> None:
@@ -436,7 +452,7 @@ def test_tail_padded_streaming_is_its_own_row(full_exp_dir: Path) -> None:
     the simulated-vs-real agreement, which they would spoil."""
     write_streaming_results(full_exp_dir, {"test-clean": BEAM},
                             ("--tail-padding-seconds", "-1"))
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
                               "--plots", "false"]) == 0
     text = (full_exp_dir / "RESULTS.md").read_text()
     wer = section(text, 1)
@@ -454,7 +470,7 @@ def test_a_result_written_again_replaces_the_old_one(full_exp_dir: Path) -> None
     newest WER."""
     write_decode_results(full_exp_dir, "modified_beam_search", {"test-clean": REFS},
                          ["--simulate-streaming", "true", *CHUNK, "--beam-size", "4"])
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--quiet", "true",
                               "--plots", "false"]) == 0
     wer = section((full_exp_dir / "RESULTS.md").read_text(), 1)
     assert table_row(wer, "modified_beam_search")[-2:] == ["0.00", "-"]
@@ -478,7 +494,7 @@ def test_wer_per_speaker_marks_speakers_heard_in_training(
         manifest_dir.mkdir(parents=True)
         CutSet.from_cuts([cut]).to_file(manifest_dir / "librispeech_cuts_train-clean-100.jsonl.gz")
 
-    assert make_results.main(["--exp-dir", str(full_exp_dir), "--plots", "false",
+    assert make_results_main(["--exp-dir", str(full_exp_dir), "--plots", "false",
                               "--quiet", "true"]) == 0
     per_speaker = (full_exp_dir / "RESULTS.md").read_text().split("### WER per speaker")[1]
     per_speaker = per_speaker.split("## 2.")[0]
@@ -533,7 +549,7 @@ def test_records_of_the_real_scripts(trained_exp_dir: Path, prepared_dir: Path,
     assert train_record.finished and train_record.batches > 0
     assert train_record.audio_seconds > 0 and train_record.num_params > 0
 
-    assert make_results.main(["--exp-dir", str(exp_dir), "--plots", "false", "--quiet",
+    assert make_results_main(["--exp-dir", str(exp_dir), "--plots", "false", "--quiet",
                               "true"]) == 0
     section_text = (exp_dir / "results-section.md").read_text()
     for record in records:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL_ARGS
-from tests.helpers import PROJECT_DIR, run_script, small_manifest_dir
+from tests.helpers import PROJECT_DIR, TINY_MODEL_ARGS, run_script, small_manifest_dir
 
 TRAIN = "pruned_transducer_stateless4/train.py"
 

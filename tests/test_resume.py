@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from shared.checkpoint import gather_rng_states, rank_rng_state, resume_seed, set_rng_state
-from tests.conftest import CPU_TRAIN_ARGS, TINY_MODEL_ARGS
-from tests.helpers import run_script
+from tests.helpers import CPU_TRAIN_ARGS, TINY_MODEL_ARGS, run_script
 
 LOSS_LINE = re.compile(r"epoch \d+, batch (\d+), (loss [\d.]+, simple_loss [\d.]+)")
 

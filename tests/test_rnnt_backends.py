@@ -327,7 +327,7 @@ def test_auto_skips_a_fast_rnnt_build_that_does_not_suit_the_gpu(
     monkeypatch.setitem(rnnt_loss._imported, "_fast_rnnt", CudaExtension())
     monkeypatch.setattr(rnnt_loss, "_fast_rnnt_build_problem", [])
     monkeypatch.setattr(
-        "shared.build_fast_rnnt.check_fast_rnnt_build",
+        "shared.fast_rnnt_build.check_fast_rnnt_build",
         lambda: "fast_rnnt has no kernels for cuda:0 (sm_90)",
     )
     has_triton = rnnt_loss._triton_error() is None
@@ -364,16 +364,14 @@ def test_forced_triton_runs_the_interpreter_on_cpu(restore_backend, caplog) -> N
 
 def _model_step(backend: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss and gradients of one training step of a tiny recipe model on fixed input."""
-    from pruned_transducer_stateless4 import train
-    from tests.conftest import TINY_MODEL_ARGS
+    from pruned_transducer_stateless4.model_config import get_transducer_model
+    from tests.helpers import TINY_MODEL_ARGS, training_params
 
     rnnt_loss.set_backend(backend)
-    args = train.get_parser().parse_args(TINY_MODEL_ARGS)
-    params = train.get_params()
-    params.update(vars(args))
+    params = training_params(TINY_MODEL_ARGS)
     params.update(vocab_size=20, blank_id=0)
     torch.manual_seed(0)
-    model = train.get_transducer_model(params)
+    model = get_transducer_model(params)
     generator = torch.Generator().manual_seed(1)
     features = torch.randn(2, 60, 80, generator=generator)
     feature_lens = torch.tensor([60, 45])

@@ -50,9 +50,11 @@ from shared.fsa_search import trivial_graph
 from shared.utils import AttributeDict
 from tests.helpers import import_script, run_script
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-streaming_decode = import_script(PROJECT_DIR / "pruned_transducer_stateless4/streaming_decode.py")
-streaming_demo = import_script(PROJECT_DIR / "pruned_transducer_stateless4/streaming_demo.py")
+STREAMING_DECODE = PROJECT_DIR / "pruned_transducer_stateless4/streaming_decode.py"
+STREAMING_DEMO = PROJECT_DIR / "pruned_transducer_stateless4/streaming_demo.py"
 BPE = "data/lang_bpe_100/bpe.model"
 CHUNK, LEFT = 16, 64
 
@@ -76,16 +78,6 @@ def _in_prepared_dir(prepared_dir: Path, monkeypatch) -> None:
     monkeypatch.chdir(prepared_dir)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: the machine's cores are shared, and small batches
-    gain nothing from more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def test_cuts(prepared_dir: Path) -> CutSet:
     parts = [load_manifest(prepared_dir / f"data/fbank/librispeech_cuts_{part}.jsonl.gz")
@@ -100,7 +92,7 @@ def audio(prepared_dir: Path, test_cuts: CutSet) -> dict[str, np.ndarray]:
 
 
 def _params(exp_dir: Path, *extra: str) -> AttributeDict:
-    args = streaming_decode.get_parser().parse_args(
+    args = import_script(STREAMING_DECODE).get_parser().parse_args(
         ["--exp-dir", str(exp_dir), "--epoch", "2", "--avg", "1", "--use-averaged-model",
          "false", "--bpe-model", BPE, *extra])
     params = AttributeDict(vars(args))
@@ -510,7 +502,7 @@ def test_bad_options_and_checkpoints_are_one_line_errors(active_exp_dir, bad_opt
 def test_demo_prints_growing_partial_results(active_exp_dir, test_cuts, audio, capsys):
     cut = next(iter(test_cuts))
     wav = Path(cut.recording.sources[0].source)
-    final = streaming_demo.main(
+    final = import_script(STREAMING_DEMO).main(
         [str(wav), "--no-realtime", "--exp-dir", str(active_exp_dir), "--epoch", "2",
          "--avg", "1", "--use-averaged-model", "false", "--bpe-model", BPE,
          "--decode-chunk-size", "8"])
@@ -537,7 +529,7 @@ def _run_main(argv: list[str]) -> None:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
-        streaming_decode.main(argv)
+        import_script(STREAMING_DECODE).main(argv)
     finally:
         for handler in list(root.handlers):
             if handler not in handlers:

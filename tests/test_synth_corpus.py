@@ -24,20 +24,17 @@ from lhotse import validate_recordings_and_supervisions
 from lhotse.recipes.librispeech import prepare_librispeech
 from lhotse.recipes.musan import prepare_musan
 
-from local.generate_synth_corpus import (
+from local.synth_corpus import PARTS, TRAIN_PART, ChapterJob, synthesize_chapter
+from local.text_sources import clean_sentence, split_held_out
+from local.voices import (
     CLEAN,
-    PARTS,
-    TRAIN_PART,
     VOICES,
-    ChapterJob,
     UtteranceStyle,
     Voice,
     draw_style,
     render_utterance,
-    synthesize_chapter,
     usable_voices,
 )
-from local.text_sources import clean_sentence, split_held_out
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SYNTH_SCRIPT = PROJECT_DIR / "local" / "generate_synth_corpus.py"
@@ -241,7 +238,7 @@ def test_hibari_voice_is_reproducible_and_follows_the_rate(tmp_path: Path) -> No
 
 def test_pocketsphinx_reads_a_clear_voice(tmp_path: Path) -> None:
     """The independent intelligibility check works: clear flite speech is read well."""
-    from tools.check_intelligibility import make_decoder, recognise
+    from tools.intelligibility import make_decoder, recognise
 
     text = "the weather was fine and the children played in the garden"
     speech = render_utterance(VOICES[0], text, UtteranceStyle(), tmp_path,
@@ -253,7 +250,7 @@ def test_pocketsphinx_reads_a_clear_voice(tmp_path: Path) -> None:
 
 
 def test_each_augmentation_rendering_keeps_exactly_its_effect() -> None:
-    from tools.augmentation_cost import EVERY_EFFECT, RENDERINGS
+    from local.voices import EVERY_EFFECT, RENDERINGS
 
     style = draw_style(EVERY_EFFECT, np.random.default_rng(3))
     plain = UtteranceStyle()
@@ -282,9 +279,15 @@ def test_augmentation_cost_measures_every_rendering(corpus_dir: Path) -> None:
     header, voice_rows, average = rows[0], rows[1:-1], rows[-1]
     assert "| reverberation |" in header and header.endswith("| corpus file |")
     assert voice_rows and average.startswith("| weighted average |")
-    for row in voice_rows + [average]:
-        wers = [float(cell) for cell in row.strip("|").split("|")[2:]]
-        assert len(wers) == 7 and all(wer >= 0 for wer in wers), row
+    weights = [float(row.strip("|").split("|")[1]) for row in voice_rows]
+    table = [[float(cell) for cell in row.strip("|").split("|")[2:]]
+             for row in voice_rows + [average]]
+    assert all(len(wers) == 7 for wers in table), rows
+    # The last row is the voices' WERs weighted by their training weights
+    # (each cell rounded to 0.1).
+    for column in range(7):
+        expected = sum(w * wers[column] for w, wers in zip(weights, table[:-1])) / sum(weights)
+        assert abs(table[-1][column] - expected) <= 0.11, (column, rows)
 
 
 def test_clean_sentence() -> None:

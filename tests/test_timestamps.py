@@ -15,6 +15,7 @@ from pruned_transducer_stateless4.timestamps import (
     format_word_times,
     word_start_times,
 )
+from tests.helpers import TinyDecoder, TinyJoiner
 
 
 def test_word_start_times():
@@ -87,34 +88,6 @@ def test_viterbi_matches_brute_force():
         token_lp = np.log(rng.uniform(0.05, 1, (num_frames, num_tokens + 1)))
         got = _viterbi_frames(blank_lp, token_lp)
         assert got == brute_force_frames(blank_lp, token_lp), trial
-
-
-class TinyDecoder(torch.nn.Module):
-    """The decoder interface align_tokens uses (stateless, context 2)."""
-
-    blank_id = 0
-    context_size = 2
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embedding = torch.nn.Embedding(20, 16)
-
-    def forward(self, y: torch.Tensor, need_pad: bool = True) -> torch.Tensor:
-        return torch.relu(self.embedding(y).sum(dim=1, keepdim=True))  # (N, 1, 16)
-
-
-class TinyJoiner(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder_proj = torch.nn.Linear(16, 16)
-        self.decoder_proj = torch.nn.Linear(16, 16)
-        self.output_linear = torch.nn.Linear(16, 20)
-
-    def forward(self, encoder_out, decoder_out, project_input: bool = True):
-        if project_input:
-            encoder_out, decoder_out = self.encoder_proj(encoder_out), self.decoder_proj(
-                decoder_out)
-        return self.output_linear(torch.tanh(encoder_out + decoder_out))
 
 
 def test_align_tokens_on_a_model():

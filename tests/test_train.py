@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CPU_TRAIN_ARGS, TINY_MODEL_ARGS
-from tests.helpers import run_script
+from tests.helpers import CPU_TRAIN_ARGS, TINY_MODEL_ARGS, run_script
 
 BATCH_LINE = re.compile(r"epoch (\d+), batch (\d+), loss ([\d.]+), simple_loss ([\d.]+), "
                         r"pruned_loss ([\d.]+), ctc_loss ([\d.]+)")
@@ -127,16 +126,17 @@ def test_non_finite_loss_skips_the_batch_without_touching_weights(
     from lhotse import load_manifest
     from lhotse.dataset import K2SpeechRecognitionDataset
 
-    from pruned_transducer_stateless4 import train
+    from pruned_transducer_stateless4 import training
+    from pruned_transducer_stateless4.model_config import get_transducer_model
+    from shared.optim import Eden, Eve
+    from tests.helpers import training_params
 
-    args = train.get_parser().parse_args(train_args(prepared_dir / "exp/nan")[1:])
-    params = train.get_params()
-    params.update(vars(args))
+    params = training_params(train_args(prepared_dir / "exp/nan")[1:])
     sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
     params.vocab_size = sp.get_piece_size()
-    model = train.get_transducer_model(params)
-    optimizer = train.Eve(model.parameters(), lr=1e-3)
-    scheduler = train.Eden(optimizer, 100, 1)
+    model = get_transducer_model(params)
+    optimizer = Eve(model.parameters(), lr=1e-3)
+    scheduler = Eden(optimizer, 100, 1)
     cuts = load_manifest("data/fbank/librispeech_cuts_dev-clean.jsonl.gz").subset(first=2)
     batch = K2SpeechRecognitionDataset(return_cuts=True)[cuts]
     batch["inputs"][0, 5] = bad_value
@@ -147,8 +147,8 @@ def test_non_finite_loss_skips_the_batch_without_touching_weights(
 
     with monkeypatch.context():
         logged = []
-        monkeypatch.setattr(train.logging, "warning", lambda msg: logged.append(msg))
-        train.train_one_epoch(
+        monkeypatch.setattr(training.logging, "warning", lambda msg: logged.append(msg))
+        training.train_one_epoch(
             params, model, None, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
             sp, OneBatchLoader([batch]), [], [], torch.device("cpu"), None, 0, 1, 1.0, None,
         )
@@ -161,13 +161,13 @@ def test_loss_scales_follow_icefall_stateless4():
     """Simple loss scale fixed; pruned loss 0 before --model-warm-step, 0.1
     strictly between one and two times it, 1 from there (and at exactly 1,
     as icefall's condition has it); the encoder's warmup is batch / warm."""
-    from pruned_transducer_stateless4 import train
+    from pruned_transducer_stateless4 import training
 
-    params = train.get_params()
+    params = training.get_params()
     params.update(simple_loss_scale=0.5, model_warm_step=100)
     expected = {0: 0.0, 50: 0.0, 99: 0.0, 100: 1.0, 101: 0.1, 150: 0.1, 199: 0.1, 200: 1.0,
                 5000: 1.0}
     for batch, pruned_scale in expected.items():
         params.batch_idx_train = batch
-        assert train.loss_scales(params) == (0.5, pruned_scale), batch
-        assert train.warmup_value(params) == batch / 100
+        assert training.loss_scales(params) == (0.5, pruned_scale), batch
+        assert training.warmup_value(params) == batch / 100

@@ -11,7 +11,7 @@ rendering, and the average weighted with the voices' training weights (the mix o
 test-clean).
 
 The effect parameters are drawn from the clean part's ranges (``CLEAN`` in
-``local/generate_synth_corpus.py``) with every effect switched on, one draw per
+``local/voices.py``) with every effect switched on, one draw per
 sentence, so all renderings of a sentence share the same parameters.
 
 Usage:
@@ -25,7 +25,7 @@ import argparse
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -33,35 +33,19 @@ import kaldialign
 import numpy as np
 import soundfile as sf
 
-from local.generate_synth_corpus import (
-    CLEAN,
+from local.voices import (
+    EVERY_EFFECT,
+    RENDERINGS,
     SAMPLE_RATE,
     VOICES,
-    UtteranceStyle,
     Voice,
     draw_style,
     render_utterance,
 )
 from shared.utils import HelpFormatter
-from tools.check_intelligibility import Utterance, make_decoder, read_utterances, recognise
+from tools.intelligibility import Utterance, make_decoder, read_utterances, recognise
 
-# Each rendering keeps one part of a fully augmented style and drops the rest.
-RENDERINGS: dict[str, Callable[[UtteranceStyle], UtteranceStyle]] = {
-    "none": lambda style: UtteranceStyle(),
-    "reverberation": lambda style: UtteranceStyle(reverb=style.reverb),
-    "band-limiting": lambda style: UtteranceStyle(band_hz=style.band_hz),
-    "noise": lambda style: UtteranceStyle(noise_colour=style.noise_colour, snr_db=style.snr_db),
-    "level": lambda style: UtteranceStyle(peak_dbfs=style.peak_dbfs),
-    "prosody": lambda style: UtteranceStyle(
-        duration_stretch=style.duration_stretch,
-        f0_factor=style.f0_factor,
-        spectral_shift_cents=style.spectral_shift_cents,
-    ),
-}
 CORPUS_COLUMN = "corpus file"
-EVERY_EFFECT = dataclasses.replace(
-    CLEAN, reverb_probability=1.0, bandlimit_probability=1.0, noise_probability=1.0
-)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -269,11 +269,14 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
     learned (`learning_failures`)."""
     import sentencepiece as spm
 
-    from pruned_transducer_stateless4 import train as train_py
+    from pruned_transducer_stateless4 import training
+    from pruned_transducer_stateless4.model_config import get_transducer_model
+    from shared.optim import Eden, Eve
 
     device = torch.device(args.device)
     exp_dir = args.exp_dir / f"learn-{dtype_name}"
-    parser = train_py.get_parser()
+    parser = argparse.ArgumentParser()
+    training.add_training_arguments(parser)
     argv = ["--exp-dir", str(exp_dir), "--bpe-model", str(args.lang_dir / "bpe.model"),
             "--initial-lr", str(args.learn_lr), "--model-warm-step", "1",
             "--valid-interval", "100000", "--log-interval", "10", "--save-every-n", "0",
@@ -281,19 +284,19 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
     # --amp-dtype float16: float16 (and its GradScaler) on a CPU too, for the dry-run.
     if dtype_name == "float16":
         argv += ["--amp-dtype", "float16"]
-    params = train_py.get_params()
+    params = training.get_params()
     params.update(vars(parser.parse_args(argv)))
     sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
     params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
     exp_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(0)
-    model = train_py.get_transducer_model(params).to(device)
-    optimizer = train_py.Eve(model.parameters(), lr=params.initial_lr)
-    scheduler = train_py.Eden(optimizer, params.lr_batches, params.lr_epochs)
-    grad_scaler = train_py.make_grad_scaler(params, device)
+    model = get_transducer_model(params).to(device)
+    optimizer = Eve(model.parameters(), lr=params.initial_lr)
+    scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs)
+    grad_scaler = training.make_grad_scaler(params, device)
     autocast_dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(
-        train_py.amp_dtype(params, device), "float32")
+        training.amp_dtype(params, device), "float32")
     if autocast_dtype != dtype_name:
         raise CheckFailed(f"train.py trains in {autocast_dtype} here, not {dtype_name}")
     batches = fixed_batches(args)
@@ -304,7 +307,7 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
         totals = [0.0, 0.0]
         with torch.no_grad():
             for batch in batches:
-                _, stats = train_py.compute_loss(params, model, sp, batch, device)
+                _, stats = training.compute_loss(params, model, sp, batch, device)
                 totals[0] += stats["simple_loss"] + stats["pruned_loss"]
                 totals[1] += stats["frames"]
         model.train()
@@ -328,7 +331,7 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
     scale_start = grad_scaler.get_scale() if grad_scaler.is_enabled() else None
     start = time.time()
     try:
-        train_py.train_one_epoch(
+        training.train_one_epoch(
             params=params, model=model, model_avg=None, optimizer=optimizer,
             scheduler=scheduler, grad_scaler=grad_scaler, sp=sp, train_dl=loader,
             valid_dl=[], wer_dl=[], device=device, tb_writer=None, rank=0, world_size=1,
