@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_script
-from tools import gpu_check
+from tests.helpers import PROJECT_DIR, import_script, run_script
+from tools import gpu_check_steps
 
 
 @pytest.mark.slow
@@ -57,34 +57,34 @@ def test_learn_step_fails_when_nothing_learns(prepared_dir: Path, monkeypatch, t
     fall; the check must say so (what it would see of a GradScaler that skips
     every step)."""
     monkeypatch.chdir(prepared_dir)
-    args = gpu_check.get_parser().parse_args([
+    args = import_script(PROJECT_DIR / "tools/gpu_check.py").get_parser().parse_args([
         "--device", "cpu", "--exp-dir", str(tmp_path), "--lang-dir", "data/lang_bpe_100",
         "--learn-steps", "4", "--learn-batch-seconds", "10", "--learn-lr", "0"])
-    with pytest.raises(gpu_check.CheckFailed) as failure:
-        gpu_check.learn(args, "float32")
+    with pytest.raises(gpu_check_steps.CheckFailed) as failure:
+        gpu_check_steps.learn(args, "float32")
     assert "parameters never changed" in str(failure.value)
     assert "loss on the fixed batches" in str(failure.value)
     assert "not below 0.7x" in str(failure.value)
 
 
 def test_learning_failures_name_each_broken_promise():
-    assert gpu_check.learning_failures(10.0, 3.0, [], 0, 65536.0, 0.7) == []
-    assert gpu_check.learning_failures(10.0, 3.0, [], 0, None, 0.7) == []  # float32
-    failures = gpu_check.learning_failures(10.0, 9.0, ["a", "b", "c", "d"], 5, 0.5, 0.7)
+    assert gpu_check_steps.learning_failures(10.0, 3.0, [], 0, 65536.0, 0.7) == []
+    assert gpu_check_steps.learning_failures(10.0, 3.0, [], 0, None, 0.7) == []  # float32
+    failures = gpu_check_steps.learning_failures(10.0, 9.0, ["a", "b", "c", "d"], 5, 0.5, 0.7)
     assert failures == [
         "4 parameters never changed (a, b, c, ...)",
         "5 non-finite parameter gradients",
         "grad scale fell to 0.5",
         "loss on the fixed batches 10.000 -> 9.000, not below 0.7x",
     ]
-    assert gpu_check.learning_failures(10.0, float("nan"), [], 0, 1.0, 0.7)
+    assert gpu_check_steps.learning_failures(10.0, float("nan"), [], 0, 1.0, 0.7)
 
 
 def test_a_failed_step_is_reported_and_the_next_still_runs(capsys):
-    report = gpu_check.Report()
+    report = gpu_check_steps.Report()
 
     def broken() -> str:
-        raise gpu_check.CheckFailed("loss did not fall")
+        raise gpu_check_steps.CheckFailed("loss did not fall")
 
     report.run("first", broken)
     assert report.run("second", lambda: "fine") == "fine"
@@ -92,7 +92,7 @@ def test_a_failed_step_is_reported_and_the_next_still_runs(capsys):
     table = capsys.readouterr().out
     assert "| first | FAIL |" in table and "CheckFailed: loss did not fall" in table
     assert "| second | ok |" in table
-    ok_report = gpu_check.Report()
+    ok_report = gpu_check_steps.Report()
     ok_report.run("only", lambda: "fine")
     assert ok_report.print() is True
 
@@ -144,10 +144,10 @@ def test_loss_benchmark_reports_a_failed_backend_and_keeps_the_others(tmp_path: 
          "--paths", "recursion", "--batch-size", "2", "--num-frames", "20",
          "--num-symbols", "5", "--vocab-size", "20", "--num-iters", "1",
          "--num-warmup", "0", "--threads", "1"],
-        cwd=gpu_check.PROJECT_DIR, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(hidden.parent)})
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     assert "FAILED: path recursion, backend triton:" in result.stdout
-    medians = gpu_check.benchmark_medians(result.stdout)
+    medians = gpu_check_steps.benchmark_medians(result.stdout)
     assert list(medians) == [("recursion", "torch")]
     assert medians["recursion", "torch"] > 0

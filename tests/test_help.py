@@ -37,7 +37,7 @@ def parser_scripts() -> list[str]:
         relative = path.relative_to(PROJECT_DIR)
         if SKIP_DIRS & set(relative.parts[:-1]):
             continue
-        if "argparse.ArgumentParser(" in path.read_text():
+        if "def get_parser(" in path.read_text():
             scripts.append(str(relative))
     return scripts
 
