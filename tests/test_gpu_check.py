@@ -132,6 +132,7 @@ def test_bundle_unpacks_only_the_wheels_of_missing_modules(tmp_path: Path):
 
 
 
+@pytest.mark.slow  # runs a script as a process
 def test_loss_benchmark_reports_a_failed_backend_and_keeps_the_others(tmp_path: Path):
     """A backend that cannot run (here triton, hidden by a package that refuses to
     import) is a FAILED line and exit status 1, and the other backends still get

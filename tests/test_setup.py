@@ -13,6 +13,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import PROJECT_DIR
 
 MISSING = ["sox", "libsox-fmt-all", "flite", "espeak-ng", "festival", "festvox-kallpc16k",
@@ -41,6 +43,7 @@ def setup(*args: str, bin_dir: Path) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # runs a script as a process
 def test_setup_without_root_and_without_tts_packages(tmp_path: Path):
     apt_log = tmp_path / "apt-get.log"
     fake_tools(tmp_path / "bin", apt_log)
