@@ -91,7 +91,8 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--num-iters", type=int, default=5, help="timed iterations (median)")
     parser.add_argument("--num-warmup", type=int, default=1, help="untimed iterations")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=2,
+                        help="torch.set_num_threads")
     parser.add_argument(
         "--rounds", type=int, default=1,
         help="run every path's subprocess this many times, alternating paths, and keep the "
@@ -121,7 +122,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     """Run one path in this process and return its measurements."""
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     from shared import rnnt_loss
     from shared.utils import get_device
@@ -319,7 +320,7 @@ def main() -> None:
         f"backends={','.join(backends)} B={args.batch_size} T={args.num_frames} "
         f"S={args.num_symbols} V={args.vocab_size} D={args.encoder_dim} J={args.joiner_dim} "
         f"s_range={args.prune_range} lm_scale={args.lm_scale} am_scale={args.am_scale} "
-        f"device={args.device} threads={args.threads} "
+        f"device={args.device} threads={args.num_threads} "
         f"median of {args.num_iters} (+{args.num_warmup} warm-up), "
         f"forward+backward, one subprocess per path, best of {args.rounds} round(s)"
     )
