@@ -9,8 +9,8 @@ Usage:
       --method greedy_search \\
       FILE1.wav FILE2.flac ...
 
-No checkpoint and no model code is needed: the network comes from the
-TorchScript file.  Audio is fed to an online kaldi-native-fbank front end in
+No checkpoint is needed: the network comes from the TorchScript file (and
+greedy search needs no model code either, see below).  Audio is fed to an online kaldi-native-fbank front end in
 pieces of --feed-seconds, and the encoder runs chunk by chunk with its cached
 state as soon as enough feature frames are ready (4 * chunk + 11 frames per
 step, advancing by 4 * chunk); the search consumes each chunk's frames right
