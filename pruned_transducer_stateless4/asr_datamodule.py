@@ -26,6 +26,7 @@ from lhotse.dataset import (
 )
 from torch.utils.data import DataLoader
 
+from pruned_transducer_stateless4.frequency_warp import FrequencyWarp
 from shared.utils import str2bool
 
 
@@ -96,6 +97,12 @@ class LibriSpeechAsrDataModule:
         group.add_argument("--spec-aug-frames-mask-size", type=int, default=100,
                            help="SpecAugment: the longest time mask, in frames (icefall's "
                            "100); all masks together cover at most 15%% of the frames.")
+        group.add_argument("--frequency-warp-range", type=float, default=0.0,
+                           help="Warp the frequency axis of each training utterance's features "
+                           "by a factor drawn uniformly from [1 - r, 1 + r], anew every time "
+                           "it is seen (VTLN-style: it sounds like another speaker); 0 turns "
+                           "it off (icefall has no such option). Not applied to validation or "
+                           "decoding.")
         group.add_argument("--enable-musan", type=str2bool, default=True,
                            help="Mix noise (MUSAN, or the generated noise set) into training cuts.")
         group.add_argument("--input-strategy", type=str, default="PrecomputedFeatures",
@@ -120,21 +127,7 @@ class LibriSpeechAsrDataModule:
                 CutMix(cuts=load_manifest(musan_path), p=0.5, snr=(10, 20), preserve_id=True,
                        seed=seed)
             )
-        input_transforms = []
-        if args.enable_spec_aug:
-            # icefall's LibriSpeech settings: 2 feature masks of up to 27
-            # bins, --spec-aug-num-frame-masks time masks of up to
-            # --spec-aug-frames-mask-size frames (15% of the frames at most).
-            input_transforms.append(
-                SpecAugment(
-                    time_warp_factor=args.spec_aug_time_warp_factor,
-                    num_frame_masks=args.spec_aug_num_frame_masks,
-                    frames_mask_size=args.spec_aug_frames_mask_size,
-                    features_mask_size=27,
-                    num_feature_masks=2,
-                    max_frames_mask_fraction=0.15,
-                )
-            )
+        input_transforms = self.train_input_transforms()
         dataset = K2SpeechRecognitionDataset(
             input_strategy=self._input_strategy(),
             cut_transforms=cut_transforms,
@@ -158,6 +151,32 @@ class LibriSpeechAsrDataModule:
                                                                  world_size or 1))
         return DataLoader(dataset, sampler=sampler, batch_size=None,
                           num_workers=args.num_workers, persistent_workers=False)
+
+    def train_input_transforms(self) -> list[Callable]:
+        """The transforms of the training batches' (N, T, F) features, in order
+        (validation and decoding batches get none)."""
+        args = self.args
+        input_transforms: list[Callable] = []
+        if args.frequency_warp_range > 0:
+            # Before SpecAugment, so that its feature masks are not warped.
+            logging.info(f"warping training features' frequency axis by factors in "
+                         f"[{1 - args.frequency_warp_range}, {1 + args.frequency_warp_range}]")
+            input_transforms.append(FrequencyWarp(args.frequency_warp_range))
+        if args.enable_spec_aug:
+            # icefall's LibriSpeech settings: 2 feature masks of up to 27
+            # bins, --spec-aug-num-frame-masks time masks of up to
+            # --spec-aug-frames-mask-size frames (15% of the frames at most).
+            input_transforms.append(
+                SpecAugment(
+                    time_warp_factor=args.spec_aug_time_warp_factor,
+                    num_frame_masks=args.spec_aug_num_frame_masks,
+                    frames_mask_size=args.spec_aug_frames_mask_size,
+                    features_mask_size=27,
+                    num_feature_masks=2,
+                    max_frames_mask_fraction=0.15,
+                )
+            )
+        return input_transforms
 
     def valid_dataloaders(self, cuts_valid: CutSet) -> DataLoader:
         return self.test_dataloaders(cuts_valid)
