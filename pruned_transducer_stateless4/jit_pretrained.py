@@ -10,14 +10,15 @@ Usage:
       FILE1.wav FILE2.flac ...
 
 No checkpoint is needed: the network comes from the TorchScript file (and
-greedy search needs no model code either, see below).  Audio is fed to an online kaldi-native-fbank front end in
-pieces of --feed-seconds, and the encoder runs chunk by chunk with its cached
-state as soon as enough feature frames are ready (4 * chunk + 11 frames per
-step, advancing by 4 * chunk); the search consumes each chunk's frames right
-away (greedy_search, modified_beam_search, fast_beam_search; beam_search
-searches after the last chunk).  At the end of a file the last partial chunk
-is padded and only its real frames are used, so, unlike sherpa-onnx (which
-runs full windows only), no tail padding audio is needed.
+greedy search needs no model code either, see below).  Audio is fed to an
+online kaldi-native-fbank front end in pieces of --feed-seconds, and the
+encoder runs chunk by chunk with its cached state as soon as enough feature
+frames are ready (4 * chunk + 11 frames per step, advancing by 4 * chunk); the
+search consumes each chunk's frames right away (greedy_search,
+modified_beam_search, fast_beam_search; beam_search searches after the last
+chunk).  At the end of a file the last partial chunk is padded and only its
+real frames are used, so, unlike sherpa-onnx (which runs full windows only),
+no tail padding audio is needed.
 
 Any sample rate and channel count: channels are averaged and the audio is
 resampled to 16 kHz with a windowed-sinc polyphase filter (both said in the
