@@ -35,6 +35,10 @@ MODEL_OPTION_NAMES = (
     "subsampling_factor",
 )
 
+# Settings no option changes (80-dim fbank, 4x subsampling, as icefall's
+# get_params); vocab_size and blank_id come from the BPE model or token table.
+FIXED_SETTINGS = {"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0, "vocab_size": -1}
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model options under icefall's names (stateless5's command-line names

@@ -16,7 +16,11 @@ from pathlib import Path
 import torch
 
 from pruned_transducer_stateless4.model import Transducer
-from pruned_transducer_stateless4.model_config import MODEL_OPTION_NAMES, get_transducer_model
+from pruned_transducer_stateless4.model_config import (
+    FIXED_SETTINGS,
+    MODEL_OPTION_NAMES,
+    get_transducer_model,
+)
 from shared.checkpoint import load_inference_model
 from shared.utils import AttributeDict
 
@@ -25,8 +29,7 @@ def inference_params(**values) -> AttributeDict:
     """The recipe's fixed settings, as train.py's get_params has them
     (80-dim fbank, 4x subsampling), updated with `values`; the token table
     gives vocab_size and blank_id."""
-    params = AttributeDict({"feature_dim": 80, "subsampling_factor": 4, "blank_id": 0,
-                            "vocab_size": -1})
+    params = AttributeDict(FIXED_SETTINGS)
     params.update(values)
     return params
 

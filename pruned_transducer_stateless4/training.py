@@ -27,7 +27,7 @@ from pruned_transducer_stateless4.asr_datamodule import (
 )
 from pruned_transducer_stateless4.beam_search import greedy_search_batch
 from pruned_transducer_stateless4.conformer import encode, subsampled_lengths
-from pruned_transducer_stateless4.model_config import add_model_arguments
+from pruned_transducer_stateless4.model_config import FIXED_SETTINGS, add_model_arguments
 from shared import rnnt_loss, run_record
 from shared.checkpoint import (
     gather_rng_states,
@@ -166,10 +166,7 @@ def get_params() -> AttributeDict:
     """Fixed settings and training counters, stored in every checkpoint."""
     return AttributeDict(
         {
-            "feature_dim": 80,
-            "subsampling_factor": 4,
-            "blank_id": 0,
-            "vocab_size": -1,  # read from the BPE model
+            **FIXED_SETTINGS,
             "batch_idx_train": 0,
             "cur_epoch": 1,
             "train_seconds": 0.0,  # wall time spent training, over resumes
@@ -179,6 +176,16 @@ def get_params() -> AttributeDict:
         }
     )
 
+
+def params_from_command_line(argv: list[str]) -> AttributeDict:
+    """get_params() updated with train.py's training options parsed from
+    `argv`: the params train.py's run() starts from (before the BPE model
+    sets vocab_size and blank_id), for code that trains in-process."""
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    params = get_params()
+    params.update(vars(parser.parse_args(argv)))
+    return params
 
 
 def encoder_frames(num_feature_frames: int) -> int:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 # torch is imported where it is used: scripts that need no torch (the corpus
@@ -186,3 +188,22 @@ def outputs_are_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> b
     oldest_output = min(path.stat().st_mtime_ns for path in outputs)
     newest_input = max((path.stat().st_mtime_ns for path in inputs), default=0)
     return oldest_output >= newest_input
+
+
+def load_script(script: Path) -> ModuleType:
+    """An entry-point script loaded from its file, in-process, without running
+    its command-line block: what the tests and tools/gpu_check.py use to call
+    a script's get_parser() or main() in this process (no module imports a
+    script by name)."""
+    spec = importlib.util.spec_from_file_location(f"script_{script.stem}", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    # As `python SCRIPT` does: the script's folder comes first on sys.path
+    # (benchmarks import their sibling modules).
+    sys.path.insert(0, str(script.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(script.parent))
+    return module

@@ -1,7 +1,6 @@
 """Test helpers: real audio made with espeak-ng or the corpus generator's
 voices, real recipe scripts, the trained demo model of tests/data/demo_model."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import soundfile as sf
 import torch
 
 from pruned_transducer_stateless4.conformer import Conformer
+from shared.utils import load_script
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # A small model really trained by ./run.sh, the default of commit 259baa9 (4 layers, no CTC
@@ -104,15 +104,9 @@ def training_params(argv: list[str]):
     """train.py's params for the command line `argv` (its fixed settings,
     training.get_params(), updated with every option of train.py), as
     train.py's run() starts from them."""
-    import argparse
+    from pruned_transducer_stateless4.training import params_from_command_line
 
-    from pruned_transducer_stateless4.training import add_training_arguments, get_params
-
-    parser = argparse.ArgumentParser()
-    add_training_arguments(parser)
-    params = get_params()
-    params.update(vars(parser.parse_args(argv)))
-    return params
+    return params_from_command_line(argv)
 
 
 def make_librispeech_tree(root: Path, parts: dict[str, list[tuple[str, str, str]]]) -> Path:
@@ -138,19 +132,8 @@ def make_librispeech_tree(root: Path, parts: dict[str, list[tuple[str, str, str]
 
 def import_script(script: Path) -> ModuleType:
     """Imports a script from its file (in-process, nothing is run: its
-    `if __name__ == "__main__"` block stays out), e.g. to call its get_parser()."""
-    spec = importlib.util.spec_from_file_location(f"script_{script.stem}", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    # As `python SCRIPT` does: the script's folder comes first on sys.path
-    # (benchmarks import their sibling modules).
-    sys.path.insert(0, str(script.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(script.parent))
-    return module
+    command-line block stays out), e.g. to call its get_parser()."""
+    return load_script(script)
 
 
 def run_script(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -10,7 +10,6 @@ loaded from their file, so the device guard can wrap their functions.
 """
 
 import argparse
-import importlib.util
 import math
 import os
 import re
@@ -26,6 +25,7 @@ import torch
 
 # The method lists are the scripts' own, so the check covers whatever they offer.
 from pruned_transducer_stateless4.decoding_methods import methods
+from shared.utils import load_script
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SCRIPTS_DIR = PROJECT_DIR / "pruned_transducer_stateless4"
@@ -214,8 +214,6 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
 
     device = torch.device(args.device)
     exp_dir = args.exp_dir / f"learn-{dtype_name}"
-    parser = argparse.ArgumentParser()
-    training.add_training_arguments(parser)
     argv = ["--exp-dir", str(exp_dir), "--bpe-model", str(args.lang_dir / "bpe.model"),
             "--initial-lr", str(args.learn_lr), "--model-warm-step", "1",
             "--valid-interval", "100000", "--log-interval", "10", "--save-every-n", "0",
@@ -223,8 +221,7 @@ def learn(args: argparse.Namespace, dtype_name: str) -> str:
     # --amp-dtype float16: float16 (and its GradScaler) on a CPU too, for the dry-run.
     if dtype_name == "float16":
         argv += ["--amp-dtype", "float16"]
-    params = training.get_params()
-    params.update(vars(parser.parse_args(argv)))
+    params = training.params_from_command_line(argv)
     sp = spm.SentencePieceProcessor(model_file=str(params.bpe_model))
     params.blank_id, params.vocab_size = sp.piece_to_id("<blk>"), sp.get_piece_size()
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -337,17 +334,12 @@ def train(args: argparse.Namespace) -> str:
             f"{statistics.median(rates[1:] or rates) if rates else 0:.1f} s audio/s")
 
 
-def load_script(name: str) -> ModuleType:
+def load_recipe_script(name: str) -> ModuleType:
     """The recipe script SCRIPTS_DIR/NAME.py loaded from its file, without
-    running its `__main__` block: the steps call its main() in this process,
+    running its command-line block: the steps call its main() in this process,
     so that the device guard can wrap its functions (no library imports a
     script; this tool runs them, as their command line would)."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPTS_DIR / f"{name}.py")
 
 
 def maybe_guard(module, name: str, guard: bool, patches: list) -> None:
@@ -361,7 +353,7 @@ def maybe_guard(module, name: str, guard: bool, patches: list) -> None:
 
 
 def decode(args: argparse.Namespace) -> str:
-    decode_py = load_script("decode")
+    decode_py = load_recipe_script("decode")
     patches: list = []
     maybe_guard(decode_py, "decode_one_batch", args.guard, patches)
     wers = []
@@ -387,7 +379,7 @@ def decode(args: argparse.Namespace) -> str:
 def streaming(args: argparse.Namespace) -> str:
     from pruned_transducer_stateless4 import streaming_engine
 
-    streaming_decode = load_script("streaming_decode")
+    streaming_decode = load_recipe_script("streaming_decode")
     patches: list = []
     maybe_guard(streaming_engine, "decode_one_chunk", args.guard, patches)
     maybe_guard(streaming_engine.StreamingSetup, "new_stream", args.guard, patches)
@@ -412,7 +404,7 @@ def streaming(args: argparse.Namespace) -> str:
 
 
 def export(args: argparse.Namespace) -> str:
-    export_py = load_script("export")
+    export_py = load_recipe_script("export")
     written = []
     for extra in ([], ["--jit", "1"], ["--onnx", "1"]):
         paths = export_py.main([
@@ -433,7 +425,7 @@ def export(args: argparse.Namespace) -> str:
 
 
 def pretrained(args: argparse.Namespace) -> str:
-    pretrained_py = load_script("pretrained")
+    pretrained_py = load_recipe_script("pretrained")
     wav = sorted(Path("download/LibriSpeech/test-clean").rglob("*.flac"))[0]
     patches: list = []
     maybe_guard(pretrained_py, "transcribe", args.guard, patches)
