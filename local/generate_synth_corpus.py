@@ -76,7 +76,7 @@ from shared.utils import HelpFormatter
 
 # Bump when the way audio or text is produced changes (local/voices.py,
 # local/noise.py, local/text_sources.py): old outputs are then regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # Leading digit of the chapter ids of each part, so that chapter ids are globally unique.
 PART_CODES = {TRAIN_PART: 1, DEV_PART: 2, TEST_CLEAN_PART: 3, TEST_OTHER_PART: 4}

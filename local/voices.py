@@ -58,10 +58,22 @@ class Voice:
     weight: float  # relative share of the training data
     held_out: bool = False  # only in test-other, never in training
     mean_f0: float | None = None  # flite only: the voice's natural mean F0 in Hz
+    # hibari only: a pseudo-speaker made inside hibari's vocoder from its one voice. The
+    # spectral envelope is stretched along the frequency axis (formants at
+    # formant_scale x f: a shorter or longer vocal tract) and F0 scaled independently of
+    # it; british picks hibari's British spelling-to-sound rules (another accent).
+    formant_scale: float = 1.0
+    f0_scale: float = 1.0
+    british: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.engine}:{self.name}"
+        label = f"{self.engine}:{self.name}"
+        if self.british:
+            label += "+gb"
+        if self.formant_scale != 1.0 or self.f0_scale != 1.0:
+            label += f"+formants{self.formant_scale:g}+f0x{self.f0_scale:g}"
+        return label
 
 
 # flite's clustergen voices (rms, slt, awb) and hibari's neural voice (distilled from
@@ -70,6 +82,10 @@ class Voice:
 # minority (~10%).
 # flite's kal is 8 kHz telephone-band speech and the same speaker as kal16: a small share.
 # Mean F0 values were measured on this machine's voices with an autocorrelation tracker.
+# Voices 310-317 (espeak-ng's two further English accents and variants not used above)
+# and the hibari pseudo-speakers 402-406 add speakers so that the model meets more than
+# a handful of vocal tracts; none of them uses the held-out espeak accent (gbcwmd) or
+# variant (f3).
 VOICES: tuple[Voice, ...] = (
     Voice(101, "flite", "rms", "M", 1.5, mean_f0=100.0),
     Voice(102, "flite", "slt", "F", 1.5, mean_f0=170.0),
@@ -88,7 +104,20 @@ VOICES: tuple[Voice, ...] = (
     Voice(307, "espeak", "en-gb-scotland+m2", "M", 0.12),
     Voice(308, "espeak", "en-029+m4", "M", 0.12),
     Voice(309, "espeak", "en-gb-x-gbcwmd+f3", "F", 0.5, held_out=True),
+    Voice(310, "espeak", "en-us-nyc+m3", "M", 0.12),
+    Voice(311, "espeak", "en-gb-x-gbclan+f4", "F", 0.12),
+    Voice(312, "espeak", "en-us+m6", "M", 0.12),
+    Voice(313, "espeak", "en-gb-x-rp+m5", "M", 0.12),
+    Voice(314, "espeak", "en-029+f1", "F", 0.12),
+    Voice(315, "espeak", "en-gb-scotland+f4", "F", 0.12),
+    Voice(316, "espeak", "en-us-nyc+Annie", "F", 0.12),
+    Voice(317, "espeak", "en-gb-x-gbclan+m7", "M", 0.12),
     Voice(401, "hibari", "heart", "F", 1.5),
+    Voice(402, "hibari", "heart", "M", 1.0, formant_scale=0.84, f0_scale=0.56),
+    Voice(403, "hibari", "heart", "M", 1.0, formant_scale=0.88, f0_scale=0.62, british=True),
+    Voice(404, "hibari", "heart", "M", 0.8, formant_scale=0.93, f0_scale=0.72),
+    Voice(405, "hibari", "heart", "F", 0.8, british=True),
+    Voice(406, "hibari", "heart", "F", 0.6, formant_scale=1.08, f0_scale=1.15),
 )
 
 
@@ -100,7 +129,7 @@ class AugmentationRanges:
     """Where the per-utterance random style is drawn from."""
 
     duration_stretch: tuple[float, float]  # > 1 is slower speech
-    f0_factor: tuple[float, float]  # multiplies the voice's F0 (flite, espeak only)
+    f0_factor: tuple[float, float]  # multiplies the voice's F0 (flite, espeak, hibari)
     # sox "pitch" shifts the whole spectrum (formants and F0) while keeping the duration:
     # the apparent vocal-tract length changes; the engine's F0 factor then moves F0
     # independently of the formants.
@@ -297,11 +326,58 @@ def festival_process() -> FestivalProcess:
 
 
 @functools.cache
-def hibari_tts(voice_name: str) -> Hibari:
-    """This worker's hibari synthesiser for a voice (one ONNX Runtime thread), loaded once."""
-    from hibari import Hibari
+def hibari_tts(voice_name: str, british: bool = False) -> Hibari:
+    """This worker's hibari synthesiser for a voice (one ONNX Runtime thread), loaded once.
 
-    return Hibari(voice=voice_name, threads=1)
+    british: hibari's British spelling-to-sound rules instead of those of the voice."""
+    from hibari import Hibari
+    from hibari.g2p import G2P
+
+    return Hibari(voice=voice_name, threads=1, g2p=G2P(british=british) if british else None)
+
+
+def warp_frequency_axis(spectrum: np.ndarray, scale: float) -> np.ndarray:
+    """Stretch per-frame spectra along frequency: what was at bin b moves to bin scale * b.
+
+    spectrum: (num_bins, num_frames), any per-bin quantity (log magnitudes, phases).
+    Returns the same shape; bins that would read beyond the top repeat the top bin.
+    """
+    num_bins = spectrum.shape[0]
+    source = np.arange(num_bins, dtype=np.float64) / scale
+    lower = np.clip(np.floor(source).astype(np.int64), 0, num_bins - 1)
+    upper = np.clip(lower + 1, 0, num_bins - 1)
+    weight = np.clip(source - lower, 0.0, 1.0)[:, None].astype(spectrum.dtype)
+    return (1 - weight) * spectrum[lower] + weight * spectrum[upper]
+
+
+def hibari_speech(voice: Voice, text: str, speed: float, f0_factor: float, seed: int) -> np.ndarray:
+    """hibari's audio (24 kHz float32) for ``text``, as ``Hibari.__call__`` makes it, with
+    the voice's formant and F0 scales (and the utterance's F0 factor) applied in between
+    the network and the vocoder, where envelope and F0 are separate."""
+    from hibari import dsp
+
+    tts = hibari_tts(voice.name, voice.british)
+    rng = np.random.default_rng(seed)
+    sentences = []
+    for phonemes in tts.phonemize(text):
+        ids = tts.ids(phonemes)
+        if len(ids) < 3:
+            continue
+        inputs = {"ids": np.asarray([ids], np.int64), "speed": np.asarray([speed], np.float32)}
+        harmonic, harmonic_phase, noise, free, free_phase, f0 = (
+            output[0] for output in tts.sess.run(None, inputs)
+        )
+        if voice.formant_scale != 1.0:
+            # Magnitudes only: phases interpolated between bins lose their coherence
+            # and take energy out of the upper bands.
+            harmonic, noise, free = (
+                warp_frequency_axis(part, voice.formant_scale) for part in (harmonic, noise, free)
+            )
+        f0 = f0 * np.float32(voice.f0_scale * f0_factor)
+        sentences.append(
+            dsp.synth(harmonic, harmonic_phase, noise, free, free_phase, f0, rng)
+        )
+    return np.concatenate(sentences) if sentences else np.zeros(0, np.float32)
 
 
 def run_command(command: list[str]) -> bytes:
@@ -319,9 +395,9 @@ def run_command(command: list[str]) -> bytes:
 def synthesize_raw(voice: Voice, text: str, style: UtteranceStyle, wav_path: Path) -> None:
     """Let the voice's engine say ``text`` into ``wav_path`` (engine's own sample rate).
 
-    Speaking rate and F0 are set through the engine where it supports them; festival's
-    rate is changed by sox instead (its HTS voice ignores Duration_Stretch). hibari has no
-    F0 control, so only sox's spectral shift moves its pitch.
+    Speaking rate and F0 are set through the engine where it supports them (hibari's F0
+    inside its vocoder); festival's rate is changed by sox instead (its HTS voice ignores
+    Duration_Stretch), and so is its pitch, by sox's spectral shift only.
     """
     if voice.engine == "flite":
         mean_f0 = (voice.mean_f0 or 110.0) * style.f0_factor
@@ -346,7 +422,7 @@ def synthesize_raw(voice: Voice, text: str, style: UtteranceStyle, wav_path: Pat
         # corpus reproducible.
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
         try:
-            audio = hibari_tts(voice.name)(text, speed=1 / style.duration_stretch, seed=seed)
+            audio = hibari_speech(voice, text, 1 / style.duration_stretch, style.f0_factor, seed)
         except Exception as error:  # an ONNX Runtime or phonemiser failure on this text
             raise TtsError(f"hibari failed: {error}") from error
         sf.write(wav_path, audio, HIBARI_SAMPLE_RATE, subtype="FLOAT")

@@ -32,8 +32,11 @@ from local.voices import (
     UtteranceStyle,
     Voice,
     draw_style,
+    hibari_speech,
+    hibari_tts,
     render_utterance,
     usable_voices,
+    warp_frequency_axis,
 )
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -234,6 +237,84 @@ def test_hibari_voice_is_reproducible_and_follows_the_rate(tmp_path: Path) -> No
     normal = render(1.0)
     assert np.array_equal(normal, render(1.0))
     assert render(1.25).size > 1.15 * normal.size
+
+
+PLAIN_HIBARI = next(v for v in VOICES if v.engine == "hibari" and v.label == "hibari:heart")
+PSEUDO_TEXT = "the neural voice reads this sentence in another voice"
+
+
+def median_f0(speech: np.ndarray, sample_rate: int) -> float:
+    """Median F0 in Hz over the loud 40 ms frames: the real cepstrum's peak at 60-400 Hz
+    (the cepstrum keeps the vocal tract's envelope at low quefrencies, apart from F0)."""
+    frame, hop = int(0.04 * sample_rate), int(0.01 * sample_rate)
+    quefrencies = np.arange(sample_rate // 400, sample_rate // 60)
+    window = np.hanning(frame)
+    frames = [speech[i:i + frame] for i in range(0, speech.size - frame, hop)]
+    loudest = max(float(np.sum(x**2)) for x in frames)
+    f0s = []
+    for x in frames:
+        if np.sum(x**2) < 0.05 * loudest:
+            continue
+        cepstrum = np.fft.irfft(np.log(np.abs(np.fft.rfft(x * window)) + 1e-8))
+        f0s.append(sample_rate / quefrencies[np.argmax(cepstrum[quefrencies])])
+    assert len(f0s) > 20
+    return float(np.median(f0s))
+
+
+def spectral_centroid(speech: np.ndarray, sample_rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(speech)) ** 2
+    frequencies = np.fft.rfftfreq(speech.size, 1 / sample_rate)
+    return float(spectrum @ frequencies / spectrum.sum())
+
+
+def test_warp_frequency_axis_moves_a_peak_to_scale_times_its_bin() -> None:
+    spectrum = np.zeros((601, 3), np.float32)
+    spectrum[200] = 1.0
+    assert np.array_equal(warp_frequency_axis(spectrum, 1.0), spectrum)
+    for scale in (0.84, 1.1):
+        warped = warp_frequency_axis(spectrum, scale)
+        assert warped.shape == spectrum.shape and warped.dtype == spectrum.dtype
+        assert abs(int(np.argmax(warped[:, 0])) - 200 * scale) <= 1
+
+
+def test_plain_hibari_voice_is_hibaris_own_synthesis() -> None:
+    """The pseudo-speakers' path, with no change, gives hibari's own output bit for bit."""
+    ours = hibari_speech(PLAIN_HIBARI, PSEUDO_TEXT, 1.0, 1.0, seed=5)
+    assert np.array_equal(ours, hibari_tts("heart")(PSEUDO_TEXT, speed=1.0, seed=5))
+
+
+def test_hibari_pseudo_speaker_has_its_f0_and_vocal_tract() -> None:
+    plain = hibari_speech(PLAIN_HIBARI, PSEUDO_TEXT, 1.0, 1.0, seed=5)
+    lower_f0 = dataclasses.replace(PLAIN_HIBARI, f0_scale=0.6)
+    longer_tract = dataclasses.replace(PLAIN_HIBARI, formant_scale=0.85)
+    rate = 24000
+    f0_ratio = median_f0(hibari_speech(lower_f0, PSEUDO_TEXT, 1.0, 1.0, 5), rate) / median_f0(
+        plain, rate)
+    assert 0.5 < f0_ratio < 0.72
+    # The utterance's own F0 factor multiplies the voice's.
+    styled = hibari_speech(lower_f0, PSEUDO_TEXT, 1.0, 1.2, 5)
+    assert 0.62 < median_f0(styled, rate) / median_f0(plain, rate) < 0.82
+    assert np.array_equal(styled, hibari_speech(
+        dataclasses.replace(PLAIN_HIBARI, f0_scale=0.72), PSEUDO_TEXT, 1.0, 1.0, 5))
+    # A longer vocal tract: the whole spectrum moves down, F0 stays.
+    warped = hibari_speech(longer_tract, PSEUDO_TEXT, 1.0, 1.0, 5)
+    centroid_ratio = spectral_centroid(warped, rate) / spectral_centroid(plain, rate)
+    assert centroid_ratio < 0.9  # 0.53: F1 moves into the band of the lowest harmonics
+    assert 0.9 < median_f0(warped, rate) / median_f0(plain, rate) < 1.1
+
+
+def test_voices_are_distinct_speakers_and_keep_the_held_out_ones_out() -> None:
+    assert len({v.label for v in VOICES}) == len({v.speaker_id for v in VOICES}) == len(VOICES)
+    held_out = [v for v in VOICES if v.held_out]
+    accents = {v.name.partition("+")[0] for v in held_out if v.engine == "espeak"}
+    variants = {v.name.partition("+")[2] for v in held_out if v.engine == "espeak"}
+    for voice in VOICES:
+        if voice.held_out:
+            continue
+        assert (voice.engine, voice.name) not in {(v.engine, v.name) for v in held_out}
+        if voice.engine == "espeak":
+            accent, _, variant = voice.name.partition("+")
+            assert accent not in accents and variant not in variants, voice.label
 
 
 def test_pocketsphinx_reads_a_clear_voice(tmp_path: Path) -> None:
