@@ -79,7 +79,7 @@ class Voice:
 # flite's clustergen voices (rms, slt, awb) and hibari's neural voice (distilled from
 # Kokoro-82M; the only one of its voices inside the wheel) are the most intelligible, so
 # they carry most of the data; espeak-ng's formant synthesis sounds robotic and stays a
-# minority (~10%).
+# minority (~13%).
 # flite's kal is 8 kHz telephone-band speech and the same speaker as kal16: a small share.
 # Mean F0 values were measured on this machine's voices with an autocorrelation tracker.
 # Voices 310-317 (espeak-ng's two further English accents and variants not used above)
