@@ -17,6 +17,7 @@ stop_stage=100
 dl_dir=download
 corpus=synth
 synth_hours=5
+synth_voices=all
 perturb_speed=true
 dev_utts=300
 test_utts=300
@@ -44,6 +45,8 @@ Options:
   --dl-dir DIR       where corpora live (LibriSpeech/, musan/) [$dl_dir]
   --corpus NAME      synth (generate) or librispeech (use \$dl_dir/LibriSpeech) [$corpus]
   --synth-hours H    hours of generated training audio (synth only) [$synth_hours]
+  --synth-voices 'ID..' speaker ids of local/voices.py to generate with, space
+                     separated, or all (synth only) [$synth_voices]
   --perturb-speed B  add 0.9x and 1.1x speed-perturbed copies of the training
                      part in stage 3 (true/false) [$perturb_speed]
   --dev-utts N       generated dev-clean utterances [$dev_utts]
@@ -66,8 +69,11 @@ case "$corpus" in synth|librispeech) ;; *) fail "--corpus must be synth or libri
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   log "Stage 0: corpus ($corpus) in $dl_dir/LibriSpeech"
   if [ "$corpus" = synth ]; then
+    voice_option=()
+    # shellcheck disable=SC2206  # the ids are meant to split into words
+    [ "$synth_voices" = all ] || voice_option=(--voices $synth_voices)
     "$recipe_dir"/local/generate_synth_corpus.py --out-dir "$dl_dir" --synth-hours "$synth_hours" \
-      --dev-utts "$dev_utts" --test-utts "$test_utts" --seed "$seed" --nj "$nj"
+      --dev-utts "$dev_utts" --test-utts "$test_utts" --seed "$seed" --nj "$nj" "${voice_option[@]}"
   elif [ ! -d "$dl_dir/LibriSpeech" ]; then
     log "Stage 0: $dl_dir/LibriSpeech not found; trying lhotse's downloader"
     timeout 600 python -c "

@@ -308,11 +308,27 @@ def part_options(part: str, args: argparse.Namespace) -> dict:
         "dev_utts": args.dev_utts,
         "test_utts": args.test_utts,
         "text_sources": list(args.text_sources),
-        "voices": [v.label for v in VOICES],
+        "voices": [v.label for v in selected_voices(args.voices)],
     }
     if part == TRAIN_PART:
         options["synth_hours"] = args.synth_hours
     return options
+
+
+def selected_voices(speaker_ids: Sequence[int] | None) -> tuple[Voice, ...]:
+    """The voices of ``VOICES`` with the given speaker ids, in ``VOICES``' order (all of
+    them for None). An unknown id is a one-line error."""
+    if speaker_ids is None:
+        return VOICES
+    known = {voice.speaker_id for voice in VOICES}
+    unknown = sorted(set(speaker_ids) - known)
+    if unknown:
+        raise SystemExit(
+            f"--voices: no voice has speaker id {', '.join(map(str, unknown))} "
+            f"(local/voices.py has {', '.join(str(v.speaker_id) for v in VOICES)})"
+        )
+    chosen = set(speaker_ids)
+    return tuple(voice for voice in VOICES if voice.speaker_id in chosen)
 
 
 def read_done_marker(part_dir: Path) -> dict | None:
@@ -438,6 +454,16 @@ def get_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_TEXT_SOURCES),
         help="Where sentences come from (default: %(default)s). Changing this changes every part.",
     )
+    parser.add_argument(
+        "--voices",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="SPEAKER_ID",
+        help="Use only these voices of local/voices.py, by speaker id; at least one "
+        "training and one held-out voice (default: all). Changing this changes every "
+        "part. The test suite uses it to keep its tiny corpus to a few voices.",
+    )
     return parser
 
 
@@ -476,7 +502,7 @@ def generate_parts(
         len(test_clean),
         len(test_other),
     )
-    voices = usable_voices(VOICES)
+    voices = usable_voices(selected_voices(args.voices))
     seen = tuple(v for v in voices if not v.held_out)
     unseen = tuple(v for v in voices if v.held_out)
     if not seen or not unseen:

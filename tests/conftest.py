@@ -18,6 +18,7 @@ from tests.helpers import (
     CHUNK,
     CONTROL_SENTENCES,
     CPU_TRAIN_ARGS,
+    FIXTURE_VOICES,
     HOTWORD_VOICES,
     LEFT,
     RARE_SENTENCES,
@@ -51,7 +52,7 @@ def prepared_dir(tmp_path_factory) -> Path:
     work_dir = tmp_path_factory.mktemp("recipe")
     result = run_script(
         ["prepare.sh", "--synth-hours", "0.03", "--dev-utts", "12", "--test-utts", "12",
-         "--vocab-sizes", "100", "--nj", "2"],
+         "--synth-voices", FIXTURE_VOICES, "--vocab-sizes", "100", "--nj", "2"],
         work_dir, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

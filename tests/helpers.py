@@ -30,6 +30,13 @@ TINY_MODEL_ARGS = [
     "--joiner-dim", "64", "--causal-convolution", "true", "--dynamic-chunk-training", "true",
 ]
 
+# The voices of the tiny corpus (speaker ids of local/voices.py): 16 training voices
+# (flite's, festival's, eight of espeak-ng's and hibari's own) and both held-out ones.
+# Two epochs of 0.03 h teach the tiny model words from these; spread over all 29
+# training voices, the same data leaves it emitting one token per utterance, and the
+# decoding tests need words.
+FIXTURE_VOICES = "101 102 103 104 105 201 202 203 301 302 303 304 305 306 307 308 309 401"
+
 # train.py's defaults are icefall's GPU ones; what the tiny CPU runs need
 # instead (as run.sh passes them): data loading in the process, few kept
 # checkpoints, SpecAugment masks scaled to ~3 s utterances.

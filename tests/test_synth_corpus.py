@@ -38,6 +38,7 @@ from local.voices import (
     usable_voices,
     warp_frequency_axis,
 )
+from tests.helpers import FIXTURE_VOICES
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SYNTH_SCRIPT = PROJECT_DIR / "local" / "generate_synth_corpus.py"
@@ -175,6 +176,41 @@ def test_other_seed_gives_other_sentences(corpus_dir: Path, tmp_path: Path) -> N
     run_script(SYNTH_SCRIPT, "--out-dir", str(tmp_path), *options)
     other = read_transcripts(tmp_path / "LibriSpeech" / "dev-clean")
     assert set(other.values()) != set(read_transcripts(corpus_dir / "dev-clean").values())
+
+
+def test_voices_option_keeps_the_corpus_to_those_voices(tmp_path: Path) -> None:
+    options = [*TINY_OPTIONS, "--parts", "dev-clean", "test-other", "--voices", "105", "102"]
+    run_script(SYNTH_SCRIPT, "--out-dir", str(tmp_path), *options)
+    corpus = tmp_path / "LibriSpeech"
+    assert {p.name for p in (corpus / "dev-clean").iterdir() if p.is_dir()} == {"102"}
+    # test-other: its first half from the held-out voice, the rest from the training one.
+    assert {p.name for p in (corpus / "test-other").iterdir() if p.is_dir()} == {"102", "105"}
+
+
+def test_prepare_sh_passes_synth_voices_to_the_generator(prepared_dir: Path) -> None:
+    corpus = prepared_dir / "download" / "LibriSpeech"
+    speakers = {p.name for part in PARTS for p in (corpus / part).iterdir() if p.is_dir()}
+    fixture_voices = set(FIXTURE_VOICES.split())
+    assert {str(v.speaker_id) for v in VOICES} - fixture_voices  # a real restriction
+    assert "105" in speakers and "401" in speakers and speakers <= fixture_voices
+
+
+@pytest.mark.parametrize(
+    ("voices", "message"),
+    [(["101", "777"], "--voices: no voice has speaker id 777"),
+     (["101", "102"], "need at least one training voice and one held-out voice")],
+)
+def test_bad_voices_option_is_a_one_line_error(
+    voices: list[str], message: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SYNTH_SCRIPT), "--out-dir", str(tmp_path), *TINY_OPTIONS,
+         "--parts", "dev-clean", "--voices", *voices],
+        cwd=PROJECT_DIR, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (tmp_path / "LibriSpeech" / "dev-clean").exists()
 
 
 def test_interrupted_part_resumes_where_it_stopped(synth_dir: Path, tmp_path: Path) -> None:
